@@ -1,0 +1,1 @@
+"""lalelu backend: the pinned inference server."""

@@ -1,0 +1,257 @@
+"""The inference server: one thread, one pinned core, a selectors loop serving any number of edges.
+
+Frames are answered in arrival order. Every connection owns preallocated buffers; a bad packet is
+logged (rate-limited), counted, and either answered with BAD_FRAME (the stream is still framed) or
+ends that connection (it is not), never the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lalelu.clock import now_ns
+from lalelu.inference import PoseEstimator
+from lalelu.keypoints import NUM_KEYPOINTS
+from lalelu.preprocess import frame_shape
+from lalelu.protocol import (
+    FRAME_HEADER,
+    REPLY_SIZE,
+    FrameHeader,
+    ProtocolError,
+    Status,
+    encode_reply_into,
+    parse_frame_header,
+)
+from lalelu.timing import TelemetryRing
+
+log = logging.getLogger("lalelu.backend")
+MAX_OUTBOX = 64 * REPLY_SIZE  # an edge that stops reading is dropped rather than buffered forever
+
+
+@dataclass
+class Counters:
+    connections: int = 0
+    frames: int = 0
+    bad_packets: int = 0
+    bad_frames: int = 0
+    dropped_clients: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Connection:
+    sock: socket.socket
+    peer: str
+    header: bytearray = field(default_factory=lambda: bytearray(FRAME_HEADER.size))
+    got: int = 0
+    frame: FrameHeader | None = None
+    payload: bytearray = field(default_factory=bytearray)
+    discard: bool = False  # reading the payload of a rejected frame only to stay framed
+    recv_ns: int = 0
+    outbox: bytearray = field(default_factory=bytearray)
+    last_log_ns: int = 0
+    suppressed: int = 0
+
+
+class InferenceServer:
+    def __init__(self, estimator: PoseEstimator, host: str, port: int, max_payload: int,
+                 allow: tuple[str, ...] = ()) -> None:
+        self.estimator = estimator
+        self.max_payload = max_payload
+        self.allow = set(allow)
+        self.counters = Counters()
+        self.telemetry = TelemetryRing(8192)
+        self._sel = selectors.DefaultSelector()
+        self._listener = socket.create_server((host, port), backlog=16, reuse_port=False)
+        self._listener.setblocking(False)
+        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self.address = self._listener.getsockname()[:2]
+        self._reply = bytearray(REPLY_SIZE)
+        self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
+        self._zeros = np.zeros((NUM_KEYPOINTS, 3), np.float32)
+        self._running = True
+
+    def stop(self) -> None:
+        self._running = False
+
+    def serve(self, seconds: float = 0.0, on_tick=None, tick_s: float = 5.0) -> None:
+        end = time.monotonic() + seconds if seconds else float("inf")
+        next_tick = time.monotonic() + tick_s
+        while self._running and time.monotonic() < end:
+            for key, mask in self._sel.select(timeout=0.2):
+                if key.data is None:
+                    self._accept()
+                elif mask & selectors.EVENT_READ:
+                    self._on_readable(key.data)
+                if key.data is not None and mask & selectors.EVENT_WRITE:
+                    self._flush(key.data)
+            if on_tick is not None and time.monotonic() >= next_tick:
+                next_tick += tick_s
+                on_tick(self)
+        self.close()
+
+    def close(self) -> None:
+        for key in list(self._sel.get_map().values()):
+            self._sel.unregister(key.fileobj)
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._sel.close()
+
+    def _accept(self) -> None:
+        try:
+            sock, addr = self._listener.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return
+        peer = f"{addr[0]}:{addr[1]}"
+        if self.allow and addr[0] not in self.allow:
+            log.warning("refused %s: not in [backend] allow", peer)
+            sock.close()
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.counters.connections += 1
+        log.info("edge connected: %s", peer)
+        self._sel.register(sock, selectors.EVENT_READ, Connection(sock, peer))
+
+    def _drop(self, conn: Connection, why: str) -> None:
+        log.info("edge %s disconnected: %s", conn.peer, why)
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _bad(self, conn: Connection, err: ProtocolError) -> None:
+        self.counters.bad_packets += 1
+        t = now_ns()
+        if t - conn.last_log_ns > 1_000_000_000:
+            more = f" (+{conn.suppressed} more since the last report)" if conn.suppressed else ""
+            log.warning("bad packet from %s: %s%s", conn.peer, err.reason, more)
+            conn.last_log_ns, conn.suppressed = t, 0
+        else:
+            conn.suppressed += 1
+
+    def _on_readable(self, conn: Connection) -> None:
+        # Read until the socket is drained so one readiness event can carry several frames.
+        while True:
+            try:
+                if conn.frame is None and not conn.discard:
+                    n = conn.sock.recv_into(memoryview(conn.header)[conn.got :])
+                else:
+                    n = conn.sock.recv_into(memoryview(conn.payload)[conn.got :])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._drop(conn, str(exc))
+                return
+            if n == 0:
+                self._drop(conn, "closed by the edge")
+                return
+            conn.got += n
+            if conn.frame is None and not conn.discard:
+                if conn.got < FRAME_HEADER.size:
+                    continue
+                self._on_header(conn)
+                if conn.sock.fileno() < 0:
+                    return
+                if conn.frame is None and not conn.discard:
+                    continue
+            elif conn.got == len(conn.payload):
+                conn.recv_ns = now_ns()
+                self._on_payload(conn)
+                if conn.sock.fileno() < 0:
+                    return
+
+    def _on_header(self, conn: Connection) -> None:
+        conn.got = 0
+        try:
+            frame = parse_frame_header(conn.header, self.max_payload)
+        except ProtocolError as err:
+            self._bad(conn, err)
+            if err.fatal:
+                self._drop(conn, f"unframeable stream ({err.reason})")
+                return
+            _magic, _v, _fmt, _flags, seq, _ts, _w, _h, length = FRAME_HEADER.unpack(conn.header)
+            self.counters.bad_frames += 1
+            conn.frame = FrameHeader(seq, 0, 0, 0, 0, length)  # type: ignore[arg-type]
+            conn.discard = True
+            self._size_payload(conn, length)
+            if length == 0:
+                self._on_payload(conn)
+            return
+        conn.frame = frame
+        self._size_payload(conn, frame.payload_len)
+
+    @staticmethod
+    def _size_payload(conn: Connection, length: int) -> None:
+        if len(conn.payload) != length:
+            conn.payload = bytearray(length)  # once per geometry; bounded by max_payload
+
+    def _on_payload(self, conn: Connection) -> None:
+        frame = conn.frame
+        assert frame is not None
+        conn.got = 0
+        conn.frame = None
+        if conn.discard:
+            conn.discard = False
+            self._send(conn, Status.BAD_FRAME, frame.seq, conn.recv_ns, 0, 0, self._zeros)
+            return
+        pixels = np.frombuffer(conn.payload, np.uint8).reshape(frame_shape(frame.pixel_format, frame.width,
+                                                                          frame.height))
+        t0 = now_ns()
+        status = Status.OK
+        try:
+            self.estimator.estimate(pixels, frame.pixel_format, frame.width, frame.height, self._keypoints)
+        except Exception:  # an engine failure must not take down the other edges
+            log.exception("inference failed for a frame from %s", conn.peer)
+            status = Status.ENGINE_ERROR
+        t1 = now_ns()
+        self.counters.frames += 1
+        row = self.telemetry.next_row()
+        row["seq"], row["capture_ns"], row["sent_ns"] = frame.seq, frame.capture_ns, conn.recv_ns
+        row["backend_queue_ns"], row["backend_infer_ns"] = t0 - conn.recv_ns, t1 - t0
+        self._send(conn, status, frame.seq, conn.recv_ns, t0, t1, self._keypoints)
+        row["backend_total_ns"] = now_ns() - conn.recv_ns
+
+    def _send(self, conn: Connection, status: Status, seq: int, recv: int, t0: int, t1: int,
+              keypoints: np.ndarray) -> None:
+        encode_reply_into(self._reply, status, seq, recv, t0, t1, now_ns(), keypoints)
+        if conn.outbox:
+            conn.outbox += self._reply
+        else:
+            try:
+                sent = conn.sock.send(self._reply)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._drop(conn, str(exc))
+                return
+            if sent < REPLY_SIZE:
+                conn.outbox += self._reply[sent:]
+        if conn.outbox:
+            if len(conn.outbox) > MAX_OUTBOX:
+                self.counters.dropped_clients += 1
+                self._drop(conn, "not reading its replies")
+                return
+            self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+
+    def _flush(self, conn: Connection) -> None:
+        if conn.sock.fileno() < 0 or not conn.outbox:
+            return
+        try:
+            sent = conn.sock.send(conn.outbox)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._drop(conn, str(exc))
+            return
+        del conn.outbox[:sent]
+        if not conn.outbox:
+            self._sel.modify(conn.sock, selectors.EVENT_READ, conn)

@@ -1,0 +1,1 @@
+"""lalelu edge: capture, send to the backend (or infer locally), hand poses to a consumer."""

@@ -1,0 +1,43 @@
+"""Camera sources behind one interface: each `read()` gives (frame, capture_ns, seq) or None at the end."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from lalelu.config import CameraConfig
+from lalelu.errors import CameraError
+from lalelu.protocol import PixelFormat
+
+
+class FrameSource(Protocol):
+    width: int
+    height: int
+    pixel_format: PixelFormat
+    fps: float
+    dropped: int  # frames the source produced that the loop was too late to take
+
+    def read(self) -> tuple[np.ndarray, int, int] | None: ...
+
+    def close(self) -> None: ...
+
+
+def open_source(cfg: CameraConfig) -> FrameSource:
+    if cfg.source == "still":
+        from edge_app.cameras.still import StillSource
+
+        return StillSource(cfg)
+    if cfg.source == "replay":
+        from edge_app.cameras.replay import ReplaySource
+
+        return ReplaySource(cfg)
+    if cfg.source == "v4l2":
+        from edge_app.cameras.v4l2 import V4L2Source
+
+        return V4L2Source(cfg)
+    if cfg.source == "picamera2":
+        from edge_app.cameras.picam import Picamera2Source
+
+        return Picamera2Source(cfg)
+    raise CameraError(f"unknown camera source {cfg.source!r}")

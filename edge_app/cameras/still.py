@@ -1,0 +1,83 @@
+"""A real photo moved along a known trajectory: the built-in input of the demo and the tests.
+
+The photo (the bundled astronaut from scikit-image, or any image given as [camera] path) is scaled to fill `still_scale` of the frame height
+and its vertical offset follows amplitude * height * sin(2 pi t / period), t = seq / fps, so every
+frame's true position is known.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_app.cameras.pacing import Pacer
+from lalelu.config import CameraConfig
+from lalelu.errors import CameraError
+from lalelu.protocol import PixelFormat
+
+BACKGROUND = 90
+BUNDLED_PHOTO = Path(__file__).resolve().parent.parent.parent / "lalelu" / "data" / "astronaut.png"
+
+
+def load_photo(path: str = "") -> np.ndarray:
+    """RGB uint8 photo: the given file, else the bundled astronaut photo."""
+    source = path or str(BUNDLED_PHOTO)
+    img = cv2.imread(source, cv2.IMREAD_COLOR)
+    if img is None:
+        raise CameraError(f"cannot read image {source}: check the path and that it is a PNG or JPEG")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class StillSource:
+    def __init__(self, cfg: CameraConfig, photo: np.ndarray | None = None) -> None:
+        self.width, self.height, self.fps = cfg.width, cfg.height, cfg.fps
+        self.pixel_format = PixelFormat.YUV420 if cfg.pixel_format == "yuv420" else PixelFormat.RGB888
+        photo = load_photo(cfg.path) if photo is None else photo
+        scale = min(cfg.width / photo.shape[1], cfg.height / photo.shape[0])
+        self.photo = cv2.resize(photo, (round(photo.shape[1] * scale), round(photo.shape[0] * scale)),
+                                interpolation=cv2.INTER_AREA)
+        self.photo_scale = scale
+        self.photo_x = (cfg.width - self.photo.shape[1]) // 2
+        self.amplitude_px = cfg.still_amplitude * cfg.height
+        self.period_s = cfg.still_period_s
+        self._rgb = np.full((cfg.height, cfg.width, 3), BACKGROUND, np.uint8)
+        self._yuv = np.empty((cfg.height * 3 // 2, cfg.width), np.uint8)
+        self._pacer = Pacer(cfg.fps, paced=True)
+        self.seq = -1
+
+    @property
+    def dropped(self) -> int:
+        return self._pacer.dropped
+
+    def offset_y(self, seq: int) -> int:
+        """Vertical photo offset in frame pixels of frame `seq` (positive = down)."""
+        base = (self.height - self.photo.shape[0]) // 2
+        return base + round(self.amplitude_px * math.sin(2 * math.pi * seq / self.fps / self.period_s))
+
+    def photo_to_frame(self, x: float, y: float, seq: int) -> tuple[float, float]:
+        """Where a point of the original photo appears in frame `seq`."""
+        return x * self.photo_scale + self.photo_x, y * self.photo_scale + self.offset_y(seq)
+
+    def render(self, seq: int) -> np.ndarray:
+        frame = self._rgb
+        frame[:] = BACKGROUND
+        oy = self.offset_y(seq)
+        h = self.photo.shape[0]
+        top, bottom = max(0, oy), min(self.height, oy + h)
+        if bottom > top:
+            frame[top:bottom, self.photo_x : self.photo_x + self.photo.shape[1]] = self.photo[top - oy : bottom - oy]
+        if self.pixel_format == PixelFormat.YUV420:
+            cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420, dst=self._yuv)
+            return self._yuv
+        return frame
+
+    def read(self) -> tuple[np.ndarray, int, int] | None:
+        t = self._pacer.next()
+        self.seq = self._pacer.index
+        return self.render(self.seq), t, self.seq
+
+    def close(self) -> None:
+        pass

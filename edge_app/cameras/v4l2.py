@@ -1,0 +1,43 @@
+"""A USB webcam through OpenCV's V4L2 backend."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from lalelu.clock import now_ns
+from lalelu.config import CameraConfig
+from lalelu.errors import CameraError
+from lalelu.protocol import PixelFormat
+
+
+class V4L2Source:
+    def __init__(self, cfg: CameraConfig) -> None:
+        self._cap = cv2.VideoCapture(cfg.device, cv2.CAP_V4L2)
+        if not self._cap.isOpened():
+            raise CameraError(
+                f"no V4L2 camera at /dev/video{cfg.device}: plug it in or set [camera] device (v4l2-ctl --list-devices)"
+            )
+        self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+        self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+        self._cap.set(cv2.CAP_PROP_FPS, cfg.fps)
+        self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a queue of old ones
+        self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.fps = self._cap.get(cv2.CAP_PROP_FPS) or cfg.fps
+        self.pixel_format = PixelFormat.RGB888
+        self._rgb = np.empty((self.height, self.width, 3), np.uint8)
+        self.dropped = 0
+        self._seq = -1
+
+    def read(self) -> tuple[np.ndarray, int, int] | None:
+        ok, img = self._cap.read()
+        t = now_ns()
+        if not ok:
+            raise CameraError("the V4L2 camera stopped delivering frames (unplugged?); exiting so systemd restarts")
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=self._rgb)
+        self._seq += 1
+        return self._rgb, t, self._seq
+
+    def close(self) -> None:
+        self._cap.release()

@@ -1,0 +1,95 @@
+"""The edge's connection to the backend: frames out on the capture thread, replies in on a receiver thread."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from lalelu.errors import LaleluError
+from lalelu.keypoints import NUM_KEYPOINTS
+from lalelu.protocol import REPLY_SIZE, PixelFormat, ProtocolError, Reply, encode_frame_header, parse_reply_into
+
+log = logging.getLogger("lalelu.edge")
+
+
+class BackendUnavailable(LaleluError):
+    pass
+
+
+class BackendLink:
+    def __init__(self, address: str, on_reply: Callable[[Reply], None], max_in_flight: int,
+                 timeout_s: float) -> None:
+        host, _, port = address.rpartition(":")
+        try:
+            self.sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot reach the backend at {address} ({exc.strerror or exc}): is `lalelu backend` running "
+                "there and is [edge] backend right?"
+            ) from exc
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.address = address
+        self._on_reply = on_reply
+        self._slots = threading.Semaphore(max_in_flight)
+        self._timeout_s = timeout_s
+        self.replies = 0
+        self.error: str = ""
+        self._closed = False
+        self._rx = threading.Thread(target=self._receive, name="lalelu-rx", daemon=True)
+        self._rx.start()
+
+    def send(self, seq: int, capture_ns: int, fmt: PixelFormat, width: int, height: int, frame: np.ndarray) -> None:
+        if not self._slots.acquire(timeout=self._timeout_s):
+            raise BackendUnavailable(f"the backend at {self.address} answered nothing for {self._timeout_s} s")
+        if self.error:
+            raise BackendUnavailable(f"the backend at {self.address} went away: {self.error}")
+        header = encode_frame_header(seq, capture_ns, fmt, width, height, frame.nbytes)
+        try:
+            self.sock.sendmsg([header, memoryview(frame).cast("B")])
+        except OSError as exc:
+            raise BackendUnavailable(f"sending to the backend at {self.address} failed: {exc}") from exc
+
+    def _receive(self) -> None:
+        buf = bytearray(REPLY_SIZE)
+        view = memoryview(buf)
+        keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
+        try:
+            while True:
+                got = 0
+                while got < REPLY_SIZE:
+                    n = self.sock.recv_into(view[got:])
+                    if n == 0:
+                        raise ConnectionError("connection closed by the backend")
+                    got += n
+                reply = parse_reply_into(buf, keypoints)
+                self.replies += 1
+                self._slots.release()
+                self._on_reply(reply)
+        except (OSError, ProtocolError) as exc:
+            if not self._closed:
+                self.error = str(exc)
+                log.error("backend link %s: %s", self.address, exc)
+            self._slots.release()  # wake a sender blocked on a full pipe so it sees the error
+
+    def in_flight_done(self, timeout_s: float, sent: int) -> bool:
+        """Wait until every sent frame is answered (or the link failed)."""
+        import time
+
+        end = time.monotonic() + timeout_s
+        while self.replies < sent and not self.error and time.monotonic() < end:
+            time.sleep(0.001)
+        return self.replies >= sent
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._rx.join(timeout=1.0)

@@ -1,0 +1,190 @@
+"""`lalelu edge`: capture -> (backend | local engine) -> pose consumer, with per-frame telemetry."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from edge_app.cameras import FrameSource, open_source
+from edge_app.consumers import LogConsumer, PoseConsumer
+from edge_app.link import BackendLink
+from lalelu.clock import now_ns
+from lalelu.config import Config
+from lalelu.engines import create_engine
+from lalelu.inference import PoseEstimator
+from lalelu.keypoints import NUM_KEYPOINTS
+from lalelu.protocol import Reply, Status
+from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
+from lalelu.timing import TelemetryRing, stage_summary
+
+log = logging.getLogger("lalelu.edge")
+
+
+class EdgeLoop:
+    def __init__(self, cfg: Config, consumer: PoseConsumer | None = None,
+                 source: FrameSource | None = None) -> None:
+        self.cfg = cfg
+        self.consumer = consumer or LogConsumer()
+        self.source = source or open_source(cfg.camera)
+        self.telemetry = TelemetryRing(1 << 16)
+        self.sent = 0
+        self.received = 0
+        self.bad_replies = 0
+        self._stop = threading.Event()
+        self._link: BackendLink | None = None
+        self._estimator: PoseEstimator | None = None
+        self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
+        self._written = 0
+        self._telemetry_fh: IO[str] | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _on_reply(self, reply: Reply) -> None:
+        t = now_ns()
+        row = self.telemetry.rows[reply.seq % self.telemetry.capacity]
+        row["pose_ns"] = t
+        row["backend_queue_ns"] = reply.infer_start_ns - reply.recv_ns
+        row["backend_infer_ns"] = reply.infer_end_ns - reply.infer_start_ns
+        row["backend_total_ns"] = reply.send_ns - reply.recv_ns
+        self.received += 1
+        if reply.status != Status.OK:
+            self.bad_replies += 1
+            return
+        self.consumer.on_pose(reply.seq, int(row["capture_ns"]), reply.keypoints)
+
+    def _open(self) -> None:
+        cfg = self.cfg
+        if cfg.edge.backend:
+            self._link = BackendLink(cfg.edge.backend, self._on_reply, cfg.edge.max_in_flight,
+                                     cfg.edge.connect_timeout_s)
+            log.info("sending frames to the backend at %s", cfg.edge.backend)
+        else:
+            engine = create_engine(cfg.engine.kind, Path(cfg.engine.model) if cfg.engine.model else None,
+                                   cfg.engine.threads, cfg.engine.delegate)
+            engine.warm_up(cfg.engine.warmup)
+            self._estimator = PoseEstimator(engine)
+            log.info("no backend configured: inferring locally with %s", engine.name)
+        if cfg.edge.telemetry:
+            self._telemetry_fh = open(cfg.edge.telemetry, "w")  # noqa: SIM115 - closed in run()
+
+    def _step_local(self, frame: np.ndarray, capture_ns: int, seq: int) -> None:
+        assert self._estimator is not None
+        src = self.source
+        t0 = now_ns()
+        self._estimator.estimate(frame, src.pixel_format, src.width, src.height, self._keypoints)
+        t1 = now_ns()
+        row = self.telemetry.slot(seq)
+        row["seq"], row["capture_ns"], row["sent_ns"], row["pose_ns"] = seq, capture_ns, t0, t1
+        row["backend_infer_ns"], row["backend_total_ns"], row["local"] = t1 - t0, t1 - t0, 1
+        self.received += 1
+        self.consumer.on_pose(seq, capture_ns, self._keypoints)
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        affinity = pin_to_cpus(cfg.edge.cpus)
+        self._open()
+        fifo = try_sched_fifo(cfg.edge.fifo_priority) if cfg.edge.sched_fifo else False
+        log.info("edge: %s %dx%d %s at %.0f fps, CPUs %s, SCHED_FIFO %s", cfg.camera.source, self.source.width,
+                 self.source.height, self.source.pixel_format.name, self.source.fps, affinity, fifo)
+        freeze_gc()
+        start = time.monotonic()
+        end = start + cfg.edge.seconds if cfg.edge.seconds else float("inf")
+        next_summary = start + cfg.edge.summary_interval_s if cfg.edge.summary_interval_s else float("inf")
+        first_seq = None
+        src, link = self.source, self._link
+        try:
+            while not self._stop.is_set():
+                got = src.read()
+                if got is None:
+                    log.info("the source has no more frames")
+                    break
+                frame, capture_ns, seq = got
+                if first_seq is None:
+                    first_seq = seq
+                if link is not None:
+                    row = self.telemetry.slot(seq)
+                    row["seq"], row["capture_ns"], row["local"] = seq, capture_ns, 0
+                    row["sent_ns"] = now_ns()
+                    link.send(seq, capture_ns, src.pixel_format, src.width, src.height, frame)
+                else:
+                    self._step_local(frame, capture_ns, seq)
+                self.sent += 1
+                now = time.monotonic()
+                if now >= next_summary:
+                    next_summary += cfg.edge.summary_interval_s
+                    self._report(first_seq, seq + 1)
+                if now >= end:
+                    break
+        finally:
+            if link is not None:
+                link.in_flight_done(2.0, self.sent)
+                link.close()
+            src.close()
+            self.consumer.close()
+        last = (first_seq or 0) + self.sent
+        summary = self.summary(first_seq or 0, last, time.monotonic() - start)
+        self._flush_telemetry(last)
+        if self._telemetry_fh is not None:
+            self._telemetry_fh.close()
+        return summary
+
+    def _flush_telemetry(self, end_seq: int) -> None:
+        if self._telemetry_fh is None:
+            return
+        rows = self.telemetry.rows_between(self._written, end_seq)
+        rows = rows[rows["pose_ns"] > 0] if end_seq else rows
+        for r in rows:
+            self._telemetry_fh.write(json.dumps({n: int(r[n]) for n in r.dtype.names or ()}) + "\n")
+        self._telemetry_fh.flush()
+        self._written = end_seq
+
+    def _report(self, first_seq: int, end_seq: int) -> None:
+        # Frames still in flight are written with the next report; only answered ones count now.
+        done = end_seq - (self.sent - self.received)
+        rows = self.telemetry.rows_between(max(first_seq, done - 500), done)
+        s = stage_summary(rows[rows["pose_ns"] > 0])
+        log.info("frames %d, poses %d, dropped %d | total p50 %.2f p99 %.2f ms | infer p50 %.2f ms | "
+                 "overhead p50 %.2f p99 %.2f ms", self.sent, self.received, self.source.dropped,
+                 s["total"].get("p50", 0), s["total"].get("p99", 0), s["inference"].get("p50", 0),
+                 s["overhead"].get("p50", 0), s["overhead"].get("p99", 0))
+        self._flush_telemetry(done)
+
+    def summary(self, first_seq: int, end_seq: int, elapsed_s: float) -> dict:
+        rows = self.telemetry.rows_between(first_seq, end_seq)
+        answered = rows[rows["pose_ns"] > 0]
+        s = stage_summary(answered)
+        captured = self.sent + self.source.dropped
+        pick = ("p50", "p99")
+        return {
+            "frames_sent": self.sent,
+            "poses_received": self.received - self.bad_replies,
+            "frames_lost": captured - (self.received - self.bad_replies),
+            "frames_dropped_at_capture": self.source.dropped,
+            "fps": round(self.sent / elapsed_s, 2) if elapsed_s > 0 else 0.0,
+            "latency_ms": {k: round(s["total"].get(k, 0.0), 3) for k in pick},
+            "inference_ms": {k: round(s["inference"].get(k, 0.0), 3) for k in pick},
+            "overhead_ms": {k: round(s["overhead"].get(k, 0.0), 3) for k in pick},
+            "stages_ms": s,
+        }
+
+
+def run_edge(cfg: Config, summary_json: Path | None = None) -> dict:
+    loop = EdgeLoop(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    signal.signal(signal.SIGINT, lambda *_: loop.stop())
+    summary = loop.run()
+    line = json.dumps({k: v for k, v in summary.items() if k != "stages_ms"})
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary, indent=1))
+    log.info("edge stopped: %s", line)
+    print(line, file=sys.stdout, flush=True)
+    return summary

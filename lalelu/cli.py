@@ -1,0 +1,128 @@
+"""The `lalelu` command: edge, backend, pose, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from lalelu.config import Config, load_config, override
+from lalelu.errors import LaleluError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML configuration of this host (see configs/)")
+    p.add_argument("--engine", choices=("litert", "tf-savedmodel", "tensorrt"), help="override [engine] kind")
+    p.add_argument("--model", help="override [engine] model (path)")
+    p.add_argument("--threads", type=int, help="override [engine] threads")
+    p.add_argument("--cpus", type=lambda s: [int(c) for c in s.split(",") if c != ""],
+                   help="comma-separated CPUs to pin to")
+    p.add_argument("--no-fifo", action="store_true", help="do not ask for SCHED_FIFO")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _config(args: argparse.Namespace, role: str) -> Config:
+    cfg = load_config(args.config)
+    cfg = override(cfg, "engine", kind=args.engine, model=args.model, threads=args.threads)
+    fifo = False if args.no_fifo else None
+    cfg = override(cfg, role, cpus=args.cpus, sched_fifo=fifo)
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lalelu", description="lalelu drums: gesture-controlled percussion")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    edge = sub.add_parser("edge", help="capture frames, get poses (backend or local), play")
+    _common(edge)
+    edge.add_argument("--backend", help="HOST:PORT of the backend; '' infers locally")
+    edge.add_argument("--source", choices=("still", "replay", "v4l2", "picamera2"))
+    edge.add_argument("--fps", type=float)
+    edge.add_argument("--seconds", type=float, help="stop after this long (default: run until stopped)")
+    edge.add_argument("--telemetry", help="write per-frame telemetry as JSON lines to this file")
+    edge.add_argument("--summary-json", type=Path, help="write the final summary (with all stages) here")
+
+    backend = sub.add_parser("backend", help="the inference server")
+    _common(backend)
+    backend.add_argument("--host", help="override [backend] listen_host")
+    backend.add_argument("--port", type=int, help="override [backend] port (0 = any free port)")
+    backend.add_argument("--seconds", type=float, default=0.0, help="stop after this long")
+    backend.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
+
+    pose = sub.add_parser("pose", help="run the model on one image and print the keypoints")
+    _common(pose)
+    pose.add_argument("image", type=Path)
+    pose.add_argument("--json", action="store_true", help="print JSON (the default prints a table)")
+    pose.add_argument("--out", type=Path, help="write the image with the skeleton drawn")
+
+    demo = sub.add_parser("demo", help="backend + edge on this machine with the bundled model and photo")
+    demo.add_argument("--seconds", type=float, default=10.0)
+    demo.add_argument("--config", type=Path, help="demo configuration (default: the bundled demo.toml)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar or logs, only the JSON line")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "edge":
+        from edge_app.loop import run_edge
+
+        cfg = _config(args, "edge")
+        cfg = override(cfg, "edge", backend=args.backend, seconds=args.seconds, telemetry=args.telemetry)
+        cfg = override(cfg, "camera", source=args.source, fps=args.fps)
+        summary = run_edge(cfg, args.summary_json)
+        return 0 if summary["poses_received"] > 0 else 1
+    if args.command == "backend":
+        from backend_app.main import run_backend
+
+        cfg = _config(args, "backend")
+        cfg = override(cfg, "backend", listen_host=args.host, port=args.port)
+        run_backend(cfg, args.seconds, args.ready_file)
+        return 0
+    if args.command == "pose":
+        from lalelu.engines import create_engine
+        from lalelu.pose_image import draw_skeleton, estimate_pose, keypoints_json, read_rgb
+
+        cfg = _config(args, "edge")
+        rgb = read_rgb(args.image)
+        engine = create_engine(cfg.engine.kind, Path(cfg.engine.model) if cfg.engine.model else None,
+                               cfg.engine.threads, cfg.engine.delegate)
+        kp = estimate_pose(engine, rgb)
+        result = keypoints_json(kp)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for k in result["keypoints"]:
+                print(f"{k['name']:<15} x {k['x']:8.1f}  y {k['y']:8.1f}  score {k['score']:.2f}")
+        if args.out:
+            import cv2
+
+            if not cv2.imwrite(str(args.out), draw_skeleton(rgb, kp)):
+                raise LaleluError(f"cannot write {args.out}: use a .png or .jpg name in a writable folder")
+        return 0
+    if args.command == "demo":
+        from lalelu.demo import run_demo
+
+        print(json.dumps(run_demo(args.seconds, args.config, [], quiet=args.quiet)))
+        return 0
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    if getattr(args, "quiet", False):
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return _run(args)
+    except LaleluError as exc:
+        print(f"lalelu: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Typed per-host configuration loaded from TOML; every value is checked with a message a person can act on."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lalelu.errors import ConfigError
+
+
+def _rule(lo: float | None = None, hi: float | None = None, choices: tuple[Any, ...] = (), doc: str = "") -> dict:
+    return {"lo": lo, "hi": hi, "choices": choices, "doc": doc}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kind: str = field(default="litert", metadata=_rule(choices=("litert", "tf-savedmodel", "tensorrt")))
+    model: str = field(default="", metadata=_rule(doc="path; empty = the bundled Lightning int8 model"))
+    threads: int = field(default=2, metadata=_rule(1, 64))
+    delegate: str = field(default="", metadata=_rule(choices=("", "edgetpu")))
+    warmup: int = field(default=20, metadata=_rule(0, 10_000))
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = field(default="still", metadata=_rule(choices=("still", "replay", "v4l2", "picamera2")))
+    width: int = field(default=320, metadata=_rule(16, 4096))
+    height: int = field(default=240, metadata=_rule(16, 4096))
+    fps: float = field(default=100.0, metadata=_rule(1, 1000))
+    pixel_format: str = field(default="rgb888", metadata=_rule(choices=("rgb888", "yuv420")))
+    path: str = field(default="", metadata=_rule(doc="replay: a video file or a folder of images"))
+    device: int = field(default=0, metadata=_rule(0, 63))
+    paced: bool = field(default=True, metadata=_rule(doc="replay: at the recorded rate, or as fast as possible"))
+    still_period_s: float = field(default=1.0, metadata=_rule(0.05, 60))
+    still_amplitude: float = field(default=0.15, metadata=_rule(0.0, 0.5))
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    listen_host: str = "127.0.0.1"
+    port: int = field(default=7600, metadata=_rule(0, 65535))
+    cpus: list[int] = field(default_factory=list, metadata=_rule(0, 4095))
+    sched_fifo: bool = True
+    fifo_priority: int = field(default=50, metadata=_rule(1, 99))
+    max_payload: int = field(default=1920 * 1080 * 3, metadata=_rule(1024, 64 * 1024 * 1024))
+    allow: list[str] = field(default_factory=list, metadata=_rule(doc="client IPs allowed; empty = any"))
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    backend: str = field(default="", metadata=_rule(doc="host:port of the backend; empty = infer locally"))
+    cpus: list[int] = field(default_factory=list, metadata=_rule(0, 4095))
+    sched_fifo: bool = True
+    fifo_priority: int = field(default=60, metadata=_rule(1, 99))
+    max_in_flight: int = field(default=4, metadata=_rule(1, 64))
+    summary_interval_s: float = field(default=5.0, metadata=_rule(0.0, 3600))
+    telemetry: str = field(default="", metadata=_rule(doc="JSON-lines file for per-frame telemetry"))
+    seconds: float = field(default=0.0, metadata=_rule(0.0, 10 * 86400))
+    connect_timeout_s: float = field(default=5.0, metadata=_rule(0.1, 600))
+
+
+@dataclass(frozen=True)
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+
+
+def _type_name(t: Any) -> str:
+    return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+            "list[str]": "a list of strings"}.get(str(t), "a list of integers")
+
+
+def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
+    t = f.type if isinstance(f.type, str) else f.type.__name__
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "list[int]": isinstance(value, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+        "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+    }[t]
+    if not ok:
+        raise ConfigError(f"{where} = {value!r} has the wrong type: expected {_type_name(t)}")
+    rule = f.metadata
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if rule.get("choices") and v not in rule["choices"]:
+            allowed = ", ".join(repr(c) for c in rule["choices"])
+            raise ConfigError(f"{where} = {value!r} is not allowed: choose one of {allowed}")
+        lo, hi = rule.get("lo"), rule.get("hi")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ConfigError(f"{where} = {value!r} is out of range: allowed {lo} to {hi}")
+    return float(value) if t == "float" else value
+
+
+def _build(cls: type, section: str, data: dict[str, Any], origin: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(
+                f"{origin}: unknown key [{section}] {key}; known keys: {', '.join(sorted(fields))}"
+            )
+    kwargs = {k: _check_value(f"{origin}: [{section}] {k}", fields[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "configuration") -> Config:
+    for key, value in data.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section [{key}]; known sections: {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: {key} must be a [{key}] table")
+    parts = {name: _build(type(factory()), name, data.get(name, {}), origin) for name, factory in SECTIONS.items()}
+    cfg = Config(**parts)
+    validate(cfg, origin)
+    return cfg
+
+
+def validate(cfg: Config, origin: str = "configuration") -> None:
+    """Checks across keys."""
+    if cfg.edge.backend:
+        host, sep, port = cfg.edge.backend.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"{origin}: [edge] backend = {cfg.edge.backend!r} must be HOST:PORT (e.g. \"192.168.1.10:7600\"), "
+                "or empty to infer on the edge"
+            )
+    if cfg.camera.source == "replay" and not cfg.camera.path:
+        raise ConfigError(f"{origin}: [camera] source = \"replay\" needs [camera] path (a video or image folder)")
+    if cfg.camera.pixel_format == "yuv420" and (cfg.camera.width % 2 or cfg.camera.height % 2):
+        raise ConfigError(f"{origin}: [camera] yuv420 needs an even width and height")
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}; check the path given to --config")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return config_from_dict(data, str(path))
+
+
+def override(cfg: Config, section: str, origin: str = "command line", **values: Any) -> Config:
+    """Apply command-line flags (None = not given) with the same checks as the file."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given:
+        return cfg
+    current = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(current)}
+    checked = {k: _check_value(f"{origin}: [{section}] {k}", fields[k], v) for k, v in given.items()}
+    new = dataclasses.replace(cfg, **{section: dataclasses.replace(current, **checked)})
+    validate(new, origin)
+    return new

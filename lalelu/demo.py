@@ -1,0 +1,64 @@
+"""`lalelu demo`: a backend and an edge as two processes on this machine, the still photo at 100 fps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lalelu.errors import LaleluError
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "data" / "demo.toml"
+
+
+def _lalelu(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lalelu.cli", *args]
+
+
+def run_demo(seconds: float, config: Path | None, extra: list[str], quiet: bool = False) -> dict:
+    config = config or DEMO_CONFIG
+    with tempfile.TemporaryDirectory(prefix="lalelu-demo-") as tmp:
+        ready = Path(tmp) / "backend.json"
+        summary_file = Path(tmp) / "edge.json"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        backend = subprocess.Popen(
+            _lalelu("backend", "--config", str(config), "--port", "0", "--ready-file", str(ready), *extra),
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if quiet else None,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.exists():
+                if backend.poll() is not None:
+                    raise LaleluError(f"the demo's backend exited with code {backend.returncode} before it was ready")
+                if time.monotonic() > deadline:
+                    raise LaleluError("the demo's backend was not ready within 60 s")
+                time.sleep(0.05)
+            port = json.loads(ready.read_text())["port"]
+            edge = subprocess.Popen(
+                _lalelu("edge", "--config", str(config), "--backend", f"127.0.0.1:{port}", "--seconds",
+                        str(seconds), "--summary-json", str(summary_file), *extra),
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if quiet else None,
+            )
+            start = time.monotonic()
+            while edge.poll() is None:
+                if not quiet:
+                    done = min(seconds, time.monotonic() - start)
+                    bar = "#" * int(30 * done / seconds)
+                    print(f"\rdemo [{bar:<30}] {done:5.1f}/{seconds:.0f} s", end="", file=sys.stderr, flush=True)
+                time.sleep(0.25)
+            if not quiet:
+                print(file=sys.stderr)
+            if edge.returncode != 0:
+                raise LaleluError(f"the demo's edge exited with code {edge.returncode}")
+        finally:
+            backend.terminate()
+            try:
+                backend.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                backend.kill()
+        summary = json.loads(summary_file.read_text())
+    return {k: v for k, v in summary.items() if k != "stages_ms"}

@@ -1,0 +1,62 @@
+"""Pose engines behind one small interface; `create_engine` picks one by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lalelu.errors import ModelError
+
+ENGINE_NAMES = ("litert", "tf-savedmodel", "tensorrt")
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "movenet_singlepose_lightning_int8_4.tflite"
+
+
+class PoseEngine(Protocol):
+    """Load at construction; `infer` reads `input` and writes (17, 3) rows (y, x, score), normalized."""
+
+    name: str
+    input: np.ndarray  # preallocated (H, W, 3) buffer in the model's own dtype, filled by the preprocessor
+
+    def warm_up(self, n: int = 10) -> None: ...
+
+    def infer(self, out: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_model_path(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise ModelError(
+            f"model file {path} does not exist: set [engine] model in the configuration or pass --model "
+            f"with the path of a {what} (the bundled default is {BUNDLED_MODEL})"
+        )
+    return path
+
+
+def create_engine(name: str, model: Path | None = None, threads: int = 2, delegate: str = "") -> PoseEngine:
+    if name == "litert":
+        from lalelu.engines.litert import LiteRTEngine
+
+        return LiteRTEngine(model or BUNDLED_MODEL, threads=threads, delegate=delegate)
+    if name == "tf-savedmodel":
+        from lalelu.engines.tf_savedmodel import SavedModelEngine
+
+        if model is None:
+            raise ModelError("engine tf-savedmodel needs --model DIR (a TF2 SavedModel such as MoveNet Thunder)")
+        return SavedModelEngine(model)
+    if name == "tensorrt":
+        from lalelu.engines.tensorrt import TensorRTEngine
+
+        if model is None:
+            raise ModelError("engine tensorrt needs --model FILE.engine (built by `lalelu convert`)")
+        return TensorRTEngine(model)
+    raise ModelError(f"unknown engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}")
+
+
+def check_output_shape(shape: tuple[int, ...], path: Path) -> None:
+    if tuple(shape)[-2:] != (17, 3):
+        raise ModelError(
+            f"{path} outputs shape {tuple(shape)}, not [1, 1, 17, 3]: this is not a MoveNet single-pose model"
+        )

@@ -1,0 +1,154 @@
+"""Edge <-> backend wire protocol: a fixed binary header, raw pixels, and a fixed-size pose reply.
+
+All integers little-endian. No pickle, no variable-length fields other than the pixel payload,
+whose length is checked against width, height and pixel format before a byte of it is read.
+
+Frame (edge -> backend), 32-byte header then `payload_len` bytes of pixels:
+    magic b"LLDF", version u16, pixel_format u8, flags u8, seq u64, capture_ns i64,
+    width u16, height u16, payload_len u32
+Reply (backend -> edge), 48-byte header then 17 x (x, y, score) float32 in frame pixels:
+    magic b"LLDR", version u16, status u8, n_keypoints u8, seq u64,
+    recv_ns i64, infer_start_ns i64, infer_end_ns i64, send_ns i64
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from lalelu.keypoints import NUM_KEYPOINTS
+
+VERSION = 1
+FRAME_MAGIC = b"LLDF"
+REPLY_MAGIC = b"LLDR"
+FRAME_HEADER = struct.Struct("<4sHBBQqHHI")
+REPLY_HEADER = struct.Struct("<4sHBBQqqqq")
+KEYPOINT_BYTES = NUM_KEYPOINTS * 3 * 4
+REPLY_SIZE = REPLY_HEADER.size + KEYPOINT_BYTES
+MAX_DIMENSION = 4096
+DEFAULT_MAX_PAYLOAD = 1920 * 1080 * 3
+
+
+class PixelFormat(enum.IntEnum):
+    RGB888 = 1  # packed R, G, B bytes, row-major
+    YUV420 = 2  # planar I420: Y plane, then U and V at half resolution
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    BAD_FRAME = 1  # header parsed but the frame was rejected (size, format); the connection stays up
+    ENGINE_ERROR = 2
+
+
+def payload_size(fmt: PixelFormat, width: int, height: int) -> int:
+    if fmt == PixelFormat.RGB888:
+        return width * height * 3
+    return width * height * 3 // 2
+
+
+class ProtocolError(Exception):
+    """A bad packet. `fatal` means the stream can no longer be framed and must be closed."""
+
+    def __init__(self, reason: str, fatal: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fatal = fatal
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    seq: int
+    capture_ns: int
+    pixel_format: PixelFormat
+    width: int
+    height: int
+    payload_len: int
+
+
+def encode_frame_header(
+    seq: int, capture_ns: int, fmt: PixelFormat, width: int, height: int, payload_len: int | None = None
+) -> bytes:
+    if payload_len is None:
+        payload_len = payload_size(fmt, width, height)
+    return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, int(fmt), 0, seq, capture_ns, width, height, payload_len)
+
+
+def parse_frame_header(data: bytes | memoryview, max_payload: int = DEFAULT_MAX_PAYLOAD) -> FrameHeader:
+    """Validate every field; raise ProtocolError with a reason a log line can carry."""
+    if len(data) != FRAME_HEADER.size:
+        raise ProtocolError(f"header is {len(data)} bytes, expected {FRAME_HEADER.size}", fatal=True)
+    magic, version, fmt, _flags, seq, capture_ns, width, height, length = FRAME_HEADER.unpack(data)
+    if magic != FRAME_MAGIC:
+        raise ProtocolError(f"bad magic {magic!r} (expected {FRAME_MAGIC!r}): not a lalelu edge", fatal=True)
+    if version != VERSION:
+        raise ProtocolError(
+            f"protocol version {version}, this backend speaks {VERSION}: update edge and backend together",
+            fatal=True,
+        )
+    if length > max_payload:
+        raise ProtocolError(f"payload length {length} exceeds the limit {max_payload}", fatal=True)
+    if fmt not in PixelFormat._value2member_map_:
+        raise ProtocolError(f"unknown pixel format {fmt}", fatal=False)
+    pf = PixelFormat(fmt)
+    if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):
+        raise ProtocolError(f"frame size {width}x{height} outside 1..{MAX_DIMENSION}", fatal=False)
+    if pf == PixelFormat.YUV420 and (width % 2 or height % 2):
+        raise ProtocolError(f"YUV420 frame size {width}x{height} must be even", fatal=False)
+    expected = payload_size(pf, width, height)
+    if length != expected:
+        raise ProtocolError(
+            f"payload length {length} does not match {pf.name} {width}x{height} ({expected} bytes)", fatal=False
+        )
+    if capture_ns < 0:
+        raise ProtocolError(f"negative capture timestamp {capture_ns}", fatal=False)
+    return FrameHeader(seq, capture_ns, pf, width, height, length)
+
+
+@dataclass(slots=True)
+class Reply:
+    status: Status
+    seq: int
+    recv_ns: int
+    infer_start_ns: int
+    infer_end_ns: int
+    send_ns: int
+    keypoints: np.ndarray  # (17, 3) float32: x, y in frame pixels, score
+
+
+def encode_reply_into(
+    buf: bytearray,
+    status: Status,
+    seq: int,
+    recv_ns: int,
+    infer_start_ns: int,
+    infer_end_ns: int,
+    send_ns: int,
+    keypoints: np.ndarray,
+) -> None:
+    """Write a reply into a preallocated REPLY_SIZE buffer (no allocation on the hot path)."""
+    REPLY_HEADER.pack_into(
+        buf, 0, REPLY_MAGIC, VERSION, int(status), NUM_KEYPOINTS, seq,
+        recv_ns, infer_start_ns, infer_end_ns, send_ns,
+    )
+    np.frombuffer(buf, dtype=np.float32, count=NUM_KEYPOINTS * 3, offset=REPLY_HEADER.size)[:] = (
+        keypoints.reshape(-1)
+    )
+
+
+def parse_reply_into(data: bytes | bytearray | memoryview, keypoints_out: np.ndarray) -> Reply:
+    if len(data) != REPLY_SIZE:
+        raise ProtocolError(f"reply is {len(data)} bytes, expected {REPLY_SIZE}", fatal=True)
+    magic, version, status, nkp, seq, recv, t0, t1, send = REPLY_HEADER.unpack_from(data, 0)
+    if magic != REPLY_MAGIC:
+        raise ProtocolError(f"bad reply magic {magic!r}: is that port a lalelu backend?", fatal=True)
+    if version != VERSION:
+        raise ProtocolError(f"backend speaks protocol {version}, edge speaks {VERSION}", fatal=True)
+    if nkp != NUM_KEYPOINTS or status not in Status._value2member_map_:
+        raise ProtocolError(f"reply with {nkp} keypoints and status {status}", fatal=True)
+    keypoints_out.reshape(-1)[:] = np.frombuffer(
+        data, dtype=np.float32, count=NUM_KEYPOINTS * 3, offset=REPLY_HEADER.size
+    )
+    return Reply(Status(status), seq, recv, t0, t1, send, keypoints_out)

@@ -1,0 +1,45 @@
+"""CPU pinning, SCHED_FIFO and GC control for the real-time loops; each says what it could not do."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def pin_to_cpus(cpus: list[int]) -> list[int]:
+    """Pin this process (all threads created later inherit it); return the affinity read back."""
+    if cpus:
+        available = os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))
+        missing = [c for c in cpus if c not in available]
+        if missing:
+            log.warning("CPUs %s do not exist on this host (%d CPUs); not pinning", missing, os.cpu_count())
+        else:
+            os.sched_setaffinity(0, cpus)
+    return sorted(os.sched_getaffinity(0))
+
+
+def try_sched_fifo(priority: int) -> bool:
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError:
+        log.info(
+            "SCHED_FIFO not permitted (needs CAP_SYS_NICE or LimitRTPRIO in the systemd unit); "
+            "running with the normal scheduler"
+        )
+        return False
+    except OSError as exc:
+        log.info("SCHED_FIFO unavailable (%s); running with the normal scheduler", exc)
+        return False
+    log.info("SCHED_FIFO priority %d", priority)
+    return True
+
+
+def freeze_gc() -> None:
+    """Move everything allocated at start-up out of the collector's sight and stop automatic collection,
+    so no collection pause lands in the frame loop."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
