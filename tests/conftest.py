@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lalelu.engines import BUNDLED_MODEL
+
+REFERENCE = {  # ../shared/models/README.md: (x, y) on skimage.data.astronaut(), 512x512
+    "nose": (227, 122),
+    "left_eye": (248, 103),
+    "right_eye": (206, 101),
+    "left_shoulder": (313, 258),
+    "right_shoulder": (113, 252),
+}
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def litert_engine():
+    from lalelu.engines import create_engine
+
+    engine = create_engine("litert", BUNDLED_MODEL, threads=2)
+    yield engine
+    engine.close()
+
+
+def lalelu_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lalelu.cli", *args]
+
+
+class Backend:
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.ready = tmp / f"ready-{time.monotonic_ns()}.json"
+        self.log = open(tmp / "backend.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            lalelu_cmd("backend", "--port", "0", "--ready-file", str(self.ready), "--no-fifo", *args),
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        deadline = time.monotonic() + 60
+        while not self.ready.exists():
+            assert self.proc.poll() is None, (tmp / "backend.log").read_text()
+            assert time.monotonic() < deadline, "backend not ready in 60 s"
+            time.sleep(0.05)
+        time.sleep(0.05)
+        info = json.loads(self.ready.read_text())
+        self.port: int = info["port"]
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    b = Backend(tmp_path)
+    yield b
+    b.stop()

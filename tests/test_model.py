@@ -1,0 +1,67 @@
+"""The real bundled model on the real astronaut photo."""
+
+import numpy as np
+import pytest
+from conftest import REFERENCE
+
+from lalelu.engines import create_engine
+from lalelu.errors import ModelError
+from lalelu.keypoints import KEYPOINT_INDEX
+from lalelu.pose_image import estimate_pose
+
+
+def test_engine_reports_model_metadata(litert_engine):
+    assert litert_engine.input.shape == (192, 192, 3)
+    assert litert_engine.input.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_astronaut_keypoints_match_reference(litert_engine, astronaut, name):
+    kp = estimate_pose(litert_engine, astronaut)
+    x, y, score = kp[KEYPOINT_INDEX[name]]
+    rx, ry = REFERENCE[name]
+    assert np.hypot(x - rx, y - ry) <= 15, (name, x, y)
+    assert score > 0.1
+
+
+def test_keypoints_follow_a_non_square_frame(litert_engine, astronaut):
+    """Padding the photo into a wide frame moves the keypoints by exactly the padding."""
+    wide = np.zeros((512, 812, 3), np.uint8)
+    wide[:, 150:662] = astronaut
+    kp = estimate_pose(litert_engine, wide)
+    rx, ry = REFERENCE["nose"]
+    x, y, _ = kp[KEYPOINT_INDEX["nose"]]
+    assert np.hypot(x - (rx + 150), y - ry) <= 15
+
+
+def test_yuv420_frame_gives_the_same_pose(litert_engine, astronaut):
+    import cv2
+
+    from lalelu.inference import PoseEstimator
+    from lalelu.protocol import PixelFormat
+
+    yuv = cv2.cvtColor(astronaut, cv2.COLOR_RGB2YUV_I420)
+    out = np.zeros((17, 3), np.float32)
+    PoseEstimator(litert_engine).estimate(yuv, PixelFormat.YUV420, 512, 512, out)
+    for name, (rx, ry) in REFERENCE.items():
+        x, y, _ = out[KEYPOINT_INDEX[name]]
+        assert np.hypot(x - rx, y - ry) <= 15, name
+
+
+def test_missing_model_says_what_to_do(tmp_path):
+    with pytest.raises(ModelError, match=r"does not exist: set \[engine\] model"):
+        create_engine("litert", tmp_path / "nope.tflite")
+
+
+def test_wrong_model_file_is_refused(tmp_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"this is not a flatbuffer" * 10)
+    with pytest.raises(ModelError, match="not a usable TFLite model"):
+        create_engine("litert", bad)
+
+
+def test_tensorrt_without_tensorrt_is_a_clear_error(tmp_path):
+    engine_file = tmp_path / "m.engine"
+    engine_file.write_bytes(b"x")
+    with pytest.raises(ModelError, match="tensorrt"):
+        create_engine("tensorrt", engine_file)

@@ -1,0 +1,161 @@
+"""Wire protocol: round trip, malformed input, and a live server that survives it."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backend_app.server import InferenceServer
+from lalelu.inference import PoseEstimator
+from lalelu.protocol import (
+    FRAME_HEADER,
+    REPLY_SIZE,
+    PixelFormat,
+    ProtocolError,
+    Status,
+    encode_frame_header,
+    encode_reply_into,
+    parse_frame_header,
+    parse_reply_into,
+)
+
+MAX_PAYLOAD = 640 * 480 * 3
+
+
+def test_frame_header_round_trip():
+    raw = encode_frame_header(42, 123_456_789, PixelFormat.YUV420, 320, 240)
+    h = parse_frame_header(raw)
+    assert (h.seq, h.capture_ns, h.pixel_format, h.width, h.height, h.payload_len) == (
+        42, 123_456_789, PixelFormat.YUV420, 320, 240, 320 * 240 * 3 // 2)
+
+
+def test_reply_round_trip():
+    kp = np.arange(51, dtype=np.float32).reshape(17, 3)
+    buf = bytearray(REPLY_SIZE)
+    encode_reply_into(buf, Status.OK, 7, 1, 2, 3, 4, kp)
+    out = np.zeros((17, 3), np.float32)
+    r = parse_reply_into(buf, out)
+    assert (r.status, r.seq, r.recv_ns, r.infer_start_ns, r.infer_end_ns, r.send_ns) == (Status.OK, 7, 1, 2, 3, 4)
+    np.testing.assert_array_equal(out, kp)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fatal", "reason"),
+    [
+        (lambda f: (b"XXXX", *f[1:]), True, "bad magic"),
+        (lambda f: (f[0], 9, *f[2:]), True, "protocol version 9"),
+        (lambda f: (*f[:8], 2**32 - 1), True, "exceeds the limit"),
+        (lambda f: (f[0], f[1], 77, *f[3:]), False, "unknown pixel format"),
+        (lambda f: (*f[:6], 0, f[7], f[8]), False, "outside"),
+        (lambda f: (*f[:8], 100), False, "does not match"),
+        (lambda f: (*f[:5], -5, *f[6:]), False, "negative capture"),
+    ],
+)
+def test_bad_headers_name_the_problem(mutate, fatal, reason):
+    fields = list(FRAME_HEADER.unpack(encode_frame_header(1, 5, PixelFormat.RGB888, 64, 48)))
+    raw = FRAME_HEADER.pack(*mutate(fields))
+    with pytest.raises(ProtocolError, match=reason) as err:
+        parse_frame_header(raw, MAX_PAYLOAD)
+    assert err.value.fatal is fatal
+
+
+def test_truncated_header_is_fatal():
+    with pytest.raises(ProtocolError, match="expected 32"):
+        parse_frame_header(encode_frame_header(1, 5, PixelFormat.RGB888, 64, 48)[:20])
+
+
+@given(st.binary(min_size=FRAME_HEADER.size, max_size=FRAME_HEADER.size))
+def test_any_header_bytes_parse_or_raise_protocol_error(raw):
+    try:
+        h = parse_frame_header(raw, MAX_PAYLOAD)
+    except ProtocolError:
+        return
+    assert h.payload_len <= MAX_PAYLOAD  # anything accepted is bounded before allocation
+
+
+class LiveServer:
+    def __init__(self, engine):
+        self.server = InferenceServer(PoseEstimator(engine), "127.0.0.1", 0, MAX_PAYLOAD)
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.thread.start()
+        self.address = self.server.address
+
+    def stop(self):
+        self.server.stop()
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    from lalelu.engines import BUNDLED_MODEL, create_engine
+
+    engine = create_engine("litert", BUNDLED_MODEL, threads=1)
+    s = LiveServer(engine)
+    yield s
+    s.stop()
+
+
+def good_round_trip(address, seq: int) -> tuple[int, int]:
+    frame = np.full((48, 64, 3), 100, np.uint8)
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(encode_frame_header(seq, 1, PixelFormat.RGB888, 64, 48) + frame.tobytes())
+        data = recv_exactly(sock, REPLY_SIZE)
+    r = parse_reply_into(data, np.zeros((17, 3), np.float32))
+    return r.seq, int(r.status)
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        try:
+            chunk = sock.recv(n - len(buf))
+        except ConnectionResetError:  # closed with our unread junk in its buffer: a reset, not a FIN
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def test_rejected_frame_is_answered_and_connection_stays_up(live_server):
+    with socket.create_connection(live_server.address, timeout=5) as sock:
+        bad = encode_frame_header(5, 1, PixelFormat.RGB888, 64, 48, payload_len=10) + b"0123456789"
+        good = encode_frame_header(6, 1, PixelFormat.RGB888, 64, 48) + bytes(64 * 48 * 3)
+        sock.sendall(bad + good)
+        out = np.zeros((17, 3), np.float32)
+        first = parse_reply_into(recv_exactly(sock, REPLY_SIZE), out)
+        second = parse_reply_into(recv_exactly(sock, REPLY_SIZE), out)
+    assert (first.seq, first.status) == (5, Status.BAD_FRAME)
+    assert (second.seq, second.status) == (6, Status.OK)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    junk=st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            lambda magic, ver, fmt, w, h, length, tail: struct.pack(
+                "<4sHBBQqHHI", magic, ver, fmt, 0, 1, 1, w, h, length) + tail,
+            st.sampled_from([b"LLDF", b"LLDX"]), st.sampled_from([1, 2]), st.integers(0, 255),
+            st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 2**32 - 1), st.binary(max_size=64),
+        ),
+    )
+)
+def test_server_survives_malformed_streams(live_server, junk):
+    with socket.create_connection(live_server.address, timeout=5) as sock:
+        sock.sendall(junk)
+    assert good_round_trip(live_server.address, 99) == (99, 0)
+
+
+def test_bad_packets_are_counted(live_server):
+    before = live_server.server.counters.bad_packets
+    with socket.create_connection(live_server.address, timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(10))
+        assert recv_exactly(sock, 1) == b""  # the server closes an unframeable stream
+    assert live_server.server.counters.bad_packets == before + 1
