@@ -19,26 +19,50 @@ log = logging.getLogger("lalelu.backend")
 
 def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = None) -> dict:
     affinity = pin_to_cpus(cfg.backend.cpus)  # before the engine starts its threads, so they inherit it
-    engine = create_engine(cfg.engine.kind, Path(cfg.engine.model) if cfg.engine.model else None,
-                           cfg.engine.threads, cfg.engine.delegate)
+    engine = create_engine(
+        cfg.engine.kind,
+        Path(cfg.engine.model) if cfg.engine.model else None,
+        cfg.engine.threads,
+        cfg.engine.delegate,
+    )
     engine.warm_up(cfg.engine.warmup)
-    server = InferenceServer(PoseEstimator(engine), cfg.backend.listen_host, cfg.backend.port,
-                             cfg.backend.max_payload, tuple(cfg.backend.allow))
+    server = InferenceServer(
+        PoseEstimator(engine),
+        cfg.backend.listen_host,
+        cfg.backend.port,
+        cfg.backend.max_payload,
+        tuple(cfg.backend.allow),
+    )
     fifo = try_sched_fifo(cfg.backend.fifo_priority) if cfg.backend.sched_fifo else False
-    log.info("backend %s on %s:%d, engine %s (input %s %s), CPUs %s, SCHED_FIFO %s", server.address[0],
-             *server.address, engine.name, engine.input.shape, engine.input.dtype, affinity, fifo)
+    log.info(
+        "backend %s on %s:%d, engine %s (input %s %s), CPUs %s, SCHED_FIFO %s",
+        server.address[0],
+        *server.address,
+        engine.name,
+        engine.input.shape,
+        engine.input.dtype,
+        affinity,
+        fifo,
+    )
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     if ready_file is not None:
-        ready_file.write_text(json.dumps({"host": server.address[0], "port": server.address[1],
-                                          "cpus": affinity, "sched_fifo": fifo}))
+        ready_file.write_text(
+            json.dumps(
+                {"host": server.address[0], "port": server.address[1], "cpus": affinity, "sched_fifo": fifo}
+            )
+        )
     freeze_gc()
 
     def report(srv: InferenceServer) -> None:
         rows = srv.telemetry.recent()[-1000:]
-        log.info("frames %d, infer p50 %.2f ms p99 %.2f ms, counters %s", srv.counters.frames,
-                 summarize_ns(rows["backend_infer_ns"]).get("p50", 0), summarize_ns(rows["backend_infer_ns"]).get("p99", 0),
-                 srv.counters.as_dict())
+        log.info(
+            "frames %d, infer p50 %.2f ms p99 %.2f ms, counters %s",
+            srv.counters.frames,
+            summarize_ns(rows["backend_infer_ns"]).get("p50", 0),
+            summarize_ns(rows["backend_infer_ns"]).get("p99", 0),
+            srv.counters.as_dict(),
+        )
 
     server.serve(seconds, on_tick=report, tick_s=5.0)
     engine.close()

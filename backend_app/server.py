@@ -7,6 +7,7 @@ ends that connection (it is not), never the server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import selectors
 import socket
@@ -62,8 +63,9 @@ class Connection:
 
 
 class InferenceServer:
-    def __init__(self, estimator: PoseEstimator, host: str, port: int, max_payload: int,
-                 allow: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, estimator: PoseEstimator, host: str, port: int, max_payload: int, allow: tuple[str, ...] = ()
+    ) -> None:
         self.estimator = estimator
         self.max_payload = max_payload
         self.allow = set(allow)
@@ -122,10 +124,8 @@ class InferenceServer:
 
     def _drop(self, conn: Connection, why: str) -> None:
         log.info("edge %s disconnected: %s", conn.peer, why)
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
         conn.sock.close()
 
     def _bad(self, conn: Connection, err: ProtocolError) -> None:
@@ -172,7 +172,7 @@ class InferenceServer:
     def _on_header(self, conn: Connection) -> None:
         conn.got = 0
         try:
-            frame = parse_frame_header(conn.header, self.max_payload)
+            frame = parse_frame_header(memoryview(conn.header), self.max_payload)
         except ProtocolError as err:
             self._bad(conn, err)
             if err.fatal:
@@ -203,8 +203,9 @@ class InferenceServer:
             conn.discard = False
             self._send(conn, Status.BAD_FRAME, frame.seq, conn.recv_ns, 0, 0, self._zeros)
             return
-        pixels = np.frombuffer(conn.payload, np.uint8).reshape(frame_shape(frame.pixel_format, frame.width,
-                                                                          frame.height))
+        pixels = np.frombuffer(conn.payload, np.uint8).reshape(
+            frame_shape(frame.pixel_format, frame.width, frame.height)
+        )
         t0 = now_ns()
         status = Status.OK
         try:
@@ -220,8 +221,9 @@ class InferenceServer:
         self._send(conn, status, frame.seq, conn.recv_ns, t0, t1, self._keypoints)
         row["backend_total_ns"] = now_ns() - conn.recv_ns
 
-    def _send(self, conn: Connection, status: Status, seq: int, recv: int, t0: int, t1: int,
-              keypoints: np.ndarray) -> None:
+    def _send(
+        self, conn: Connection, status: Status, seq: int, recv: int, t0: int, t1: int, keypoints: np.ndarray
+    ) -> None:
         encode_reply_into(self._reply, status, seq, recv, t0, t1, now_ns(), keypoints)
         if conn.outbox:
             conn.outbox += self._reply

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -11,7 +12,14 @@ import numpy as np
 
 from lalelu.errors import LaleluError
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.protocol import REPLY_SIZE, PixelFormat, ProtocolError, Reply, encode_frame_header, parse_reply_into
+from lalelu.protocol import (
+    REPLY_SIZE,
+    PixelFormat,
+    ProtocolError,
+    Reply,
+    encode_frame_header,
+    parse_reply_into,
+)
 
 log = logging.getLogger("lalelu.edge")
 
@@ -21,8 +29,9 @@ class BackendUnavailable(LaleluError):
 
 
 class BackendLink:
-    def __init__(self, address: str, on_reply: Callable[[Reply], None], max_in_flight: int,
-                 timeout_s: float) -> None:
+    def __init__(
+        self, address: str, on_reply: Callable[[Reply], None], max_in_flight: int, timeout_s: float
+    ) -> None:
         host, _, port = address.rpartition(":")
         try:
             self.sock = socket.create_connection((host, int(port)), timeout=timeout_s)
@@ -43,14 +52,18 @@ class BackendLink:
         self._rx = threading.Thread(target=self._receive, name="lalelu-rx", daemon=True)
         self._rx.start()
 
-    def send(self, seq: int, capture_ns: int, fmt: PixelFormat, width: int, height: int, frame: np.ndarray) -> None:
+    def send(
+        self, seq: int, capture_ns: int, fmt: PixelFormat, width: int, height: int, frame: np.ndarray
+    ) -> None:
         if not self._slots.acquire(timeout=self._timeout_s):
-            raise BackendUnavailable(f"the backend at {self.address} answered nothing for {self._timeout_s} s")
+            raise BackendUnavailable(
+                f"the backend at {self.address} answered nothing for {self._timeout_s} s"
+            )
         if self.error:
             raise BackendUnavailable(f"the backend at {self.address} went away: {self.error}")
         header = encode_frame_header(seq, capture_ns, fmt, width, height, frame.nbytes)
         try:
-            self.sock.sendmsg([header, memoryview(frame).cast("B")])
+            self.sock.sendmsg([header, frame.data.cast("B")])
         except OSError as exc:
             raise BackendUnavailable(f"sending to the backend at {self.address} failed: {exc}") from exc
 
@@ -87,9 +100,7 @@ class BackendLink:
 
     def close(self) -> None:
         self._closed = True
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
         self._rx.join(timeout=1.0)

@@ -29,8 +29,9 @@ log = logging.getLogger("lalelu.edge")
 
 
 class EdgeLoop:
-    def __init__(self, cfg: Config, consumer: PoseConsumer | None = None,
-                 source: FrameSource | None = None) -> None:
+    def __init__(
+        self, cfg: Config, consumer: PoseConsumer | None = None, source: FrameSource | None = None
+    ) -> None:
         self.cfg = cfg
         self.consumer = consumer or LogConsumer()
         self.source = source or open_source(cfg.camera)
@@ -64,12 +65,17 @@ class EdgeLoop:
     def _open(self) -> None:
         cfg = self.cfg
         if cfg.edge.backend:
-            self._link = BackendLink(cfg.edge.backend, self._on_reply, cfg.edge.max_in_flight,
-                                     cfg.edge.connect_timeout_s)
+            self._link = BackendLink(
+                cfg.edge.backend, self._on_reply, cfg.edge.max_in_flight, cfg.edge.connect_timeout_s
+            )
             log.info("sending frames to the backend at %s", cfg.edge.backend)
         else:
-            engine = create_engine(cfg.engine.kind, Path(cfg.engine.model) if cfg.engine.model else None,
-                                   cfg.engine.threads, cfg.engine.delegate)
+            engine = create_engine(
+                cfg.engine.kind,
+                Path(cfg.engine.model) if cfg.engine.model else None,
+                cfg.engine.threads,
+                cfg.engine.delegate,
+            )
             engine.warm_up(cfg.engine.warmup)
             self._estimator = PoseEstimator(engine)
             log.info("no backend configured: inferring locally with %s", engine.name)
@@ -93,8 +99,16 @@ class EdgeLoop:
         affinity = pin_to_cpus(cfg.edge.cpus)
         self._open()
         fifo = try_sched_fifo(cfg.edge.fifo_priority) if cfg.edge.sched_fifo else False
-        log.info("edge: %s %dx%d %s at %.0f fps, CPUs %s, SCHED_FIFO %s", cfg.camera.source, self.source.width,
-                 self.source.height, self.source.pixel_format.name, self.source.fps, affinity, fifo)
+        log.info(
+            "edge: %s %dx%d %s at %.0f fps, CPUs %s, SCHED_FIFO %s",
+            cfg.camera.source,
+            self.source.width,
+            self.source.height,
+            self.source.pixel_format.name,
+            self.source.fps,
+            affinity,
+            fifo,
+        )
         freeze_gc()
         start = time.monotonic()
         end = start + cfg.edge.seconds if cfg.edge.seconds else float("inf")
@@ -152,10 +166,18 @@ class EdgeLoop:
         done = end_seq - (self.sent - self.received)
         rows = self.telemetry.rows_between(max(first_seq, done - 500), done)
         s = stage_summary(rows[rows["pose_ns"] > 0])
-        log.info("frames %d, poses %d, dropped %d | total p50 %.2f p99 %.2f ms | infer p50 %.2f ms | "
-                 "overhead p50 %.2f p99 %.2f ms", self.sent, self.received, self.source.dropped,
-                 s["total"].get("p50", 0), s["total"].get("p99", 0), s["inference"].get("p50", 0),
-                 s["overhead"].get("p50", 0), s["overhead"].get("p99", 0))
+        log.info(
+            "frames %d, poses %d, dropped %d | total p50 %.2f p99 %.2f ms | infer p50 %.2f ms | "
+            "overhead p50 %.2f p99 %.2f ms",
+            self.sent,
+            self.received,
+            self.source.dropped,
+            s["total"].get("p50", 0),
+            s["total"].get("p99", 0),
+            s["inference"].get("p50", 0),
+            s["overhead"].get("p50", 0),
+            s["overhead"].get("p99", 0),
+        )
         self._flush_telemetry(done)
 
     def summary(self, first_seq: int, end_seq: int, elapsed_s: float) -> dict:

@@ -17,8 +17,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("litert", "tf-savedmodel", "tensorrt"), help="override [engine] kind")
     p.add_argument("--model", help="override [engine] model (path)")
     p.add_argument("--threads", type=int, help="override [engine] threads")
-    p.add_argument("--cpus", type=lambda s: [int(c) for c in s.split(",") if c != ""],
-                   help="comma-separated CPUs to pin to")
+    p.add_argument(
+        "--cpus",
+        type=lambda s: [int(c) for c in s.split(",") if c != ""],
+        help="comma-separated CPUs to pin to",
+    )
     p.add_argument("--no-fifo", action="store_true", help="do not ask for SCHED_FIFO")
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -86,8 +89,12 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = _config(args, "edge")
         rgb = read_rgb(args.image)
-        engine = create_engine(cfg.engine.kind, Path(cfg.engine.model) if cfg.engine.model else None,
-                               cfg.engine.threads, cfg.engine.delegate)
+        engine = create_engine(
+            cfg.engine.kind,
+            Path(cfg.engine.model) if cfg.engine.model else None,
+            cfg.engine.threads,
+            cfg.engine.delegate,
+        )
         kp = estimate_pose(engine, rgb)
         result = keypoints_json(kp)
         if args.json:
@@ -114,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     if getattr(args, "quiet", False):
         level = logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     try:
         return _run(args)
     except LaleluError as exc:

@@ -11,7 +11,9 @@ from typing import Any
 from lalelu.errors import ConfigError
 
 
-def _rule(lo: float | None = None, hi: float | None = None, choices: tuple[Any, ...] = (), doc: str = "") -> dict:
+def _rule(
+    lo: float | None = None, hi: float | None = None, choices: tuple[Any, ...] = (), doc: str = ""
+) -> dict:
     return {"lo": lo, "hi": hi, "choices": choices, "doc": doc}
 
 
@@ -33,7 +35,9 @@ class CameraConfig:
     pixel_format: str = field(default="rgb888", metadata=_rule(choices=("rgb888", "yuv420")))
     path: str = field(default="", metadata=_rule(doc="replay: a video file or a folder of images"))
     device: int = field(default=0, metadata=_rule(0, 63))
-    paced: bool = field(default=True, metadata=_rule(doc="replay: at the recorded rate, or as fast as possible"))
+    paced: bool = field(
+        default=True, metadata=_rule(doc="replay: at the recorded rate, or as fast as possible")
+    )
     still_period_s: float = field(default=1.0, metadata=_rule(0.05, 60))
     still_amplitude: float = field(default=0.15, metadata=_rule(0.0, 0.5))
 
@@ -71,8 +75,13 @@ class Config:
 
 
 def _type_name(t: Any) -> str:
-    return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-            "list[str]": "a list of strings"}.get(str(t), "a list of integers")
+    return {
+        "int": "an integer",
+        "float": "a number",
+        "str": "a string",
+        "bool": "true or false",
+        "list[str]": "a list of strings",
+    }.get(str(t), "a list of integers")
 
 
 def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
@@ -111,7 +120,12 @@ def _build(cls: type, section: str, data: dict[str, Any], origin: str) -> Any:
     return cls(**kwargs)
 
 
-SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+SECTIONS: dict[str, type] = {
+    "engine": EngineConfig,
+    "camera": CameraConfig,
+    "backend": BackendConfig,
+    "edge": EdgeConfig,
+}
 
 
 def config_from_dict(data: dict[str, Any], origin: str = "configuration") -> Config:
@@ -120,7 +134,7 @@ def config_from_dict(data: dict[str, Any], origin: str = "configuration") -> Con
             raise ConfigError(f"{origin}: unknown section [{key}]; known sections: {', '.join(SECTIONS)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{origin}: {key} must be a [{key}] table")
-    parts = {name: _build(type(factory()), name, data.get(name, {}), origin) for name, factory in SECTIONS.items()}
+    parts = {name: _build(cls, name, data.get(name, {}), origin) for name, cls in SECTIONS.items()}
     cfg = Config(**parts)
     validate(cfg, origin)
     return cfg
@@ -132,11 +146,13 @@ def validate(cfg: Config, origin: str = "configuration") -> None:
         host, sep, port = cfg.edge.backend.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(
-                f"{origin}: [edge] backend = {cfg.edge.backend!r} must be HOST:PORT (e.g. \"192.168.1.10:7600\"), "
+                f'{origin}: [edge] backend = {cfg.edge.backend!r} must be HOST:PORT (e.g. "192.168.1.10:7600"), '
                 "or empty to infer on the edge"
             )
     if cfg.camera.source == "replay" and not cfg.camera.path:
-        raise ConfigError(f"{origin}: [camera] source = \"replay\" needs [camera] path (a video or image folder)")
+        raise ConfigError(
+            f'{origin}: [camera] source = "replay" needs [camera] path (a video or image folder)'
+        )
     if cfg.camera.pixel_format == "yuv420" and (cfg.camera.width % 2 or cfg.camera.height % 2):
         raise ConfigError(f"{origin}: [camera] yuv420 needs an even width and height")
 
@@ -147,7 +163,9 @@ def load_config(path: Path | None) -> Config:
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}; check the path given to --config")
+        raise ConfigError(
+            f"cannot read configuration {path}: {exc.strerror}; check the path given to --config"
+        ) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -27,28 +27,46 @@ def run_demo(seconds: float, config: Path | None, extra: list[str], quiet: bool 
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         backend = subprocess.Popen(
             _lalelu("backend", "--config", str(config), "--port", "0", "--ready-file", str(ready), *extra),
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if quiet else None,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE if quiet else None,
         )
         try:
             deadline = time.monotonic() + 60
             while not ready.exists():
                 if backend.poll() is not None:
-                    raise LaleluError(f"the demo's backend exited with code {backend.returncode} before it was ready")
+                    raise LaleluError(
+                        f"the demo's backend exited with code {backend.returncode} before it was ready"
+                    )
                 if time.monotonic() > deadline:
                     raise LaleluError("the demo's backend was not ready within 60 s")
                 time.sleep(0.05)
             port = json.loads(ready.read_text())["port"]
             edge = subprocess.Popen(
-                _lalelu("edge", "--config", str(config), "--backend", f"127.0.0.1:{port}", "--seconds",
-                        str(seconds), "--summary-json", str(summary_file), *extra),
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if quiet else None,
+                _lalelu(
+                    "edge",
+                    "--config",
+                    str(config),
+                    "--backend",
+                    f"127.0.0.1:{port}",
+                    "--seconds",
+                    str(seconds),
+                    "--summary-json",
+                    str(summary_file),
+                    *extra,
+                ),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE if quiet else None,
             )
             start = time.monotonic()
             while edge.poll() is None:
                 if not quiet:
                     done = min(seconds, time.monotonic() - start)
                     bar = "#" * int(30 * done / seconds)
-                    print(f"\rdemo [{bar:<30}] {done:5.1f}/{seconds:.0f} s", end="", file=sys.stderr, flush=True)
+                    print(
+                        f"\rdemo [{bar:<30}] {done:5.1f}/{seconds:.0f} s", end="", file=sys.stderr, flush=True
+                    )
                 time.sleep(0.25)
             if not quiet:
                 print(file=sys.stderr)

@@ -29,10 +29,12 @@ def estimate_pose(engine: PoseEngine, rgb: np.ndarray) -> np.ndarray:
 
 
 def keypoints_json(kp: np.ndarray) -> dict:
-    return {"keypoints": [
-        {"name": name, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
-        for name, (x, y, s) in zip(KEYPOINT_NAMES, kp, strict=True)
-    ]}
+    return {
+        "keypoints": [
+            {"name": name, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
+            for name, (x, y, s) in zip(KEYPOINT_NAMES, kp, strict=True)
+        ]
+    }
 
 
 def draw_skeleton(rgb: np.ndarray, kp: np.ndarray, min_score: float = 0.2) -> np.ndarray:
@@ -40,7 +42,9 @@ def draw_skeleton(rgb: np.ndarray, kp: np.ndarray, min_score: float = 0.2) -> np
     r = max(2, round(min(rgb.shape[:2]) / 150))
     for a, b in SKELETON:
         if kp[a, 2] >= min_score and kp[b, 2] >= min_score:
-            cv2.line(bgr, (round(kp[a, 0]), round(kp[a, 1])), (round(kp[b, 0]), round(kp[b, 1])), (255, 200, 0), r)
+            cv2.line(
+                bgr, (round(kp[a, 0]), round(kp[a, 1])), (round(kp[b, 0]), round(kp[b, 1])), (255, 200, 0), r
+            )
     for x, y, s in kp:
         if s >= min_score:
             cv2.circle(bgr, (round(x), round(y)), r + 1, (0, 0, 255), -1)

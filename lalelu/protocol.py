@@ -76,7 +76,9 @@ def encode_frame_header(
     return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, int(fmt), 0, seq, capture_ns, width, height, payload_len)
 
 
-def parse_frame_header(data: bytes | memoryview, max_payload: int = DEFAULT_MAX_PAYLOAD) -> FrameHeader:
+def parse_frame_header(
+    data: bytes | bytearray | memoryview, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> FrameHeader:
     """Validate every field; raise ProtocolError with a reason a log line can carry."""
     if len(data) != FRAME_HEADER.size:
         raise ProtocolError(f"header is {len(data)} bytes, expected {FRAME_HEADER.size}", fatal=True)
@@ -100,7 +102,8 @@ def parse_frame_header(data: bytes | memoryview, max_payload: int = DEFAULT_MAX_
     expected = payload_size(pf, width, height)
     if length != expected:
         raise ProtocolError(
-            f"payload length {length} does not match {pf.name} {width}x{height} ({expected} bytes)", fatal=False
+            f"payload length {length} does not match {pf.name} {width}x{height} ({expected} bytes)",
+            fatal=False,
         )
     if capture_ns < 0:
         raise ProtocolError(f"negative capture timestamp {capture_ns}", fatal=False)
@@ -130,8 +133,17 @@ def encode_reply_into(
 ) -> None:
     """Write a reply into a preallocated REPLY_SIZE buffer (no allocation on the hot path)."""
     REPLY_HEADER.pack_into(
-        buf, 0, REPLY_MAGIC, VERSION, int(status), NUM_KEYPOINTS, seq,
-        recv_ns, infer_start_ns, infer_end_ns, send_ns,
+        buf,
+        0,
+        REPLY_MAGIC,
+        VERSION,
+        int(status),
+        NUM_KEYPOINTS,
+        seq,
+        recv_ns,
+        infer_start_ns,
+        infer_end_ns,
+        send_ns,
     )
     np.frombuffer(buf, dtype=np.float32, count=NUM_KEYPOINTS * 3, offset=REPLY_HEADER.size)[:] = (
         keypoints.reshape(-1)

@@ -47,7 +47,9 @@ class Backend:
         self.log = open(tmp / "backend.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             lalelu_cmd("backend", "--port", "0", "--ready-file", str(self.ready), "--no-fifo", *args),
-            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         deadline = time.monotonic() + 60
         while not self.ready.exists():

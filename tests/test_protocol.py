@@ -32,7 +32,13 @@ def test_frame_header_round_trip():
     raw = encode_frame_header(42, 123_456_789, PixelFormat.YUV420, 320, 240)
     h = parse_frame_header(raw)
     assert (h.seq, h.capture_ns, h.pixel_format, h.width, h.height, h.payload_len) == (
-        42, 123_456_789, PixelFormat.YUV420, 320, 240, 320 * 240 * 3 // 2)
+        42,
+        123_456_789,
+        PixelFormat.YUV420,
+        320,
+        240,
+        320 * 240 * 3 // 2,
+    )
 
 
 def test_reply_round_trip():
@@ -41,7 +47,14 @@ def test_reply_round_trip():
     encode_reply_into(buf, Status.OK, 7, 1, 2, 3, 4, kp)
     out = np.zeros((17, 3), np.float32)
     r = parse_reply_into(buf, out)
-    assert (r.status, r.seq, r.recv_ns, r.infer_start_ns, r.infer_end_ns, r.send_ns) == (Status.OK, 7, 1, 2, 3, 4)
+    assert (r.status, r.seq, r.recv_ns, r.infer_start_ns, r.infer_end_ns, r.send_ns) == (
+        Status.OK,
+        7,
+        1,
+        2,
+        3,
+        4,
+    )
     np.testing.assert_array_equal(out, kp)
 
 
@@ -140,10 +153,16 @@ def test_rejected_frame_is_answered_and_connection_stays_up(live_server):
     junk=st.one_of(
         st.binary(max_size=200),
         st.builds(
-            lambda magic, ver, fmt, w, h, length, tail: struct.pack(
-                "<4sHBBQqHHI", magic, ver, fmt, 0, 1, 1, w, h, length) + tail,
-            st.sampled_from([b"LLDF", b"LLDX"]), st.sampled_from([1, 2]), st.integers(0, 255),
-            st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 2**32 - 1), st.binary(max_size=64),
+            lambda magic, ver, fmt, w, h, length, tail: (
+                struct.pack("<4sHBBQqHHI", magic, ver, fmt, 0, 1, 1, w, h, length) + tail
+            ),
+            st.sampled_from([b"LLDF", b"LLDX"]),
+            st.sampled_from([1, 2]),
+            st.integers(0, 255),
+            st.integers(0, 65535),
+            st.integers(0, 65535),
+            st.integers(0, 2**32 - 1),
+            st.binary(max_size=64),
         ),
     )
 )

@@ -16,7 +16,10 @@ class FrameSource(Protocol):
     height: int
     pixel_format: PixelFormat
     fps: float
-    dropped: int  # frames the source produced that the loop was too late to take
+
+    @property
+    def dropped(self) -> int:
+        """Frames the source produced that the loop was too late to take."""
 
     def read(self) -> tuple[np.ndarray, int, int] | None: ...
 

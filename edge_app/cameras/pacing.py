@@ -9,7 +9,7 @@ class Pacer:
     """Hands out frame times on a fixed grid; a loop that falls behind skips frames like a camera would."""
 
     def __init__(self, fps: float, paced: bool = True) -> None:
-        self.period_ns = int(round(1e9 / fps))
+        self.period_ns = round(1e9 / fps)
         self.paced = paced
         self.start_ns = now_ns()
         self.index = -1

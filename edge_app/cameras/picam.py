@@ -26,7 +26,7 @@ class Picamera2Source:
                 "--system-site-packages (the Ansible role does both)"
             ) from exc
         fmt_name, self.pixel_format = FORMATS[cfg.pixel_format]
-        frame_us = int(round(1e6 / cfg.fps))
+        frame_us = round(1e6 / cfg.fps)
         try:
             self._cam = Picamera2()
             config = self._cam.create_video_configuration(
@@ -39,9 +39,15 @@ class Picamera2Source:
             self._cam.configure(config)
             self._cam.start()
         except (IndexError, RuntimeError) as exc:
-            raise CameraError(f"no usable Pi camera ({exc}); check the ribbon cable and `rpicam-hello --list-cameras`")
+            raise CameraError(
+                f"no usable Pi camera ({exc}); check the ribbon cable and `rpicam-hello --list-cameras`"
+            ) from exc
         self.width, self.height, self.fps = cfg.width, cfg.height, cfg.fps
-        shape = (cfg.height * 3 // 2, cfg.width) if self.pixel_format == PixelFormat.YUV420 else (cfg.height, cfg.width, 3)
+        shape = (
+            (cfg.height * 3 // 2, cfg.width)
+            if self.pixel_format == PixelFormat.YUV420
+            else (cfg.height, cfg.width, 3)
+        )
         self._buf = np.empty(shape, np.uint8)
         self._last_ts = 0
         self._period_ns = frame_us * 1000
@@ -51,8 +57,12 @@ class Picamera2Source:
     def read(self) -> tuple[np.ndarray, int, int] | None:
         try:
             request = self._cam.capture_request()
-        except Exception as exc:  # libcamera raises plain RuntimeError/OSError kinds when the sensor goes away
-            raise CameraError(f"the Pi camera stopped delivering frames ({exc}); exiting so systemd restarts")
+        except (
+            Exception
+        ) as exc:  # libcamera raises plain RuntimeError/OSError kinds when the sensor goes away
+            raise CameraError(
+                f"the Pi camera stopped delivering frames ({exc}); exiting so systemd restarts"
+            ) from exc
         try:
             arr = request.make_array("lores")
             ts = int(request.get_metadata()["SensorTimestamp"])

@@ -19,7 +19,9 @@ class ReplaySource:
     def __init__(self, cfg: CameraConfig) -> None:
         path = Path(cfg.path)
         if not path.exists():
-            raise CameraError(f"replay source {path} does not exist: set [camera] path to a clip or image folder")
+            raise CameraError(
+                f"replay source {path} does not exist: set [camera] path to a clip or image folder"
+            )
         self._images: list[Path] = []
         self._cap: cv2.VideoCapture | None = None
         fps = cfg.fps
@@ -49,11 +51,12 @@ class ReplaySource:
             return img if ok else None
         if self._next >= len(self._images):
             return None
-        img = cv2.imread(str(self._images[self._next]), cv2.IMREAD_COLOR)
+        path = self._images[self._next]
         self._next += 1
-        if img is None:
-            raise CameraError(f"cannot read image {self._images[self._next - 1]}")
-        return img
+        loaded = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if loaded is None:
+            raise CameraError(f"cannot read image {path}: is it a valid PNG/JPEG?")
+        return loaded
 
     def read(self) -> tuple[np.ndarray, int, int] | None:
         img = self._grab()

@@ -37,8 +37,11 @@ class StillSource:
         self.pixel_format = PixelFormat.YUV420 if cfg.pixel_format == "yuv420" else PixelFormat.RGB888
         photo = load_photo(cfg.path) if photo is None else photo
         scale = min(cfg.width / photo.shape[1], cfg.height / photo.shape[0])
-        self.photo = cv2.resize(photo, (round(photo.shape[1] * scale), round(photo.shape[0] * scale)),
-                                interpolation=cv2.INTER_AREA)
+        self.photo = cv2.resize(
+            photo,
+            (round(photo.shape[1] * scale), round(photo.shape[0] * scale)),
+            interpolation=cv2.INTER_AREA,
+        )
         self.photo_scale = scale
         self.photo_x = (cfg.width - self.photo.shape[1]) // 2
         self.amplitude_px = cfg.still_amplitude * cfg.height
@@ -68,7 +71,9 @@ class StillSource:
         h = self.photo.shape[0]
         top, bottom = max(0, oy), min(self.height, oy + h)
         if bottom > top:
-            frame[top:bottom, self.photo_x : self.photo_x + self.photo.shape[1]] = self.photo[top - oy : bottom - oy]
+            frame[top:bottom, self.photo_x : self.photo_x + self.photo.shape[1]] = self.photo[
+                top - oy : bottom - oy
+            ]
         if self.pixel_format == PixelFormat.YUV420:
             cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420, dst=self._yuv)
             return self._yuv

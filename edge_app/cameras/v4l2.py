@@ -34,7 +34,9 @@ class V4L2Source:
         ok, img = self._cap.read()
         t = now_ns()
         if not ok:
-            raise CameraError("the V4L2 camera stopped delivering frames (unplugged?); exiting so systemd restarts")
+            raise CameraError(
+                "the V4L2 camera stopped delivering frames (unplugged?); exiting so systemd restarts"
+            )
         cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=self._rgb)
         self._seq += 1
         return self._rgb, t, self._seq

@@ -10,7 +10,9 @@ import numpy as np
 from lalelu.errors import ModelError
 
 ENGINE_NAMES = ("litert", "tf-savedmodel", "tensorrt")
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "movenet_singlepose_lightning_int8_4.tflite"
+BUNDLED_MODEL = (
+    Path(__file__).resolve().parent.parent / "models" / "movenet_singlepose_lightning_int8_4.tflite"
+)
 
 
 class PoseEngine(Protocol):
@@ -44,7 +46,9 @@ def create_engine(name: str, model: Path | None = None, threads: int = 2, delega
         from lalelu.engines.tf_savedmodel import SavedModelEngine
 
         if model is None:
-            raise ModelError("engine tf-savedmodel needs --model DIR (a TF2 SavedModel such as MoveNet Thunder)")
+            raise ModelError(
+                "engine tf-savedmodel needs --model DIR (a TF2 SavedModel such as MoveNet Thunder)"
+            )
         return SavedModelEngine(model)
     if name == "tensorrt":
         from lalelu.engines.tensorrt import TensorRTEngine

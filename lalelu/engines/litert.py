@@ -26,7 +26,7 @@ class LiteRTEngine:
             except (ValueError, OSError) as exc:
                 raise ModelError(
                     f"cannot load the Edge TPU delegate ({EDGETPU_LIBRARY}): {exc}; install libedgetpu1-std "
-                    "and plug in the Coral, or set [engine] delegate = \"\""
+                    'and plug in the Coral, or set [engine] delegate = ""'
                 ) from exc
         try:
             self._it = Interpreter(
@@ -34,7 +34,9 @@ class LiteRTEngine:
             )
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{path} is not a usable TFLite model ({exc}); check the file or re-download it")
+            raise ModelError(
+                f"{path} is not a usable TFLite model ({exc}); check the file or re-download it"
+            ) from exc
         inp = self._it.get_input_details()[0]
         out = self._it.get_output_details()[0]
         check_output_shape(tuple(out["shape"]), path)

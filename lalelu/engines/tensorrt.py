@@ -7,6 +7,7 @@ Device memory and copies go through cuda-python's runtime bindings.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from lalelu.engines import check_model_path, check_output_shape
 from lalelu.errors import ModelError
 
 
-def _cuda_check(result: tuple) -> object:
+def _cuda_check(result: tuple) -> Any:
     err, *rest = result
     if int(err) != 0:
         raise ModelError(f"CUDA call failed with error {err}; is the NVIDIA driver loaded (nvidia-smi)?")
@@ -40,7 +41,9 @@ class TensorRTEngine:
         logger = trt.Logger(trt.Logger.WARNING)
         engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
         if engine is None:
-            raise ModelError(f"{path} could not be deserialized: rebuild it with `lalelu convert` on this GPU")
+            raise ModelError(
+                f"{path} could not be deserialized: rebuild it with `lalelu convert` on this GPU"
+            )
         self._engine, self._ctx = engine, engine.create_execution_context()
         self._stream = _cuda_check(cudart.cudaStreamCreate())
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -67,9 +70,13 @@ class TensorRTEngine:
     def infer(self, out: np.ndarray) -> None:
         rt = self._cudart
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _cuda_check(rt.cudaMemcpyAsync(self._d_in, self.input.ctypes.data, self.input.nbytes, h2d, self._stream))
+        _cuda_check(
+            rt.cudaMemcpyAsync(self._d_in, self.input.ctypes.data, self.input.nbytes, h2d, self._stream)
+        )
         self._ctx.execute_async_v3(int(self._stream))
-        _cuda_check(rt.cudaMemcpyAsync(self._out.ctypes.data, self._d_out, self._out.nbytes, d2h, self._stream))
+        _cuda_check(
+            rt.cudaMemcpyAsync(self._out.ctypes.data, self._d_out, self._out.nbytes, d2h, self._stream)
+        )
         _cuda_check(rt.cudaStreamSynchronize(self._stream))
         out[:] = self._out.reshape(17, 3)
 

@@ -23,11 +23,13 @@ class SavedModelEngine:
             loaded = tf.saved_model.load(str(path))
             fn = loaded.signatures["serving_default"]
         except (OSError, KeyError, ValueError) as exc:
-            raise ModelError(f"{path} is not a SavedModel with a 'serving_default' signature ({exc})") from exc
+            raise ModelError(
+                f"{path} is not a SavedModel with a 'serving_default' signature ({exc})"
+            ) from exc
         _, kwargs = fn.structured_input_signature
         if len(kwargs) != 1:
             raise ModelError(f"{path}: serving_default takes {len(kwargs)} inputs, MoveNet takes one image")
-        (self._input_name, spec), = kwargs.items()
+        ((self._input_name, spec),) = kwargs.items()
         shape = tuple(spec.shape)
         if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[2] is None:
             raise ModelError(f"{path}: input shape {shape} is not [1, H, W, 3] with a fixed size")

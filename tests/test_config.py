@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+
+from lalelu.config import Config, config_from_dict, load_config, override
+from lalelu.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("path", [*sorted(CONFIGS.glob("*.toml")), Path("lalelu/data/demo.toml")])
+def test_shipped_configs_load(path):
+    assert isinstance(load_config(path), Config)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"camera": {"fps": 5000}}, r"\[camera\] fps = 5000 is out of range: allowed 1 to 1000"),
+        ({"camera": {"fps": "fast"}}, r"\[camera\] fps = 'fast' has the wrong type: expected a number"),
+        ({"camera": {"fsp": 100}}, r"unknown key \[camera\] fsp; known keys: .*fps"),
+        ({"engine": {"kind": "onnx"}}, r"\[engine\] kind = 'onnx' is not allowed: choose one of 'litert'"),
+        ({"edge": {"backend": "nohost"}}, r"\[edge\] backend = 'nohost' must be HOST:PORT"),
+        ({"backend": {"cpus": [0, "1"]}}, r"\[backend\] cpus .* expected a list of integers"),
+        ({"backend": {"sched_fifo": 1}}, r"expected true or false"),
+        ({"cameras": {}}, r"unknown section \[cameras\]"),
+        ({"camera": {"source": "replay"}}, r"needs \[camera\] path"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data, "host.toml")
+
+
+def test_cli_override_is_checked_like_the_file():
+    with pytest.raises(ConfigError, match=r"command line: \[engine\] threads = 0 is out of range"):
+        override(Config(), "engine", threads=0)
+    assert override(Config(), "engine", threads=3).engine.threads == 3
+
+
+def test_broken_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "x.toml"
+    bad.write_text("[camera\nfps=1")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        load_config(tmp_path / "missing.toml")

@@ -1,0 +1,122 @@
+"""Edge and backend as real processes over real loopback sockets with the real model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import time
+
+import psutil
+from conftest import Backend, lalelu_cmd
+
+
+def test_edge_and_backend_processes(tmp_path):
+    backend = Backend(tmp_path, "--cpus", "1")
+    telemetry = tmp_path / "telemetry.jsonl"
+    summary_file = tmp_path / "summary.json"
+    try:
+        edge = subprocess.Popen(
+            lalelu_cmd(
+                "edge",
+                "--backend",
+                backend.address,
+                "--cpus",
+                "0",
+                "--no-fifo",
+                "--fps",
+                "30",
+                "--seconds",
+                "4",
+                "--telemetry",
+                str(telemetry),
+                "--summary-json",
+                str(summary_file),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        time.sleep(2.0)
+        # The pinning as the kernel sees it in the live processes.
+        assert psutil.Process(backend.proc.pid).cpu_affinity() == [1]
+        assert psutil.Process(edge.pid).cpu_affinity() == [0]
+        out, err = edge.communicate(timeout=60)
+        assert edge.returncode == 0, err.decode()
+    finally:
+        backend.stop()
+    summary = json.loads(summary_file.read_text())
+    line = json.loads(out.decode().strip().splitlines()[-1])
+    assert line["frames_sent"] == summary["frames_sent"] >= 100
+    assert summary["poses_received"] == summary["frames_sent"]
+    rows = [json.loads(r) for r in telemetry.read_text().splitlines()]
+    seqs = [r["seq"] for r in rows]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # every frame answered, in order
+    assert len(rows) == summary["frames_sent"]
+    for r in rows:
+        assert r["capture_ns"] <= r["sent_ns"] <= r["pose_ns"]
+        assert 0 < r["backend_infer_ns"] <= r["backend_total_ns"] < r["pose_ns"] - r["sent_ns"]
+    captures = [r["capture_ns"] for r in rows]
+    assert all(b > a for a, b in itertools.pairwise(captures))
+    # The still photo moves with a period of 1 s: its nose must move too, and the reply carried it.
+    assert summary["latency_ms"]["p50"] > summary["inference_ms"]["p50"] > 0
+
+
+def test_edge_without_backend_infers_locally(tmp_path):
+    summary_file = tmp_path / "s.json"
+    r = subprocess.run(
+        lalelu_cmd(
+            "edge",
+            "--backend",
+            "",
+            "--no-fifo",
+            "--fps",
+            "20",
+            "--seconds",
+            "2",
+            "--threads",
+            "1",
+            "--summary-json",
+            str(summary_file),
+        ),
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert "inferring locally" in r.stderr.decode()
+    s = json.loads(summary_file.read_text())
+    assert s["poses_received"] == s["frames_sent"] >= 30
+
+
+def test_edge_with_unreachable_backend_says_so(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run(
+        lalelu_cmd("edge", "--backend", f"127.0.0.1:{port}", "--seconds", "1"),
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "cannot reach the backend" in r.stderr.decode()
+    assert "Traceback" not in r.stderr.decode()
+
+
+def test_demo_prints_one_json_line():
+    r = subprocess.run(lalelu_cmd("demo", "--seconds", "3", "--quiet"), capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    result = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    assert set(result) >= {
+        "frames_sent",
+        "poses_received",
+        "frames_lost",
+        "fps",
+        "latency_ms",
+        "inference_ms",
+        "overhead_ms",
+    }
+    assert result["poses_received"] == result["frames_sent"] > 150
+    assert result["overhead_ms"]["p50"] > 0
