@@ -1,0 +1,101 @@
+"""The pose consumer that plays: gesture engine + output + note-off scheduling + mapping reload.
+
+It runs wherever the sound leaves (edge or backend), the same code in both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lalelu.clock import now_ns
+from lalelu.errors import ConfigError
+from lalelu.gestures.engine import GestureEngine, Hit
+from lalelu.gestures.mapping import Control, Mapping, load_mapping
+from lalelu.gestures.outputs import SoundOutput
+
+log = logging.getLogger("lalelu.gestures")
+MAX_SOUNDING = 128
+
+
+class GestureConsumer:
+    def __init__(
+        self, mapping: Mapping, output: SoundOutput, width: int, height: int, mapping_path: Path | None = None
+    ) -> None:
+        self.output = output
+        self.width, self.height = width, height
+        self.mapping_path = mapping_path
+        self._mtime = os.stat(mapping_path).st_mtime_ns if mapping_path else 0
+        self._last_check = 0
+        self.reload_requested = False
+        # Pending note-offs: (due_ns, note), fixed size, scanned once per pose.
+        self._off_due = np.zeros(MAX_SOUNDING, np.int64)
+        self._off_note = np.zeros(MAX_SOUNDING, np.int64)
+        self._set(mapping)
+        self.hits = 0
+
+    def _set(self, mapping: Mapping) -> None:
+        self.mapping = mapping
+        self.engine = GestureEngine(mapping, self.width, self.height, self._hit, self._control)
+        self._length_ns = int(mapping.note_length_ms * 1e6)
+
+    def _hit(self, hit: Hit) -> None:
+        ch = self.mapping.channel
+        free = np.flatnonzero(self._off_due == 0)
+        if free.size:
+            slot = int(free[0])
+        else:  # every slot sounding: end the oldest note now rather than let one hang
+            slot = int(np.argmin(self._off_due))
+            self.output.note_off(ch, int(self._off_note[slot]))
+        self.output.note_on(ch, hit.note, hit.velocity, hit.name)
+        self._off_due[slot] = now_ns() + self._length_ns
+        self._off_note[slot] = hit.note
+        self.hits += 1
+
+    def _control(self, control: Control, value: int, t_ns: int) -> None:
+        self.output.control(self.mapping.channel, control.kind, control.cc, value, control.name)
+
+    def _notes_off_due(self, t: int) -> None:
+        due = np.flatnonzero((self._off_due != 0) & (self._off_due <= t))
+        for i in due:
+            self.output.note_off(self.mapping.channel, int(self._off_note[i]))
+            self._off_due[i] = 0
+
+    def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
+        self.engine.update(capture_ns, keypoints)
+        t = now_ns()
+        if self._off_due.any():
+            self._notes_off_due(t)
+        if self.reload_requested or (self.mapping_path and t - self._last_check > 1_000_000_000):
+            self._last_check = t
+            self._maybe_reload()
+
+    def _maybe_reload(self) -> None:
+        assert self.mapping_path is not None
+        requested, self.reload_requested = self.reload_requested, False
+        try:
+            mtime = os.stat(self.mapping_path).st_mtime_ns
+        except OSError:
+            return
+        if not requested and mtime == self._mtime:
+            return
+        self._mtime = mtime
+        try:
+            mapping = load_mapping(self.mapping_path)
+        except ConfigError as exc:
+            log.error("mapping not reloaded, keeping the old one: %s", exc)
+            return
+        self._set(mapping)
+        log.info(
+            "mapping %s reloaded: %d strikes, %d controls",
+            self.mapping_path,
+            len(mapping.strikes),
+            len(mapping.controls),
+        )
+
+    def close(self) -> None:
+        self._notes_off_due(np.iinfo(np.int64).max)
+        self.output.close()
