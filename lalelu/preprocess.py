@@ -10,6 +10,9 @@ import numpy as np
 
 from lalelu.protocol import PixelFormat
 
+# One small resize per frame: OpenCV's worker pool would only contend with the model's threads.
+cv2.setNumThreads(1)
+
 
 class Letterbox:
     """Resize a frame of fixed geometry into a model input of fixed geometry, keeping the aspect ratio."""

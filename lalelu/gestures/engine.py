@@ -25,7 +25,7 @@ class Hit:
 
 
 class _StrikeState:
-    __slots__ = ("armed", "filt", "peak", "pos", "ready", "ref", "t", "vel")
+    __slots__ = ("armed", "filt", "peak", "pos", "raw", "raw_vel", "ready", "ref", "t", "vel")
 
     def __init__(self, m: Mapping) -> None:
         self.filt = OneEuro(m.smoothing_min_cutoff_hz, m.smoothing_beta)
@@ -34,9 +34,9 @@ class _StrikeState:
     def reset(self) -> None:
         self.filt.reset()
         self.t = -1
-        self.pos = self.vel = self.peak = 0.0
+        self.pos = self.vel = self.peak = self.raw = self.raw_vel = 0.0
         self.armed = False  # moving fast enough along the strike direction
-        self.ready = False  # re-armed: travelled back since the last hit or since the keypoint came back
+        self.ready = False  # re-armed: travelled back or came to rest since the last hit / since it came back
         self.ref = 0.0  # position the re-arm travel is measured from
 
 
@@ -83,19 +83,22 @@ class GestureEngine:
         raw = yn if s.axis == "y" else xn
         p = st.filt(raw, t_ns)
         if st.t < 0:
-            st.t, st.pos, st.ref = t_ns, p, p
+            st.t, st.pos, st.ref, st.raw = t_ns, p, p, raw
             return
         dt = (t_ns - st.t) * 1e-9
         if dt <= 0:
             return
         v = (p - st.pos) / dt
-        a = (v - st.vel) / dt
-        prev = st.pos
-        st.t, st.pos, st.vel = t_ns, p, v
+        # Turn and impact prediction use the raw track: the smoothed one lags by the filter's delay.
+        rv = (raw - st.raw) / dt
+        ra = (rv - st.raw_vel) / dt
+        prev, turned = st.pos, raw <= st.raw
+        st.t, st.pos, st.vel, st.raw, st.raw_vel = t_ns, p, v, raw, rv
         if s.mode == "reversal":
             if not st.ready:
                 st.ref = max(st.ref, p)  # the lowest point reached since the last hit
-                if st.ref - p >= s.rearm:
+                # Re-armed by travelling back, or by coming to rest (a hand that just appeared, or paused).
+                if st.ref - p >= s.rearm or abs(v) < s.min_speed / 2:
                     st.ready = True
                 return
             if v >= s.min_speed:
@@ -104,11 +107,12 @@ class GestureEngine:
             if not st.armed:
                 return
             early = 0
-            if v > 0 and a < 0 and s.compensate_ms > 0:
-                to_stop = v / -a  # seconds until the velocity reaches zero at this deceleration
+            v_now = rv + 0.5 * ra * dt  # rv is the mean velocity over the last frame, half a frame old
+            if v_now > 0 and ra < 0 and s.compensate_ms > 0:
+                to_stop = v_now / -ra  # seconds until the motion stops at this deceleration
                 if to_stop * 1000 <= s.compensate_ms:
                     early = int(to_stop * 1e9)
-            if v <= 0 or early:
+            if turned or v <= 0 or early:
                 self._fire(s, st, t_ns, xn, yn, st.peak, early)
                 st.ref = p
             return

@@ -56,7 +56,7 @@ class Mapping:
     channel: int = 10  # 1..16; 10 is General MIDI percussion
     note_length_ms: float = 50.0
     min_score: float = 0.3
-    smoothing_min_cutoff_hz: float = 3.0
+    smoothing_min_cutoff_hz: float = 10.0
     smoothing_beta: float = 1.0
     strikes: tuple[Strike, ...] = ()
     controls: tuple[Control, ...] = field(default_factory=tuple)
@@ -193,7 +193,7 @@ def mapping_from_dict(data: dict[str, Any], origin: str = "mapping") -> Mapping:
         channel=inst.num("channel", 10, 1, 16, integer=True),
         note_length_ms=inst.num("note_length_ms", 50.0, 1.0, 10_000.0),
         min_score=inst.num("min_score", 0.3, 0.0, 1.0),
-        smoothing_min_cutoff_hz=smooth.num("min_cutoff_hz", 3.0, 0.01, 1000.0),
+        smoothing_min_cutoff_hz=smooth.num("min_cutoff_hz", 10.0, 0.01, 1000.0),
         smoothing_beta=smooth.num("beta", 1.0, 0.0, 1000.0),
         strikes=tuple(strikes),
         controls=tuple(controls),

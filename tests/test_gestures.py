@@ -1,0 +1,112 @@
+"""The gesture engine on synthetic trajectories with known impact times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gesture_helpers import FPS, cosine_strokes, drum, impacts, make_engine
+
+from lalelu.errors import ConfigError
+from lalelu.gestures.mapping import mapping_from_dict
+
+FRAME_S = 1 / FPS
+
+
+def test_one_hit_per_stroke_within_one_frame_of_impact():
+    engine, hits, _ = make_engine({})
+    drum(engine, 3.0, cosine_strokes(0.5, 0.2))
+    truth = impacts(0.5, 3.0)
+    assert len(hits) == len(truth)
+    for hit, t in zip(hits, truth, strict=True):
+        assert 0 <= hit.t_ns / 1e9 - t <= FRAME_S + 1e-9
+
+
+def test_compensation_fires_earlier_by_the_configured_amount():
+    engine, hits, _ = make_engine({"compensate_ms": 30})
+    drum(engine, 3.0, cosine_strokes(0.5, 0.2))
+    truth = impacts(0.5, 3.0)
+    assert len(hits) == len(truth)
+    for hit, t in zip(hits, truth, strict=True):
+        early_s = t - hit.t_ns / 1e9
+        assert 0.030 - FRAME_S - 1e-6 <= early_s <= 0.030 + FRAME_S, early_s  # quantized to frames
+        assert hit.early_ns > 0
+
+
+def test_velocity_grows_with_speed():
+    velocities = []
+    for amplitude in (0.08, 0.12, 0.18, 0.25, 0.3):
+        engine, hits, _ = make_engine({"max_speed": 4.0})
+        drum(engine, 1.0, cosine_strokes(0.5, amplitude))
+        velocities.append(hits[0].velocity)
+    assert velocities == sorted(velocities)
+    assert velocities[-1] > velocities[0]
+
+
+def test_tremble_and_jitter_give_no_hit():
+    engine, hits, _ = make_engine({})
+    drum(engine, 3.0, cosine_strokes(0.25, 0.01))  # 1% of the frame at 4 Hz: a shaking hand
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1.5 / 240, 400)
+    drum(engine, 3.0, lambda t: 0.5 + noise[int(t * FPS) % 400])
+    assert hits == []
+
+
+def test_low_confidence_keypoint_never_hits_even_when_it_comes_back():
+    engine, hits, _ = make_engine({}, min_score=0.5)
+    drum(engine, 2.0, cosine_strokes(0.5, 0.2), score_of_t=lambda t: 0.2)
+    assert hits == []
+    # Hidden during the down stroke, back just before the bottom: the returning point must not fire.
+    engine, hits, _ = make_engine({}, min_score=0.5)
+    drum(engine, 0.6, cosine_strokes(0.5, 0.2), score_of_t=lambda t: 0.2 if t < 0.22 else 0.9)
+    assert hits == []
+
+
+def test_zones_choose_the_note():
+    zones = [
+        {"name": "snare", "rect": [0.0, 0.0, 0.5, 1.0], "note": "snare"},
+        {"name": "hihat", "rect": [0.5, 0.0, 1.0, 1.0], "note": "closed_hihat"},
+    ]
+    for x, note in ((60.0, 38), (260.0, 42)):
+        engine, hits, _ = make_engine({"zones": zones})
+        drum(engine, 1.0, cosine_strokes(0.5, 0.2), x=x)
+        assert [h.note for h in hits] == [note, note]
+
+
+def test_line_crossing_fires_once_per_crossing():
+    engine, hits, _ = make_engine({"mode": "line", "line": 0.6})
+    drum(engine, 2.0, cosine_strokes(0.5, 0.2))  # crosses 0.6 downwards once per stroke
+    assert len(hits) == 4
+
+
+def test_controls_only_on_change_and_rate_limited():
+    ctl = [{"name": "mod", "keypoint": "left_wrist", "cc": 1, "invert": True, "min_interval_ms": 20}]
+    engine, _, sent = make_engine(None, ctl)
+    from lalelu.keypoints import KEYPOINT_INDEX
+
+    lw = KEYPOINT_INDEX["left_wrist"]
+    drum(engine, 1.0, lambda t: 0.5, kp=lw)
+    assert len(sent) == 1 and sent[0][1] == 64
+    engine, _, sent = make_engine(None, ctl)
+    drum(engine, 1.0, lambda t: t, kp=lw)  # the whole height in 1 s
+    values = [v for _, v, _ in sent]
+    assert values == sorted(values, reverse=True)  # inverted: up is more
+    assert len(set(values)) == len(values)
+    times = [t for _, _, t in sent]
+    assert min(np.diff(times)) >= 20_000_000
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"strike": [{"keypoint": "right_hand"}]}, "is not a keypoint"),
+        ({"strike": [{"keypoint": "right_wrist", "note": 200}]}, r"note = 200 is out of range"),
+        ({"strike": [{"keypoint": "right_wrist", "mode": "tap"}]}, "choose one of reversal, line"),
+        ({"strike": [{"keypoint": "right_wrist", "velocity": [100, 20]}]}, "low < high"),
+        ({"strike": [{"keypoint": "right_wrist", "colour": 1}]}, "unknown key"),
+        ({"instrument": {"channel": 17}, "strike": [{"keypoint": "nose"}]}, "channel = 17"),
+        ({}, "would play nothing"),
+    ],
+)
+def test_bad_mappings_name_the_problem(data, message):
+    with pytest.raises(ConfigError, match=message):
+        mapping_from_dict(data, "m.toml")
