@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from functools import partial
 from pathlib import Path
 
 from backend_app.server import InferenceServer
 from lalelu.config import Config
 from lalelu.engines import create_engine
+from lalelu.gestures.consumer import gesture_consumer
 from lalelu.inference import PoseEstimator
 from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
 from lalelu.timing import summarize_ns
@@ -26,12 +28,16 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
         cfg.engine.delegate,
     )
     engine.warm_up(cfg.engine.warmup)
+    consumer_factory = None
+    if cfg.output.where == "backend" and cfg.output.kind != "none":
+        consumer_factory = partial(gesture_consumer, cfg.output)
     server = InferenceServer(
         PoseEstimator(engine),
         cfg.backend.listen_host,
         cfg.backend.port,
         cfg.backend.max_payload,
         tuple(cfg.backend.allow),
+        consumer_factory,
     )
     fifo = try_sched_fifo(cfg.backend.fifo_priority) if cfg.backend.sched_fifo else False
     log.info(

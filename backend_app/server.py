@@ -12,7 +12,9 @@ import logging
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -32,6 +34,14 @@ from lalelu.protocol import (
 from lalelu.timing import TelemetryRing
 
 log = logging.getLogger("lalelu.backend")
+
+
+class PoseConsumerLike(Protocol):
+    def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
 MAX_OUTBOX = 64 * REPLY_SIZE  # an edge that stops reading is dropped rather than buffered forever
 
 
@@ -64,8 +74,16 @@ class Connection:
 
 class InferenceServer:
     def __init__(
-        self, estimator: PoseEstimator, host: str, port: int, max_payload: int, allow: tuple[str, ...] = ()
+        self,
+        estimator: PoseEstimator,
+        host: str,
+        port: int,
+        max_payload: int,
+        allow: tuple[str, ...] = (),
+        consumer_factory: Callable[[int, int], PoseConsumerLike] | None = None,
     ) -> None:
+        self.consumer_factory = consumer_factory  # (width, height) -> consumer, when the sound leaves here
+        self.consumer: PoseConsumerLike | None = None
         self.estimator = estimator
         self.max_payload = max_payload
         self.allow = set(allow)
@@ -101,6 +119,8 @@ class InferenceServer:
         self.close()
 
     def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()  # all notes off
         for key in list(self._sel.get_map().values()):
             self._sel.unregister(key.fileobj)
             key.fileobj.close()  # type: ignore[union-attr]
@@ -220,6 +240,10 @@ class InferenceServer:
         row["backend_queue_ns"], row["backend_infer_ns"] = t0 - conn.recv_ns, t1 - t0
         self._send(conn, status, frame.seq, conn.recv_ns, t0, t1, self._keypoints)
         row["backend_total_ns"] = now_ns() - conn.recv_ns
+        if self.consumer_factory is not None and status == Status.OK:
+            if self.consumer is None:
+                self.consumer = self.consumer_factory(frame.width, frame.height)
+            self.consumer.on_pose(frame.seq, frame.capture_ns, self._keypoints)
 
     def _send(
         self, conn: Connection, status: Status, seq: int, recv: int, t0: int, t1: int, keypoints: np.ndarray

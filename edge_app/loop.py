@@ -19,6 +19,7 @@ from edge_app.link import BackendLink
 from lalelu.clock import now_ns
 from lalelu.config import Config
 from lalelu.engines import create_engine
+from lalelu.gestures.consumer import GestureConsumer, gesture_consumer
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import Reply, Status
@@ -33,8 +34,8 @@ class EdgeLoop:
         self, cfg: Config, consumer: PoseConsumer | None = None, source: FrameSource | None = None
     ) -> None:
         self.cfg = cfg
-        self.consumer = consumer or LogConsumer()
         self.source = source or open_source(cfg.camera)
+        self.consumer = consumer or make_consumer(cfg, self.source.width, self.source.height)
         self.telemetry = TelemetryRing(1 << 16)
         self.sent = 0
         self.received = 0
@@ -195,14 +196,24 @@ class EdgeLoop:
             "latency_ms": {k: round(s["total"].get(k, 0.0), 3) for k in pick},
             "inference_ms": {k: round(s["inference"].get(k, 0.0), 3) for k in pick},
             "overhead_ms": {k: round(s["overhead"].get(k, 0.0), 3) for k in pick},
+            "hits": getattr(self.consumer, "hits", 0),
             "stages_ms": s,
         }
+
+
+def make_consumer(cfg: Config, width: int, height: int) -> PoseConsumer:
+    if cfg.output.where == "edge" and cfg.output.kind != "none":
+        return gesture_consumer(cfg.output, width, height)
+    return LogConsumer()
 
 
 def run_edge(cfg: Config, summary_json: Path | None = None) -> dict:
     loop = EdgeLoop(cfg)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     signal.signal(signal.SIGINT, lambda *_: loop.stop())
+    if isinstance(loop.consumer, GestureConsumer):
+        consumer = loop.consumer
+        signal.signal(signal.SIGHUP, lambda *_: setattr(consumer, "reload_requested", True))
     summary = loop.run()
     line = json.dumps({k: v for k, v in summary.items() if k != "stages_ms"})
     if summary_json is not None:

@@ -67,11 +67,29 @@ class EdgeConfig:
 
 
 @dataclass(frozen=True)
+class OutputConfig:
+    kind: str = field(default="log", metadata=_rule(choices=("log", "midi", "osc", "none")))
+    where: str = field(default="edge", metadata=_rule(choices=("edge", "backend")))
+    mapping: str = field(
+        default="", metadata=_rule(doc="mapping TOML; empty = the bundled two-hands mapping")
+    )
+    midi_port: str = field(
+        default="", metadata=_rule(doc="substring of the port name, or a virtual port's name")
+    )
+    midi_api: str = field(default="alsa", metadata=_rule(choices=("alsa", "jack")))
+    midi_virtual: bool = False
+    osc_host: str = "127.0.0.1"
+    osc_port: int = field(default=9000, metadata=_rule(1, 65535))
+    osc_prefix: str = "/lalelu"
+
+
+@dataclass(frozen=True)
 class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
 
 def _type_name(t: Any) -> str:
@@ -125,6 +143,7 @@ SECTIONS: dict[str, type] = {
     "camera": CameraConfig,
     "backend": BackendConfig,
     "edge": EdgeConfig,
+    "output": OutputConfig,
 }
 
 

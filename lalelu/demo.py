@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lalelu.config import load_config
 from lalelu.errors import LaleluError
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "data" / "demo.toml"
@@ -79,4 +80,9 @@ def run_demo(seconds: float, config: Path | None, extra: list[str], quiet: bool 
             except subprocess.TimeoutExpired:
                 backend.kill()
         summary = json.loads(summary_file.read_text())
-    return {k: v for k, v in summary.items() if k != "stages_ms"}
+    result = {k: v for k, v in summary.items() if k != "stages_ms"}
+    cfg = load_config(config)
+    # The photo is lowest (the nod's impact) a quarter period after the start, then once a period.
+    periods = summary["frames_sent"] / cfg.camera.fps / cfg.camera.still_period_s
+    result["hits_expected"] = max(0, int(periods - 0.25) + 1)
+    return result

@@ -41,6 +41,11 @@ def cosine_strokes(period: float, amplitude: float, center: float = 0.5):
     return lambda t: center - amplitude * math.cos(2 * math.pi * t / period)
 
 
+def bounce_strokes(period: float, amplitude: float, bottom: float = 0.7):
+    """A stick bouncing off a drum head at `bottom` every `period` s: fast at the impact, like a real stroke."""
+    return lambda t: bottom - amplitude * abs(math.sin(math.pi * t / period))
+
+
 def impacts(period: float, seconds: float) -> list[float]:
     return [
         period / 2 + k * period

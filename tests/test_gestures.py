@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gesture_helpers import FPS, cosine_strokes, drum, impacts, make_engine
+from gesture_helpers import FPS, bounce_strokes, cosine_strokes, drum, impacts, make_engine
 
 from lalelu.errors import ConfigError
 from lalelu.gestures.mapping import mapping_from_dict
@@ -14,8 +14,8 @@ FRAME_S = 1 / FPS
 
 def test_one_hit_per_stroke_within_one_frame_of_impact():
     engine, hits, _ = make_engine({})
-    drum(engine, 3.0, cosine_strokes(0.5, 0.2))
-    truth = impacts(0.5, 3.0)
+    drum(engine, 3.05, bounce_strokes(0.5, 0.2))
+    truth = [0.5 * k for k in range(1, 7)]
     assert len(hits) == len(truth)
     for hit, t in zip(hits, truth, strict=True):
         assert 0 <= hit.t_ns / 1e9 - t <= FRAME_S + 1e-9

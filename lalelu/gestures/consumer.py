@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.clock import now_ns
+from lalelu.config import OutputConfig
 from lalelu.errors import ConfigError
 from lalelu.gestures.engine import GestureEngine, Hit
 from lalelu.gestures.mapping import Control, Mapping, load_mapping
-from lalelu.gestures.outputs import SoundOutput
+from lalelu.gestures.outputs import LogOutput, MidiOutput, OscOutput, SoundOutput
 
 log = logging.getLogger("lalelu.gestures")
 MAX_SOUNDING = 128
@@ -99,3 +100,28 @@ class GestureConsumer:
     def close(self) -> None:
         self._notes_off_due(np.iinfo(np.int64).max)
         self.output.close()
+
+
+BUNDLED_MAPPINGS = Path(__file__).resolve().parent.parent / "data" / "mappings"
+DEFAULT_MAPPING = BUNDLED_MAPPINGS / "two-hands.toml"
+
+
+def resolve_mapping(name: str) -> Path:
+    """A path, or the name of a bundled mapping ("two-hands", "latency-rig", "demo-nod")."""
+    if not name:
+        return DEFAULT_MAPPING
+    bundled = BUNDLED_MAPPINGS / f"{name}.toml"
+    return bundled if bundled.exists() and not Path(name).exists() else Path(name)
+
+
+def open_output(cfg: OutputConfig) -> SoundOutput:
+    if cfg.kind == "midi":
+        return MidiOutput(cfg.midi_port, cfg.midi_api, cfg.midi_virtual)
+    if cfg.kind == "osc":
+        return OscOutput(cfg.osc_host, cfg.osc_port, cfg.osc_prefix)
+    return LogOutput()
+
+
+def gesture_consumer(cfg: OutputConfig, width: int, height: int) -> GestureConsumer:
+    path = resolve_mapping(cfg.mapping)
+    return GestureConsumer(load_mapping(path), open_output(cfg), width, height, path)

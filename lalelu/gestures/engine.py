@@ -25,7 +25,7 @@ class Hit:
 
 
 class _StrikeState:
-    __slots__ = ("armed", "filt", "peak", "pos", "raw", "raw_vel", "ready", "ref", "t", "vel")
+    __slots__ = ("armed", "filt", "hit", "peak", "pos", "raw", "raw_vel", "ready", "ref", "t", "top", "vel")
 
     def __init__(self, m: Mapping) -> None:
         self.filt = OneEuro(m.smoothing_min_cutoff_hz, m.smoothing_beta)
@@ -34,10 +34,11 @@ class _StrikeState:
     def reset(self) -> None:
         self.filt.reset()
         self.t = -1
-        self.pos = self.vel = self.peak = self.raw = self.raw_vel = 0.0
+        self.pos = self.vel = self.peak = self.raw = self.raw_vel = self.top = 0.0
         self.armed = False  # moving fast enough along the strike direction
         self.ready = False  # re-armed: travelled back or came to rest since the last hit / since it came back
         self.ref = 0.0  # position the re-arm travel is measured from
+        self.hit = False  # the last event was a hit: only travelling back re-arms, not a pause
 
 
 class _ControlState:
@@ -92,20 +93,26 @@ class GestureEngine:
         # Turn and impact prediction use the raw track: the smoothed one lags by the filter's delay.
         rv = (raw - st.raw) / dt
         ra = (rv - st.raw_vel) / dt
-        prev, turned = st.pos, raw <= st.raw
+        prev = st.pos
         st.t, st.pos, st.vel, st.raw, st.raw_vel = t_ns, p, v, raw, rv
         if s.mode == "reversal":
             if not st.ready:
                 st.ref = max(st.ref, p)  # the lowest point reached since the last hit
                 # Re-armed by travelling back, or by coming to rest (a hand that just appeared, or paused).
-                if st.ref - p >= s.rearm or abs(v) < s.min_speed / 2:
-                    st.ready = True
+                if st.ref - p >= s.rearm or (not st.hit and abs(v) < s.min_speed / 2):
+                    st.ready, st.hit = True, False
                 return
             if v >= s.min_speed:
+                if not st.armed:
+                    st.top = raw
                 st.armed = True
                 st.peak = max(st.peak, v)
             if not st.armed:
                 return
+            # The turn is read off the raw track (the smoothed one lags by the filter's delay), with a
+            # margin so that the model's own jitter mid-stroke is not taken for a turn.
+            st.top = max(st.top, raw)
+            turned = raw <= st.top - s.turn_margin
             early = 0
             v_now = rv + 0.5 * ra * dt  # rv is the mean velocity over the last frame, half a frame old
             if v_now > 0 and ra < 0 and s.compensate_ms > 0:
@@ -151,7 +158,7 @@ class GestureEngine:
             if z.rect[0] <= xn < z.rect[2] and z.rect[1] <= yn < z.rect[3]:
                 note = z.note
                 break
-        st.armed, st.ready, st.peak = False, False, 0.0
+        st.armed, st.ready, st.peak, st.hit = False, False, 0.0, True
         self.hits += 1
         self.on_hit(Hit(t_ns, s.name, note, velocity, early))
 

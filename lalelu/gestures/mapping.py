@@ -34,6 +34,7 @@ class Strike:
     velocity: tuple[int, int] = (30, 127)
     curve: float = 1.0  # exponent of the speed -> velocity curve
     rearm: float = 0.03  # travel back (frame fraction) before the next hit
+    turn_margin: float = 0.01  # travel back (frame fraction) from the deepest point that counts as the turn
     compensate_ms: float = 0.0  # fire up to this much before the predicted impact
     zones: tuple[Zone, ...] = ()
 
@@ -165,6 +166,7 @@ def mapping_from_dict(data: dict[str, Any], origin: str = "mapping") -> Mapping:
             velocity=r.pair("velocity", (30, 127), 1, 127, integer=True),
             curve=r.num("curve", 1.0, 0.1, 10.0),
             rearm=r.num("rearm", 0.03, 0.0, 1.0),
+            turn_margin=r.num("turn_margin", 0.01, 0.0, 0.5),
             compensate_ms=r.num("compensate_ms", 0.0, 0.0, 100.0),
             zones=tuple(zones),
         )

@@ -1,0 +1,153 @@
+"""Hits and controls through real transports: MIDI over a real JACK server, OSC over a real UDP socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from gesture_helpers import cosine_strokes, drum
+
+from lalelu.gestures.consumer import GestureConsumer
+from lalelu.gestures.mapping import mapping_from_dict
+from lalelu.gestures.outputs import MidiOutput, OscOutput
+
+rtmidi = pytest.importorskip("rtmidi", reason="python-rtmidi is part of the dev extra")
+
+
+@pytest.fixture(scope="module")
+def jack_server(tmp_path_factory):
+    if shutil.which("jackd") is None:
+        pytest.fail(
+            "jackd is not installed: tools/test installs Debian's jackd2; run it, or apt install jackd2"
+        )
+    name = f"lalelu-test-{os.getpid()}"
+    env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_AUDIO_RESERVATION="1")
+    log = tmp_path_factory.mktemp("jack") / "jackd.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            ["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    old = os.environ.get("JACK_DEFAULT_SERVER")
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    deadline = time.monotonic() + 10
+    while True:  # ready when a client can open
+        try:
+            probe = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="probe")
+            probe.open_virtual_port("probe")
+            probe.close_port()
+            del probe
+            break
+        except Exception:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "JACK did not start in 10 s:\n" + log.read_text()
+            time.sleep(0.2)
+    yield name
+    proc.terminate()
+    proc.wait(10)
+    if old is None:
+        os.environ.pop("JACK_DEFAULT_SERVER", None)
+    else:
+        os.environ["JACK_DEFAULT_SERVER"] = old
+
+
+def receive(midi_in, n: int, timeout: float = 3.0) -> list[tuple[list[int], int]]:
+    got = []
+    end = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < end:
+        msg = midi_in.get_message()
+        if msg is None:
+            time.sleep(0.0005)
+            continue
+        got.append((msg[0], time.monotonic_ns()))
+    return got
+
+
+def test_hits_arrive_as_exact_midi_bytes_through_jack(jack_server):
+    midi_in = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="receiver")
+    midi_in.open_virtual_port("drum-module")
+    out = MidiOutput(port="drum-module", api="jack")
+    mapping = mapping_from_dict(
+        {
+            "instrument": {"channel": 10, "note_length_ms": 30},
+            "strike": [{"name": "hand", "keypoint": "right_wrist", "note": "snare", "velocity": [100, 101]}],
+            "control": [{"name": "mod", "keypoint": "left_wrist", "cc": 1}],
+        }
+    )
+    consumer = GestureConsumer(mapping, out, 320, 240)
+    drum(consumer_as_engine(consumer), 0.5, cosine_strokes(0.5, 0.2))  # one stroke
+    time.sleep(0.05)
+    consumer.on_pose(10_000, time.monotonic_ns(), still_pose())  # lets the note-off come due
+    consumer.close()
+    messages = [m for m, _ in receive(midi_in, 40, timeout=2.0)]
+    note_on = [m for m in messages if m[0] == 0x99]
+    note_off = [m for m in messages if m[0] == 0x89]
+    cc1 = [m for m in messages if m[0] == 0xB9 and m[1] == 1]
+    assert len(note_on) == 1 and note_on[0][1] == 38 and note_on[0][2] in (100, 101)
+    assert note_off[0] == [0x89, 38, 0]
+    assert cc1 and all(0 <= m[2] <= 127 for m in cc1)
+    assert [0xB9, 123, 0] in messages  # all notes off on close
+    midi_in.close_port()
+
+
+def test_note_on_latency_through_jack(jack_server):
+    midi_in = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="latency-rx")
+    midi_in.open_virtual_port("latency-in")
+    out = MidiOutput(port="latency-in", api="jack")
+    latencies = []
+    for i in range(20):
+        sent = time.monotonic_ns()
+        out.note_on(10, 36 + i % 4, 100, "probe")
+        got = receive(midi_in, 1)
+        assert got and got[0][0] == [0x99, 36 + i % 4, 100]
+        latencies.append(got[0][1] - sent)
+        time.sleep(0.005)
+    out.close()
+    midi_in.close_port()
+    print(f"JACK note-on latency p50 {np.median(latencies) / 1e6:.2f} ms, max {max(latencies) / 1e6:.2f} ms")
+    assert max(latencies) < 1e9
+
+
+def test_missing_port_names_the_available_ones(jack_server):
+    with pytest.raises(Exception, match="no MIDI output port contains 'nonexistent'"):
+        MidiOutput(port="nonexistent", api="jack")
+
+
+def test_osc_hits_reach_a_udp_socket():
+    from pythonosc.osc_message import OscMessage
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(2)
+        out = OscOutput("127.0.0.1", rx.getsockname()[1], prefix="/drums")
+        out.note_on(10, 42, 90, "hihat")
+        out.control(10, "cc", 1, 64, "mod")
+        first, second = OscMessage(rx.recv(1024)), OscMessage(rx.recv(1024))
+    assert (first.address, first.params) == ("/drums/hit", ["hihat", 42, 90])
+    assert (second.address, second.params) == ("/drums/control", ["mod", 64])
+
+
+def still_pose() -> np.ndarray:
+    kp = np.zeros((17, 3), np.float32)
+    kp[:, 2] = 0.9
+    return kp
+
+
+class consumer_as_engine:
+    def __init__(self, consumer: GestureConsumer) -> None:
+        self.consumer = consumer
+        self.seq = 0
+
+    def update(self, t_ns: int, kp: np.ndarray) -> None:
+        kp = kp.copy()
+        kp[7] = (50.0, 120.0 + self.seq % 50, 0.9)  # left wrist drifting: controls
+        self.seq += 1
+        self.consumer.on_pose(self.seq, t_ns, kp)
