@@ -20,6 +20,7 @@ from lalelu.clock import now_ns
 from lalelu.config import Config
 from lalelu.engines import create_engine
 from lalelu.gestures.consumer import GestureConsumer, gesture_consumer
+from lalelu.gestures.recording import PoseRecorder
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import Reply, Status
@@ -207,12 +208,14 @@ def make_consumer(cfg: Config, width: int, height: int) -> PoseConsumer:
     return LogConsumer()
 
 
-def run_edge(cfg: Config, summary_json: Path | None = None) -> dict:
+def run_edge(cfg: Config, summary_json: Path | None = None, record: Path | None = None) -> dict:
     loop = EdgeLoop(cfg)
+    if record is not None:
+        loop.consumer = PoseRecorder(record, loop.source.width, loop.source.height, loop.consumer)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     signal.signal(signal.SIGINT, lambda *_: loop.stop())
-    if isinstance(loop.consumer, GestureConsumer):
-        consumer = loop.consumer
+    consumer = getattr(loop.consumer, "inner", loop.consumer)
+    if isinstance(consumer, GestureConsumer):
         signal.signal(signal.SIGHUP, lambda *_: setattr(consumer, "reload_requested", True))
     summary = loop.run()
     line = json.dumps({k: v for k, v in summary.items() if k != "stages_ms"})

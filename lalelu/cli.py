@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--seconds", type=float, help="stop after this long (default: run until stopped)")
     edge.add_argument("--telemetry", help="write per-frame telemetry as JSON lines to this file")
     edge.add_argument("--summary-json", type=Path, help="write the final summary (with all stages) here")
+    edge.add_argument("--record", type=Path, help="record the pose stream to this .npz for `lalelu replay`")
+    edge.add_argument("--mapping", help="override [output] mapping (a TOML path or a bundled name)")
+    edge.add_argument("--output", choices=("log", "midi", "osc", "none"), help="override [output] kind")
+
+    replay = sub.add_parser("replay", help="run a recorded pose stream through a mapping and print the hits")
+    replay.add_argument("recording", type=Path)
+    replay.add_argument("--mapping", default="", help="mapping TOML path or bundled name (default two-hands)")
 
     backend = sub.add_parser("backend", help="the inference server")
     _common(backend)
@@ -74,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _config(args, "edge")
         cfg = override(cfg, "edge", backend=args.backend, seconds=args.seconds, telemetry=args.telemetry)
         cfg = override(cfg, "camera", source=args.source, fps=args.fps)
-        summary = run_edge(cfg, args.summary_json)
+        cfg = override(cfg, "output", mapping=args.mapping, kind=args.output)
+        summary = run_edge(cfg, args.summary_json, args.record)
         return 0 if summary["poses_received"] > 0 else 1
     if args.command == "backend":
         from backend_app.main import run_backend
@@ -107,6 +115,18 @@ def _run(args: argparse.Namespace) -> int:
 
             if not cv2.imwrite(str(args.out), draw_skeleton(rgb, kp)):
                 raise LaleluError(f"cannot write {args.out}: use a .png or .jpg name in a writable folder")
+        return 0
+    if args.command == "replay":
+        from lalelu.gestures.consumer import resolve_mapping
+        from lalelu.gestures.mapping import load_mapping
+        from lalelu.gestures.recording import hits_as_lines, load_recording, replay
+
+        rec = load_recording(args.recording)
+        hits = replay(rec, load_mapping(resolve_mapping(args.mapping)))
+        t0 = int(rec["t_ns"][0]) if len(rec["t_ns"]) else 0
+        for line in hits_as_lines(hits, t0):
+            print(line)
+        print(json.dumps({"poses": len(rec["t_ns"]), "hits": len(hits)}))
         return 0
     if args.command == "demo":
         from lalelu.demo import run_demo

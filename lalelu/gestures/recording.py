@@ -1,0 +1,99 @@
+"""Record the pose stream of a session and replay it through the gesture engine, offline and deterministic.
+
+A recording is a NumPy .npz: frame width/height, and per pose its sequence number, capture time (ns)
+and the (17, 3) keypoints in frame pixels. Poses are copied into preallocated chunks while playing and
+written when the session ends.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lalelu.errors import LaleluError
+from lalelu.gestures.engine import GestureEngine, Hit
+from lalelu.gestures.mapping import Mapping
+
+CHUNK = 8192
+
+
+class PoseRecorder:
+    """A pose consumer that records and passes each pose on to `inner`."""
+
+    def __init__(self, path: Path, width: int, height: int, inner=None) -> None:
+        self.path, self.width, self.height, self.inner = Path(path), width, height, inner
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._n = CHUNK  # forces a first chunk
+        self.hits = 0
+
+    def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
+        if self._n == CHUNK:  # one allocation every CHUNK frames (82 s at 100 fps)
+            self._chunks.append(
+                (np.zeros(CHUNK, np.int64), np.zeros(CHUNK, np.int64), np.zeros((CHUNK, 17, 3), np.float32))
+            )
+            self._n = 0
+        seqs, times, kps = self._chunks[-1]
+        seqs[self._n], times[self._n] = seq, capture_ns
+        kps[self._n] = keypoints
+        self._n += 1
+        if self.inner is not None:
+            self.inner.on_pose(seq, capture_ns, keypoints)
+            self.hits = getattr(self.inner, "hits", 0)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+        if not self._chunks:
+            return
+        last = len(self._chunks) - 1
+        parts = [
+            (s[: self._n], t[: self._n], k[: self._n]) if i == last else (s, t, k)
+            for i, (s, t, k) in enumerate(self._chunks)
+        ]
+        np.savez_compressed(
+            self.path,
+            version=np.int64(1),
+            width=np.int64(self.width),
+            height=np.int64(self.height),
+            seq=np.concatenate([p[0] for p in parts]),
+            t_ns=np.concatenate([p[1] for p in parts]),
+            keypoints=np.concatenate([p[2] for p in parts]),
+        )
+
+
+def load_recording(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            rec = {k: data[k] for k in ("width", "height", "seq", "t_ns", "keypoints")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise LaleluError(
+            f"{path} is not a lalelu recording ({exc}); make one with `lalelu edge --record FILE`"
+        )
+    if rec["keypoints"].ndim != 3 or rec["keypoints"].shape[1:] != (17, 3):
+        raise LaleluError(f"{path}: keypoints have shape {rec['keypoints'].shape}, expected (N, 17, 3)")
+    return rec
+
+
+def replay(rec: dict[str, np.ndarray], mapping: Mapping) -> list[Hit]:
+    hits: list[Hit] = []
+    engine = GestureEngine(mapping, int(rec["width"]), int(rec["height"]), hits.append, lambda *a: None)
+    for t, kp in zip(rec["t_ns"], rec["keypoints"], strict=True):
+        engine.update(int(t), kp)
+    return hits
+
+
+def hits_as_lines(hits: list[Hit], t0_ns: int) -> list[str]:
+    return [
+        json.dumps(
+            {
+                "t_ms": round((h.t_ns - t0_ns) / 1e6, 3),
+                "name": h.name,
+                "note": h.note,
+                "velocity": h.velocity,
+                "early_ms": round(h.early_ns / 1e6, 3),
+            }
+        )
+        for h in hits
+    ]

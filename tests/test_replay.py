@@ -1,0 +1,64 @@
+"""Record a real session (real model on the moving photo), replay it: the same hits every time."""
+
+import json
+import subprocess
+
+from conftest import lalelu_cmd
+
+
+def test_record_then_replay_is_deterministic(tmp_path):
+    rec = tmp_path / "session.npz"
+    summary = tmp_path / "s.json"
+    r = subprocess.run(
+        lalelu_cmd(
+            "edge",
+            "--backend",
+            "",
+            "--no-fifo",
+            "--fps",
+            "50",
+            "--seconds",
+            "3.5",
+            "--threads",
+            "2",
+            "--mapping",
+            "demo-nod",
+            "--record",
+            str(rec),
+            "--summary-json",
+            str(summary),
+        ),
+        capture_output=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    live = json.loads(summary.read_text())
+    outs = [
+        subprocess.run(
+            lalelu_cmd("replay", str(rec), "--mapping", "demo-nod"), capture_output=True, timeout=60
+        )
+        for _ in range(2)
+    ]
+    assert outs[0].returncode == 0, outs[0].stderr.decode()
+    assert outs[0].stdout == outs[1].stdout
+    lines = [json.loads(x) for x in outs[0].stdout.decode().splitlines()]
+    final = lines[-1]
+    assert final["poses"] == live["poses_received"]
+    import numpy as np
+
+    seqs = np.load(rec)["seq"]  # the first frames may have passed while the local model warmed up
+    start_ms, end_ms = int(seqs[0]) * 20, int(seqs[-1]) * 20
+    # The photo is lowest 250 ms after it starts moving and then every 1000 ms.
+    expected = [t for t in range(250, end_ms - 80, 1000) if t > start_ms + 100]
+    assert final["hits"] == live["hits"] == len(expected) >= 2
+    times = [h["t_ms"] + start_ms for h in lines[:-1]]  # ms since the photo started moving
+    for t, e in zip(times, expected, strict=True):
+        assert e <= t <= e + 80  # detection needs the turn margin's travel back
+
+
+def test_replay_of_a_non_recording_is_clear(tmp_path):
+    bad = tmp_path / "x.npz"
+    bad.write_text("nope")
+    r = subprocess.run(lalelu_cmd("replay", str(bad)), capture_output=True, timeout=60)
+    assert r.returncode == 2
+    assert "is not a lalelu recording" in r.stderr.decode()
