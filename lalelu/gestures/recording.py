@@ -70,7 +70,7 @@ def load_recording(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, KeyError) as exc:
         raise LaleluError(
             f"{path} is not a lalelu recording ({exc}); make one with `lalelu edge --record FILE`"
-        )
+        ) from exc
     if rec["keypoints"].ndim != 3 or rec["keypoints"].shape[1:] != (17, 3):
         raise LaleluError(f"{path}: keypoints have shape {rec['keypoints'].shape}, expected (N, 17, 3)")
     return rec
