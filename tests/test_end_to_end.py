@@ -121,3 +121,42 @@ def test_demo_prints_one_json_line():
     assert result["poses_received"] == result["frames_sent"] > 150
     assert result["overhead_ms"]["p50"] > 0
     assert abs(result["hits"] - result["hits_expected"]) <= 1  # the nod of the moving photo
+
+
+def test_sound_can_leave_from_the_backend(tmp_path):
+    """[output] where = "backend": the backend runs the gestures and sends OSC; a real UDP socket hears it."""
+    import socket
+
+    from pythonosc.osc_message import OscMessage
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(10)
+        cfg = tmp_path / "backend.toml"
+        cfg.write_text(
+            f'[output]\nkind = "osc"\nwhere = "backend"\nmapping = "demo-nod"\nosc_port = {rx.getsockname()[1]}\n'
+        )
+        backend = Backend(tmp_path, "--config", str(cfg))
+        try:
+            r = subprocess.run(
+                lalelu_cmd(
+                    "edge",
+                    "--backend",
+                    backend.address,
+                    "--no-fifo",
+                    "--fps",
+                    "50",
+                    "--seconds",
+                    "3",
+                    "--output",
+                    "none",
+                ),
+                capture_output=True,
+                timeout=60,
+            )
+            assert r.returncode == 0, r.stderr.decode()
+            msg = OscMessage(rx.recv(1024))
+        finally:
+            backend.stop()
+    assert msg.address == "/lalelu/hit"
+    assert msg.params[0] == "nod" and msg.params[1] == 36

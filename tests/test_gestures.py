@@ -110,3 +110,42 @@ def test_controls_only_on_change_and_rate_limited():
 def test_bad_mappings_name_the_problem(data, message):
     with pytest.raises(ConfigError, match=message):
         mapping_from_dict(data, "m.toml")
+
+
+def test_latency_rig_fires_on_every_midline_crossing():
+    from lalelu.gestures.consumer import resolve_mapping
+    from lalelu.gestures.engine import GestureEngine
+    from lalelu.gestures.mapping import load_mapping
+    from lalelu.keypoints import KEYPOINT_INDEX
+
+    hits = []
+    engine = GestureEngine(
+        load_mapping(resolve_mapping("latency-rig")), 320, 240, hits.append, lambda *a: None
+    )
+    kp = np.zeros((17, 3), np.float32)
+    kp[:, 2] = 0.9
+    nose = KEYPOINT_INDEX["nose"]
+    for i in range(400):  # the LEDs swap photos every 0.5 s: the nose jumps between x = 80 and x = 240
+        kp[nose] = (80.0 if (i // 50) % 2 == 0 else 240.0, 100.0, 0.9)
+        engine.update(i * 10_000_000, kp)
+    assert [h.t_ns // 10_000_000 for h in hits] == [50, 100, 150, 200, 250, 300, 350]
+    assert all(h.note == 37 for h in hits)
+
+
+def test_mapping_reloads_on_request_and_keeps_the_old_one_when_broken(tmp_path):
+    from lalelu.gestures.consumer import GestureConsumer
+    from lalelu.gestures.mapping import load_mapping
+    from lalelu.gestures.outputs import LogOutput
+
+    path = tmp_path / "m.toml"
+    path.write_text('[[strike]]\nkeypoint = "right_wrist"\nnote = 38\n')
+    consumer = GestureConsumer(load_mapping(path), LogOutput(), 320, 240, path)
+    kp = np.zeros((17, 3), np.float32)
+    path.write_text('[[strike]]\nkeypoint = "right_wrist"\nnote = 42\n')
+    consumer.reload_requested = True  # what SIGHUP does
+    consumer.on_pose(0, 0, kp)
+    assert consumer.mapping.strikes[0].note == 42
+    path.write_text('[[strike]]\nkeypoint = "right_wirst"\n')
+    consumer.reload_requested = True
+    consumer.on_pose(1, 10_000_000, kp)
+    assert consumer.mapping.strikes[0].note == 42  # the broken edit was refused, the old mapping plays on

@@ -65,3 +65,35 @@ def test_tensorrt_without_tensorrt_is_a_clear_error(tmp_path):
     engine_file.write_bytes(b"x")
     with pytest.raises(ModelError, match="tensorrt"):
         create_engine("tensorrt", engine_file)
+
+
+def test_pose_command_prints_json_in_image_pixels_and_draws(tmp_path):
+    import json
+    import subprocess
+
+    import cv2
+    from conftest import lalelu_cmd
+
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(__import__("skimage").data.astronaut(), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "annotated.png"
+    r = subprocess.run(
+        lalelu_cmd("pose", str(photo), "--json", "--out", str(out)), capture_output=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    kps = json.loads(r.stdout)["keypoints"]
+    assert [k["name"] for k in kps][:3] == ["nose", "left_eye", "right_eye"] and len(kps) == 17
+    assert abs(kps[0]["x"] - REFERENCE["nose"][0]) < 15 and abs(kps[0]["y"] - REFERENCE["nose"][1]) < 15
+    drawn = cv2.imread(str(out))
+    assert drawn.shape == (512, 512, 3)
+    assert not np.array_equal(drawn, cv2.imread(str(photo)))  # the skeleton is on it
+
+
+def test_pose_command_on_a_missing_image_is_clear(tmp_path):
+    import subprocess
+
+    from conftest import lalelu_cmd
+
+    r = subprocess.run(lalelu_cmd("pose", str(tmp_path / "nope.jpg")), capture_output=True, timeout=60)
+    assert r.returncode == 2
+    assert "cannot read" in r.stderr.decode() and "Traceback" not in r.stderr.decode()

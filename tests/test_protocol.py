@@ -178,3 +178,21 @@ def test_bad_packets_are_counted(live_server):
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(10))
         assert recv_exactly(sock, 1) == b""  # the server closes an unframeable stream
     assert live_server.server.counters.bad_packets == before + 1
+
+
+def test_two_edges_at_once_each_get_their_own_answers(live_server):
+    frame = bytes(64 * 48 * 3)
+    a = socket.create_connection(live_server.address, timeout=5)
+    b = socket.create_connection(live_server.address, timeout=5)
+    with a, b:
+        for i in range(5):
+            a.sendall(encode_frame_header(100 + i, 1, PixelFormat.RGB888, 64, 48) + frame)
+            b.sendall(encode_frame_header(200 + i, 1, PixelFormat.RGB888, 64, 48) + frame)
+            if i == 4:
+                b.sendall(b"\xff" * 7)  # b turns bad after its last frame: a must not notice
+        out = np.zeros((17, 3), np.float32)
+        got_a = [parse_reply_into(recv_exactly(a, REPLY_SIZE), out).seq for _ in range(5)]
+        got_b = [parse_reply_into(recv_exactly(b, REPLY_SIZE), out).seq for _ in range(5)]
+    assert got_a == [100, 101, 102, 103, 104]
+    assert got_b == [200, 201, 202, 203, 204]
+    assert good_round_trip(live_server.address, 7) == (7, 0)
