@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=10.0)
     demo.add_argument("--config", type=Path, help="demo configuration (default: the bundled demo.toml)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar or logs, only the JSON line")
+    demo.add_argument("--fps", type=float, help="camera rate (default: the demo configuration's, 100)")
     return parser
 
 
@@ -131,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from lalelu.demo import run_demo
 
-        print(json.dumps(run_demo(args.seconds, args.config, [], quiet=args.quiet)))
+        print(json.dumps(run_demo(args.seconds, args.config, quiet=args.quiet, fps=args.fps)))
         return 0
     return 2
 

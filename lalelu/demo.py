@@ -20,14 +20,14 @@ def _lalelu(*args: str) -> list[str]:
     return [sys.executable, "-m", "lalelu.cli", *args]
 
 
-def run_demo(seconds: float, config: Path | None, extra: list[str], quiet: bool = False) -> dict:
+def run_demo(seconds: float, config: Path | None, quiet: bool = False, fps: float | None = None) -> dict:
     config = config or DEMO_CONFIG
     with tempfile.TemporaryDirectory(prefix="lalelu-demo-") as tmp:
         ready = Path(tmp) / "backend.json"
         summary_file = Path(tmp) / "edge.json"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         backend = subprocess.Popen(
-            _lalelu("backend", "--config", str(config), "--port", "0", "--ready-file", str(ready), *extra),
+            _lalelu("backend", "--config", str(config), "--port", "0", "--ready-file", str(ready)),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE if quiet else None,
@@ -54,7 +54,7 @@ def run_demo(seconds: float, config: Path | None, extra: list[str], quiet: bool 
                     str(seconds),
                     "--summary-json",
                     str(summary_file),
-                    *extra,
+                    *(["--fps", str(fps)] if fps else []),
                 ),
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -83,6 +83,6 @@ def run_demo(seconds: float, config: Path | None, extra: list[str], quiet: bool 
     result = {k: v for k, v in summary.items() if k != "stages_ms"}
     cfg = load_config(config)
     # The photo is lowest (the nod's impact) a quarter period after the start, then once a period.
-    periods = summary["frames_sent"] / cfg.camera.fps / cfg.camera.still_period_s
+    periods = summary["frames_sent"] / (fps or cfg.camera.fps) / cfg.camera.still_period_s
     result["hits_expected"] = max(0, int(periods - 0.25) + 1)
     return result
