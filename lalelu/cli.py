@@ -67,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     pose.add_argument("--json", action="store_true", help="print JSON (the default prints a table)")
     pose.add_argument("--out", type=Path, help="write the image with the skeleton drawn")
 
+    bench = sub.add_parser("bench", help="inference benchmark, configurations side by side")
+    bench.add_argument("--engine", default="litert", choices=("litert", "tf-savedmodel", "tensorrt"))
+    bench.add_argument("--model", default="", help="model path (default: the bundled Lightning int8)")
+    bench.add_argument("--threads", default="2", help="thread counts to compare, e.g. 1,2")
+    bench.add_argument("--cpu-affinity", type=int, default=1, help="the core of the pinned configurations")
+    bench.add_argument(
+        "--configs",
+        default="plain,pinned,pinned+fifo",
+        help="comma-separated: plain, pinned, pinned+fifo, reference",
+    )
+    bench.add_argument("--sched-fifo", action="store_true", help="shorthand: add pinned+fifo to --configs")
+    bench.add_argument("--warmup", type=int, default=50)
+    bench.add_argument("--n", type=int, default=500)
+    bench.add_argument("--json", type=Path, help="write results with machine facts and all samples here")
+    bench.add_argument("--quiet", action="store_true")
+
     demo = sub.add_parser("demo", help="backend + edge on this machine with the bundled model and photo")
     demo.add_argument("--seconds", type=float, default=10.0)
     demo.add_argument("--config", type=Path, help="demo configuration (default: the bundled demo.toml)")
@@ -116,6 +132,23 @@ def _run(args: argparse.Namespace) -> int:
 
             if not cv2.imwrite(str(args.out), draw_skeleton(rgb, kp)):
                 raise LaleluError(f"cannot write {args.out}: use a .png or .jpg name in a writable folder")
+        return 0
+    if args.command == "bench":
+        from lalelu.bench import format_table, run_bench
+
+        configs = [c for c in args.configs.split(",") if c]
+        if args.sched_fifo and "pinned+fifo" not in configs:
+            configs.append("pinned+fifo")
+        try:
+            threads = [int(t) for t in args.threads.split(",") if t]
+        except ValueError:
+            raise LaleluError(f"--threads {args.threads!r}: give thread counts like 1,2") from None
+        report = run_bench(
+            args.engine, args.model, threads, configs, args.cpu_affinity, args.warmup, args.n, args.quiet
+        )
+        print(format_table(report))
+        if args.json:
+            args.json.write_text(json.dumps(report))
         return 0
     if args.command == "replay":
         from lalelu.gestures.consumer import resolve_mapping

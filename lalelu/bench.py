@@ -1,0 +1,225 @@
+"""`lalelu bench`: the inference benchmark, several configurations side by side in one run.
+
+Method (the reference measurement, generalized): load, time the first inference, run N warm-up
+inferences, then M timed ones, each on a fresh random input written outside the timed region. Each
+configuration runs in its own child process, one after the other, so pinning and SCHED_FIFO apply to
+exactly that configuration. `reference` is the plainest possible loop straight on the LiteRT
+interpreter, the yardstick the engine's own numbers must agree with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from lalelu.errors import LaleluError
+from lalelu.timing import summarize_ns
+
+CONFIGS = ("plain", "pinned", "pinned+fifo", "reference")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def machine_facts() -> dict:
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    facts: dict = {
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "isolated_cpus": _read("/sys/devices/system/cpu/isolated"),
+        "cmdline": _read("/proc/cmdline"),
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor") or "unknown",
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "libraries": {},
+    }
+    for dist in (
+        "numpy",
+        "ai-edge-litert",
+        "tensorflow",
+        "tensorflow-cpu",
+        "tensorrt",
+        "torch",
+        "opencv-python-headless",
+        "lalelu-drums",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            facts["libraries"][dist] = metadata.version(dist)
+    if shutil.which("nvidia-smi"):
+        q = "name,driver_version,clocks.sm,clocks.mem,pstate,power.draw"
+        r = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        facts["gpu"] = r.stdout.strip()
+    return facts
+
+
+def run_single(
+    engine_name: str, model: str, threads: int, config: str, cpu: int, warmup: int, n: int, progress: bool
+) -> dict:
+    """One configuration in this process."""
+    from lalelu.realtime import freeze_gc, try_sched_fifo
+
+    if config in ("pinned", "pinned+fifo"):
+        os.sched_setaffinity(0, [cpu])  # before the engine starts its threads, so they inherit it
+    fifo = try_sched_fifo(50) if config == "pinned+fifo" else False
+    rng = np.random.default_rng(0)
+    if config == "reference":
+        from ai_edge_litert.interpreter import Interpreter
+
+        from lalelu.engines import BUNDLED_MODEL
+
+        it = Interpreter(model_path=model or str(BUNDLED_MODEL), num_threads=threads)
+        it.allocate_tensors()
+        idx = it.get_input_details()[0]["index"]
+        x = np.zeros(it.get_input_details()[0]["shape"], it.get_input_details()[0]["dtype"])
+
+        def fill() -> None:
+            x[:] = rng.integers(0, 256, x.shape, dtype=np.uint8)
+
+        def infer() -> None:
+            it.set_tensor(idx, x)
+            it.invoke()
+    else:
+        from lalelu.engines import create_engine
+
+        engine = create_engine(engine_name, Path(model) if model else None, threads)
+        out = np.zeros((17, 3), np.float32)
+        buf = engine.input
+
+        def fill() -> None:
+            buf[:] = rng.integers(0, 256, buf.shape, dtype=np.uint8).astype(buf.dtype)
+
+        def infer() -> None:
+            engine.infer(out)
+
+    fill()
+    t0 = time.perf_counter_ns()
+    infer()
+    first = time.perf_counter_ns() - t0
+    for _ in range(warmup):
+        fill()
+        infer()
+    freeze_gc()
+    times = np.zeros(n, np.int64)
+    step = max(1, n // 10)
+    for i in range(n):
+        fill()
+        t0 = time.perf_counter_ns()
+        infer()
+        times[i] = time.perf_counter_ns() - t0
+        if progress and i % step == step - 1:
+            print(f"\r  {config}: {100 * (i + 1) // n:3d} %", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return {
+        "config": config,
+        "first_ms": first / 1e6,
+        "stats_ms": summarize_ns(times),
+        "sched_fifo": fifo,
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "threads": threads,
+        "engine": engine_name,
+        "samples_ns": times.tolist(),
+    }
+
+
+def run_bench(
+    engine_name: str,
+    model: str,
+    threads_list: list[int],
+    configs: list[str],
+    cpu: int,
+    warmup: int,
+    n: int,
+    quiet: bool = False,
+) -> dict:
+    for c in configs:
+        if c not in CONFIGS:
+            raise LaleluError(f"unknown configuration {c!r}: choose from {', '.join(CONFIGS)}")
+    if "reference" in configs and engine_name != "litert":
+        raise LaleluError(
+            "the reference loop runs LiteRT only: drop 'reference' from --configs for this engine"
+        )
+    if cpu not in os.sched_getaffinity(0):
+        raise LaleluError(
+            f"--cpu-affinity {cpu}: this process may run on CPUs {sorted(os.sched_getaffinity(0))}"
+        )
+    results = []
+    for threads in threads_list:
+        for config in configs:
+            cmd = [
+                sys.executable,
+                "-m",
+                "lalelu.bench",
+                engine_name,
+                model,
+                str(threads),
+                config,
+                str(cpu),
+                str(warmup),
+                str(n),
+                "0" if quiet else "1",
+            ]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+            if r.returncode != 0:
+                raise LaleluError(f"benchmark {config} with {threads} threads failed:\n{r.stderr[-2000:]}")
+            if not quiet:
+                sys.stderr.write(
+                    r.stderr.replace("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n", "")
+                )
+            results.append(json.loads(r.stdout.splitlines()[-1]))
+    return {
+        "machine": machine_facts(),
+        "method": {"warmup": warmup, "n": n, "cpu_affinity": cpu},
+        "results": results,
+    }
+
+
+def format_table(report: dict) -> str:
+    head = (
+        f"{'engine':<8} {'thr':>3} {'config':<12} {'first':>8} {'mean':>7} {'std':>7} {'min':>7} "
+        f"{'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7} {'vs plain':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    plain = {r["threads"]: r["stats_ms"]["mean"] for r in report["results"] if r["config"] == "plain"}
+    for r in report["results"]:
+        s = r["stats_ms"]
+        ratio = s["mean"] / plain[r["threads"]] if r["threads"] in plain else float("nan")
+        lines.append(
+            f"{r['engine']:<8} {r['threads']:>3} {r['config']:<12} {r['first_ms']:>8.2f} {s['mean']:>7.3f} "
+            f"{s['std']:>7.3f} {s['min']:>7.3f} {s['p50']:>7.3f} {s['p99']:>7.3f} {s['p99.9']:>7.3f} "
+            f"{s['max']:>7.3f} {ratio:>8.3f}"
+        )
+    lines.append("(milliseconds; 'vs plain' = mean / mean of plain at the same thread count)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    eng, mdl, thr, cfg, core, wu, count, prog = sys.argv[1:9]
+    res = run_single(eng, mdl, int(thr), cfg, int(core), int(wu), int(count), prog == "1")
+    print(json.dumps(res))
