@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n", type=int, default=500)
     bench.add_argument("--json", type=Path, help="write results with machine facts and all samples here")
     bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--plot", type=Path, help="write histogram + timeline PNGs into this folder")
+    bench.add_argument(
+        "--from-telemetry",
+        type=Path,
+        help="instead of benchmarking, summarize (and --plot) a `lalelu edge --telemetry` file",
+    )
 
     demo = sub.add_parser("demo", help="backend + edge on this machine with the bundled model and photo")
     demo.add_argument("--seconds", type=float, default=10.0)
@@ -136,6 +142,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from lalelu.bench import format_table, run_bench
 
+        if args.from_telemetry:
+            from lalelu.plots import load_telemetry, plot_telemetry, telemetry_table
+
+            rows = load_telemetry(args.from_telemetry)
+            print(telemetry_table(rows))
+            if args.plot:
+                print(f"plot: {plot_telemetry(rows, args.plot / (args.from_telemetry.stem + '.png'))}")
+            return 0
+
         configs = [c for c in args.configs.split(",") if c]
         if args.sched_fifo and "pinned+fifo" not in configs:
             configs.append("pinned+fifo")
@@ -149,6 +164,11 @@ def _run(args: argparse.Namespace) -> int:
         print(format_table(report))
         if args.json:
             args.json.write_text(json.dumps(report))
+        if args.plot:
+            from lalelu.plots import plot_bench
+
+            for path in plot_bench(report, args.plot):
+                print(f"plot: {path}")
         return 0
     if args.command == "replay":
         from lalelu.gestures.consumer import resolve_mapping

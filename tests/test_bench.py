@@ -13,7 +13,9 @@ from lalelu.errors import LaleluError
 
 def test_bench_agrees_with_the_reference_loop():
     cpu = sorted(os.sched_getaffinity(0))[-1]
-    report = run_bench("litert", "", [1], ["reference", "plain", "reference", "plain"], cpu, 20, 150, quiet=True)
+    report = run_bench(
+        "litert", "", [1], ["reference", "plain", "reference", "plain"], cpu, 20, 150, quiet=True
+    )
     by = {}
     for r in report["results"]:
         by.setdefault(r["config"], []).append(r["stats_ms"]["p50"])
@@ -27,16 +29,84 @@ def test_bench_agrees_with_the_reference_loop():
 
 def test_bench_command_prints_the_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run(lalelu_cmd("bench", "--threads", "1", "--configs", "plain,pinned", "--cpu-affinity", "0",
-                                  "--warmup", "5", "--n", "30", "--json", str(out), "--quiet"),
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        lalelu_cmd(
+            "bench",
+            "--threads",
+            "1",
+            "--configs",
+            "plain,pinned",
+            "--cpu-affinity",
+            "0",
+            "--warmup",
+            "5",
+            "--n",
+            "30",
+            "--json",
+            str(out),
+            "--quiet",
+            "--plot",
+            str(tmp_path / "plots"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "pinned" in r.stdout and "p99.9" in r.stdout
     report = json.loads(out.read_text())
-    assert {"cpu_model", "cpu_count", "isolated_cpus", "cmdline", "governor", "libraries"} <= set(report["machine"])
-    pinned = [x for x in report["results"] if x["config"] == "pinned"][0]
+    assert {"cpu_model", "cpu_count", "isolated_cpus", "cmdline", "governor", "libraries"} <= set(
+        report["machine"]
+    )
+    pinned = next(x for x in report["results"] if x["config"] == "pinned")
     assert pinned["affinity"] == [0]
     assert format_table(report).count("\n") == 4  # header, rule, two rows, the units line
+    png = tmp_path / "plots" / "bench-litert-1threads.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_live_telemetry_is_summarized_and_plotted(tmp_path):
+    telemetry = tmp_path / "live.jsonl"
+    r = subprocess.run(
+        lalelu_cmd(
+            "edge",
+            "--backend",
+            "",
+            "--no-fifo",
+            "--fps",
+            "30",
+            "--seconds",
+            "2",
+            "--telemetry",
+            str(telemetry),
+            "--output",
+            "none",
+        ),
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    r = subprocess.run(
+        lalelu_cmd("bench", "--from-telemetry", str(telemetry), "--plot", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("stage") and any(x.startswith("inference") for x in lines)
+    n_frames = len(telemetry.read_text().splitlines())
+    assert f"{n_frames} frames" in lines[0] and n_frames >= 40
+    assert (tmp_path / "live.png").stat().st_size > 10_000
+
+
+def test_from_telemetry_rejects_other_files(tmp_path):
+    bad = tmp_path / "x.jsonl"
+    bad.write_text('{"hello": 1}\n')
+    r = subprocess.run(
+        lalelu_cmd("bench", "--from-telemetry", str(bad)), capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and "is not a telemetry line" in r.stderr
 
 
 def test_bench_refuses_unknown_configurations():
