@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of benchmarking, summarize (and --plot) a `lalelu edge --telemetry` file",
     )
 
+    conv = sub.add_parser("convert", help="MoveNet to ONNX (checked), a TensorRT engine, or TF-TRT")
+    conv.add_argument("source", type=Path, help="a TF2 SavedModel directory or a .tflite file")
+    conv.add_argument("--to", choices=("onnx", "tensorrt", "tf-trt"), default="onnx")
+    conv.add_argument("--out", type=Path, help="where the artifact goes (default: beside the source)")
+    conv.add_argument("--fp16", action="store_true", help="TensorRT / TF-TRT in half precision")
+    conv.add_argument("--opset", type=int, default=17)
+
     demo = sub.add_parser("demo", help="backend + edge on this machine with the bundled model and photo")
     demo.add_argument("--seconds", type=float, default=10.0)
     demo.add_argument("--config", type=Path, help="demo configuration (default: the bundled demo.toml)")
@@ -169,6 +176,14 @@ def _run(args: argparse.Namespace) -> int:
 
             for path in plot_bench(report, args.plot):
                 print(f"plot: {path}")
+        return 0
+    if args.command == "convert":
+        from lalelu.convert import run_convert
+
+        result = run_convert(
+            args.source, args.to, args.out, args.fp16, args.opset, log=lambda m: print(m, file=sys.stderr)
+        )
+        print(json.dumps(result))
         return 0
     if args.command == "replay":
         from lalelu.gestures.consumer import resolve_mapping

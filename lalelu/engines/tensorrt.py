@@ -38,6 +38,13 @@ class TensorRTEngine:
         self._cudart = cudart
         if int(cudart.cudaGetDeviceCount()[0]) != 0 or cudart.cudaGetDeviceCount()[1] == 0:
             raise ModelError("no CUDA GPU is visible: the tensorrt engine needs one; use --engine litert")
+        from lalelu.convert import check_manifest
+
+        err, props = cudart.cudaGetDeviceProperties(0)
+        gpu = props.name.decode().strip("\x00") if int(err) == 0 else ""
+        check_manifest(
+            path, gpu, trt.__version__
+        )  # an engine only runs on the GPU and TensorRT it was built for
         logger = trt.Logger(trt.Logger.WARNING)
         engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
         if engine is None:

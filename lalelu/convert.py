@@ -1,0 +1,215 @@
+"""`lalelu convert`: MoveNet to ONNX (checked against the source), to a TensorRT engine, or to TF-TRT.
+
+Every artifact gets a manifest `<artifact>.manifest.json`: source hash, precision, library versions and
+GPU; the TensorRT engine refuses to load when the manifest does not match the GPU it runs on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from lalelu.errors import LaleluError, ModelError
+
+
+def source_hash(path: Path) -> str:
+    """sha256 of a model file, or of every file of a SavedModel directory in name order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def write_manifest(artifact: Path, source: Path, kind: str, precision: str, gpu: str = "") -> Path:
+    manifest = {
+        "artifact": artifact.name,
+        "kind": kind,
+        "precision": precision,
+        "source": str(source),
+        "source_sha256": source_hash(source),
+        "gpu": gpu,
+        "versions": {
+            d: v
+            for d in ("tensorflow", "tensorflow-cpu", "tf2onnx", "onnx", "tensorrt")
+            if (v := _version(d))
+        },
+    }
+    out = artifact.with_name(artifact.name + ".manifest.json")
+    out.write_text(json.dumps(manifest, indent=1))
+    return out
+
+
+def check_manifest(artifact: Path, gpu: str, trt_version: str, source: Path | None = None) -> None:
+    """Refuse an engine built for another GPU, TensorRT or model, with the fix in the message."""
+    mpath = artifact.with_name(artifact.name + ".manifest.json")
+    try:
+        m = json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"{artifact} has no readable manifest ({mpath}): rebuild it with `lalelu convert`"
+        ) from exc
+    problems = []
+    if m.get("gpu") and m["gpu"] != gpu:
+        problems.append(f"built on {m['gpu']!r}, this GPU is {gpu!r}")
+    built_trt = m.get("versions", {}).get("tensorrt", "")
+    if built_trt and trt_version and built_trt != trt_version:
+        problems.append(f"built with TensorRT {built_trt}, this is {trt_version}")
+    if source is not None and source.exists() and m.get("source_sha256") != source_hash(source):
+        problems.append(f"built from another model than {source}")
+    if problems:
+        raise ModelError(
+            f"{artifact}: {'; '.join(problems)}: reconvert with `lalelu convert` on this machine"
+        )
+
+
+def to_onnx(source: Path, out: Path, opset: int = 17, log=print) -> Path:
+    """A TF2 SavedModel directory or a .tflite file (dequantized to float) -> ONNX, through tf2onnx."""
+    if not source.exists():
+        raise LaleluError(f"{source} does not exist: give a SavedModel directory or a .tflite file")
+    kind = (
+        ["--tflite", str(source), "--dequantize"]
+        if source.suffix == ".tflite"
+        else ["--saved-model", str(source)]
+    )
+    cmd = [sys.executable, "-m", "tf2onnx.convert", *kind, "--output", str(out), "--opset", str(opset)]
+    log(f"converting {source} to ONNX (opset {opset}) with tf2onnx ...")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        if "No module named tf2onnx" in r.stderr:
+            raise LaleluError("conversion needs tf2onnx and onnxruntime: pip install 'lalelu-drums[convert]'")
+        raise LaleluError(f"tf2onnx failed on {source}:\n{r.stderr[-3000:]}")
+    write_manifest(out, source, "onnx", "fp32")
+    return out
+
+
+def _onnx_session(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise LaleluError(
+            "checking the ONNX model needs onnxruntime: pip install 'lalelu-drums[convert]'"
+        ) from exc
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def verify_onnx(source: Path, onnx_path: Path, n: int = 5, seed: int = 0) -> float:
+    """Largest absolute difference of the ONNX model's output from the source model's, on random inputs."""
+    from lalelu.engines import create_engine
+
+    engine = create_engine("litert" if source.suffix == ".tflite" else "tf-savedmodel", source, threads=2)
+    sess = _onnx_session(onnx_path)
+    inp = sess.get_inputs()[0]
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    ref = np.zeros((17, 3), np.float32)
+    for _ in range(n):
+        x = rng.integers(0, 256, engine.input.shape).astype(engine.input.dtype)
+        engine.input[:] = x
+        engine.infer(ref)
+        feed = x[None].astype(np.float32 if "float" in inp.type else engine.input.dtype)
+        got = np.asarray(sess.run(None, {inp.name: feed})[0]).reshape(17, 3)
+        worst = max(worst, float(np.abs(got - ref).max()))
+    engine.close()
+    return worst
+
+
+def to_tensorrt(onnx_path: Path, out: Path, fp16: bool, timing_cache: Path, log=print) -> Path:
+    """ONNX -> serialized TensorRT engine (TensorRT 10 API). Needs `tensorrt` and an NVIDIA GPU."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise LaleluError(
+            "building a TensorRT engine needs the `tensorrt` package and an NVIDIA GPU; "
+            "run `lalelu convert` on the backend (fab convert)"
+        ) from exc
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise LaleluError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    log(f"building the TensorRT engine ({'fp16' if fp16 else 'fp32'}); this takes minutes the first time ...")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise LaleluError("TensorRT could not build an engine from this network (see its log above)")
+    out.write_bytes(bytes(serialized))
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    from cuda.bindings import runtime as cudart
+
+    err, props = cudart.cudaGetDeviceProperties(0)
+    gpu = props.name.decode().strip("\x00") if int(err) == 0 else ""
+    write_manifest(out, onnx_path, "tensorrt", "fp16" if fp16 else "fp32", gpu)
+    return out
+
+
+def to_tftrt(saved_model: Path, out: Path, fp16: bool) -> Path:
+    """TF-TRT the reference way; TensorFlow removed TF-TRT from its builds in 2.18."""
+    import tensorflow as tf
+
+    major, minor = (int(p) for p in tf.__version__.split(".")[:2])
+    if (major, minor) > (2, 17):
+        raise LaleluError(
+            f"TF-TRT is not in TensorFlow {tf.__version__} (removed in 2.18): use a TensorFlow "
+            "<= 2.17 for it, or build a native TensorRT engine: lalelu convert --to tensorrt"
+        )
+    from tensorflow.python.compiler.tensorrt import trt_convert as tftrt
+
+    converter = tftrt.TrtGraphConverterV2(
+        input_saved_model_dir=str(saved_model),
+        precision_mode=tftrt.TrtPrecisionMode.FP16 if fp16 else tftrt.TrtPrecisionMode.FP32,
+    )
+    converter.convert()
+    converter.save(str(out))
+    write_manifest(out, saved_model, "tf-trt", "fp16" if fp16 else "fp32")
+    return out
+
+
+def run_convert(source: Path, to: str, out: Path | None, fp16: bool, opset: int, log=print) -> dict:
+    start = time.monotonic()
+    result: dict = {"source": str(source)}
+    if to in ("onnx", "tensorrt"):
+        onnx_path = (
+            out
+            if (to == "onnx" and out)
+            else source.with_suffix(".onnx")
+            if source.is_file()
+            else source.parent / (source.name + ".onnx")
+        )
+        to_onnx(source, onnx_path, opset, log)
+        diff = verify_onnx(source, onnx_path)
+        log(f"ONNX vs source on 5 random inputs: max |diff| {diff:.3g}")
+        result.update(onnx=str(onnx_path), max_abs_diff=diff)
+        if to == "tensorrt":
+            engine = out or onnx_path.with_suffix(".fp16.engine" if fp16 else ".fp32.engine")
+            to_tensorrt(onnx_path, engine, fp16, onnx_path.with_name("timing.cache"), log)
+            result["engine"] = str(engine)
+    elif to == "tf-trt":
+        dest = out or source.parent / (source.name + "_tftrt")
+        result["tftrt"] = str(to_tftrt(source, dest, fp16))
+    else:
+        raise LaleluError(f"unknown target {to!r}: onnx, tensorrt or tf-trt")
+    result["seconds"] = round(time.monotonic() - start, 1)
+    log(f"done in {result['seconds']} s")
+    return result
