@@ -61,7 +61,7 @@ def test_engine_built_for_another_gpu_is_refused(tmp_path):
     write_manifest(engine, BUNDLED_MODEL, "tensorrt", "fp16", gpu="NVIDIA GeForce GTX 1660")
     check_manifest(engine, "NVIDIA GeForce GTX 1660", "")
     with pytest.raises(
-        ModelError, match="built on 'NVIDIA GeForce GTX 1660', this GPU is 'NVIDIA H100.*reconvert"
+        ModelError, match=r"built on 'NVIDIA GeForce GTX 1660', this GPU is 'NVIDIA H100.*reconvert"
     ):
         check_manifest(engine, "NVIDIA H100 80GB HBM3", "")
     other = tmp_path / "other.tflite"
@@ -77,7 +77,7 @@ def test_tftrt_on_a_new_tensorflow_says_what_to_do(saved_model, tmp_path):
     major, minor = (int(p) for p in tf.__version__.split(".")[:2])
     if (major, minor) <= (2, 17):
         pytest.skip(f"TensorFlow {tf.__version__} still has TF-TRT; this checks the message of newer ones")
-    with pytest.raises(LaleluError, match="removed in 2.18"):
+    with pytest.raises(LaleluError, match=r"removed in 2\.18"):
         run_convert(saved_model, "tf-trt", tmp_path / "x", False, 17, log=lambda m: None)
 
 
