@@ -1,0 +1,124 @@
+"""`fab bench` end to end against a real SSH server started here, hosts from the Ansible inventory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAB = str(Path(sys.executable).with_name("fab"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd_bin).exists():
+        pytest.fail("sshd is missing: tools/test installs Debian's openssh-server; run it, or apt install it")
+    d = tmp_path_factory.mktemp("sshd")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "user_key")], check=True)
+    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
+    os.chmod(d, 0o700)
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        f"PidFile {d / 'sshd.pid'}\nStrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on
+    proc = subprocess.Popen(
+        [sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "wb")
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, (d / "sshd.log").read_text()
+            assert time.monotonic() < deadline, "sshd did not start"
+            time.sleep(0.1)
+    yield {"port": port, "key": str(d / "user_key"), "user": os.environ.get("USER") or "root", "dir": d}
+    proc.terminate()
+    proc.wait(10)
+
+
+def inventory(tmp_path: Path, sshd: dict, venv: str) -> Path:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(
+        "all:\n  children:\n    backend:\n      hosts:\n        loopback-backend:\n"
+        f"          ansible_host: 127.0.0.1\n          ansible_port: {sshd['port']}\n"
+        f"          ansible_user: {sshd['user']}\n          ansible_ssh_private_key_file: {sshd['key']}\n"
+        f"          lalelu_venv: {venv}\n"
+    )
+    return inv
+
+
+def fab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([FAB, "-r", str(ROOT), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_fab_bench_runs_the_real_bench_over_ssh(sshd, tmp_path):
+    inv = inventory(tmp_path, sshd, sys.prefix)
+    r = fab(
+        "bench",
+        "--group",
+        "backend",
+        "--configs",
+        "plain,pinned",
+        "--threads",
+        "1",
+        "--count",
+        "30",
+        "--warmup",
+        "5",
+        "--cpu",
+        "0",
+        "--inventory",
+        str(inv),
+        "--results",
+        str(tmp_path / "results"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "loopback-backend" in r.stdout and "pinned" in r.stdout
+    run_dir = next((tmp_path / "results").iterdir())
+    report = json.loads((run_dir / "loopback-backend.json").read_text())
+    assert [x["config"] for x in report["results"]] == ["plain", "pinned"]
+    assert report["results"][1]["affinity"] == [0]
+    assert report["machine"]["cpu_count"] == os.cpu_count()
+
+
+def test_fab_names_a_host_missing_from_the_inventory(sshd, tmp_path):
+    inv = inventory(tmp_path, sshd, sys.prefix)
+    r = fab("bench", "--hosts", "nosuchhost", "--inventory", str(inv), cwd=tmp_path)
+    assert r.returncode != 0
+    assert "nosuchhost not in the inventory; known: loopback-backend" in r.stderr + r.stdout
+
+
+def test_fab_says_when_the_venv_is_missing(sshd, tmp_path):
+    inv = inventory(tmp_path, sshd, "/nonexistent/venv")
+    r = fab("bench", "--inventory", str(inv), cwd=tmp_path)
+    assert r.returncode != 0
+    assert "no lalelu in /nonexistent/venv" in r.stderr + r.stdout
+
+
+def test_fab_says_when_a_host_is_unreachable(tmp_path):
+    inv = inventory(tmp_path, {"port": free_port(), "user": "root", "key": "/dev/null"}, sys.prefix)
+    r = fab("status", "--inventory", str(inv), cwd=tmp_path)
+    assert r.returncode != 0
+    assert "is unreachable" in r.stderr + r.stdout
