@@ -40,9 +40,8 @@ def sshd(tmp_path_factory):
         f"PidFile {d / 'sshd.pid'}\nStrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on
-    proc = subprocess.Popen(
-        [sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "wb")
-    )
+    with open(d / "sshd.log", "wb") as log:
+        proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
     deadline = time.monotonic() + 10
     while True:
         try:
