@@ -71,10 +71,27 @@ def receive(midi_in, n: int, timeout: float = 3.0) -> list[tuple[list[int], int]
     return got
 
 
+PROBE = [0xBF, 3, 0]  # CC 3 (undefined) on channel 16: harmless, and filtered out of the assertions
+
+
+def wait_connected(out: MidiOutput, midi_in) -> None:
+    """JACK connects ports asynchronously: probe until a message gets through, then drain."""
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        out._out.send_message(PROBE)
+        got = receive(midi_in, 1, timeout=0.1)
+        if got:
+            while receive(midi_in, 1, timeout=0.05):
+                pass
+            return
+    pytest.fail("the JACK MIDI connection did not come up within 5 s")
+
+
 def test_hits_arrive_as_exact_midi_bytes_through_jack(jack_server):
     midi_in = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="receiver")
     midi_in.open_virtual_port("drum-module")
     out = MidiOutput(port="drum-module", api="jack")
+    wait_connected(out, midi_in)
     mapping = mapping_from_dict(
         {
             "instrument": {"channel": 10, "note_length_ms": 30},
@@ -102,6 +119,7 @@ def test_note_on_latency_through_jack(jack_server):
     midi_in = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="latency-rx")
     midi_in.open_virtual_port("latency-in")
     out = MidiOutput(port="latency-in", api="jack")
+    wait_connected(out, midi_in)
     latencies = []
     for i in range(20):
         sent = time.monotonic_ns()
