@@ -30,7 +30,9 @@ def jack_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("jack") / "jackd.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            ["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128"],
+            # -t: a generous client timeout, so a busy test machine does not zombify the non-realtime
+            # test clients (JACK then silently drops their MIDI).
+            ["jackd", "--no-realtime", "-t", "10000", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128"],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
@@ -120,18 +122,27 @@ def test_note_on_latency_through_jack(jack_server):
     midi_in.open_virtual_port("latency-in")
     out = MidiOutput(port="latency-in", api="jack")
     wait_connected(out, midi_in)
-    latencies = []
-    for i in range(20):
+    latencies, lost = [], 0
+    for i in range(40):
         sent = time.monotonic_ns()
         out.note_on(10, 36 + i % 4, 100, "probe")
-        got = receive(midi_in, 1)
-        assert got and got[0][0] == [0x99, 36 + i % 4, 100]
+        got = receive(midi_in, 1, timeout=0.5)
+        if not got:
+            # Seen here about once in 150 spaced notes with python-rtmidi 1.5.8 on jackd2 1.9 (dummy
+            # driver, non-realtime): counted and reported, not hidden. See the README.
+            lost += 1
+            continue
+        assert got[0][0] == [0x99, 36 + i % 4, 100]
         latencies.append(got[0][1] - sent)
         time.sleep(0.005)
     out.close()
     midi_in.close_port()
-    print(f"JACK note-on latency p50 {np.median(latencies) / 1e6:.2f} ms, max {max(latencies) / 1e6:.2f} ms")
-    assert max(latencies) < 1e9
+    print(
+        f"JACK note-on latency p50 {np.median(latencies) / 1e6:.2f} ms, max {max(latencies) / 1e6:.2f} ms, "
+        f"lost {lost} of 40"
+    )
+    assert lost <= 2
+    assert np.median(latencies) < 20e6  # a few periods of 128 frames at 48 kHz (2.67 ms each)
 
 
 def test_missing_port_names_the_available_ones(jack_server):
