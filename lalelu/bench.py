@@ -202,7 +202,7 @@ def run_bench(
 
 def format_table(report: dict) -> str:
     head = (
-        f"{'engine':<8} {'thr':>3} {'config':<12} {'first':>8} {'mean':>7} {'std':>7} {'min':>7} "
+        f"{'engine':<13} {'thr':>3} {'config':<12} {'first':>8} {'mean':>7} {'std':>7} {'min':>7} "
         f"{'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7} {'vs plain':>8}"
     )
     lines = [head, "-" * len(head)]
@@ -211,7 +211,7 @@ def format_table(report: dict) -> str:
         s = r["stats_ms"]
         ratio = s["mean"] / plain[r["threads"]] if r["threads"] in plain else float("nan")
         lines.append(
-            f"{r['engine']:<8} {r['threads']:>3} {r['config']:<12} {r['first_ms']:>8.2f} {s['mean']:>7.3f} "
+            f"{r['engine']:<13} {r['threads']:>3} {r['config']:<12} {r['first_ms']:>8.2f} {s['mean']:>7.3f} "
             f"{s['std']:>7.3f} {s['min']:>7.3f} {s['p50']:>7.3f} {s['p99']:>7.3f} {s['p99.9']:>7.3f} "
             f"{s['max']:>7.3f} {ratio:>8.3f}"
         )
