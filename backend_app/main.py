@@ -10,7 +10,7 @@ from pathlib import Path
 
 from backend_app.server import InferenceServer
 from lalelu.config import Config
-from lalelu.engines import create_engine
+from lalelu.engines import engine_from_config
 from lalelu.gestures.consumer import gesture_consumer
 from lalelu.inference import PoseEstimator
 from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
@@ -21,13 +21,7 @@ log = logging.getLogger("lalelu.backend")
 
 def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = None) -> dict:
     affinity = pin_to_cpus(cfg.backend.cpus)  # before the engine starts its threads, so they inherit it
-    engine = create_engine(
-        cfg.engine.kind,
-        Path(cfg.engine.model) if cfg.engine.model else None,
-        cfg.engine.threads,
-        cfg.engine.delegate,
-    )
-    engine.warm_up(cfg.engine.warmup)
+    engine = engine_from_config(cfg.engine)
     consumer_factory = None
     if cfg.output.where == "backend" and cfg.output.kind != "none":
         consumer_factory = partial(gesture_consumer, cfg.output)

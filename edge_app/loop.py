@@ -18,7 +18,7 @@ from edge_app.consumers import LogConsumer, PoseConsumer
 from edge_app.link import BackendLink
 from lalelu.clock import now_ns
 from lalelu.config import Config
-from lalelu.engines import create_engine
+from lalelu.engines import engine_from_config
 from lalelu.gestures.consumer import GestureConsumer, gesture_consumer
 from lalelu.gestures.recording import PoseRecorder
 from lalelu.inference import PoseEstimator
@@ -72,13 +72,7 @@ class EdgeLoop:
             )
             log.info("sending frames to the backend at %s", cfg.edge.backend)
         else:
-            engine = create_engine(
-                cfg.engine.kind,
-                Path(cfg.engine.model) if cfg.engine.model else None,
-                cfg.engine.threads,
-                cfg.engine.delegate,
-            )
-            engine.warm_up(cfg.engine.warmup)
+            engine = engine_from_config(cfg.engine)
             self._estimator = PoseEstimator(engine)
             log.info("no backend configured: inferring locally with %s", engine.name)
         if cfg.edge.telemetry:

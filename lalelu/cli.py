@@ -122,17 +122,12 @@ def _run(args: argparse.Namespace) -> int:
         run_backend(cfg, args.seconds, args.ready_file)
         return 0
     if args.command == "pose":
-        from lalelu.engines import create_engine
+        from lalelu.engines import engine_from_config
         from lalelu.pose_image import draw_skeleton, estimate_pose, keypoints_json, read_rgb
 
         cfg = _config(args, "edge")
         rgb = read_rgb(args.image)
-        engine = create_engine(
-            cfg.engine.kind,
-            Path(cfg.engine.model) if cfg.engine.model else None,
-            cfg.engine.threads,
-            cfg.engine.delegate,
-        )
+        engine = engine_from_config(cfg.engine, warm=False)  # one image: nothing to warm up for
         kp = estimate_pose(engine, rgb)
         result = keypoints_json(kp)
         if args.json:

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lalelu.config import EngineConfig
 from lalelu.errors import ModelError
 
 ENGINE_NAMES = ("litert", "tf-savedmodel", "tensorrt")
@@ -57,6 +58,23 @@ def create_engine(name: str, model: Path | None = None, threads: int = 2, delega
             raise ModelError("engine tensorrt needs --model FILE.engine (built by `lalelu convert`)")
         return TensorRTEngine(model)
     raise ModelError(f"unknown engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}")
+
+
+def engine_from_config(cfg: EngineConfig, warm: bool = True) -> PoseEngine:
+    """The engine a host's [engine] section names, loaded and (unless told not to) warmed up."""
+    engine = create_engine(cfg.kind, Path(cfg.model) if cfg.model else None, cfg.threads, cfg.delegate)
+    if warm:
+        engine.warm_up(cfg.warmup)
+    return engine
+
+
+class WarmUpByInfer:
+    """Engines warm up by running `n` inferences on whatever their input buffer holds."""
+
+    def warm_up(self, n: int = 10) -> None:
+        out = np.empty((17, 3), np.float32)
+        for _ in range(n):
+            self.infer(out)  # type: ignore[attr-defined]
 
 
 def check_output_shape(shape: tuple[int, ...], path: Path) -> None:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lalelu.engines import check_model_path, check_output_shape
+from lalelu.engines import WarmUpByInfer, check_model_path, check_output_shape
 from lalelu.errors import ModelError
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
 
-class LiteRTEngine:
+class LiteRTEngine(WarmUpByInfer):
     name = "litert"
 
     def __init__(self, model: Path, threads: int = 2, delegate: str = "") -> None:
@@ -47,11 +47,6 @@ class LiteRTEngine:
         self.input = np.zeros(shape[1:], dtype=inp["dtype"])
         self._batched = self.input[None]  # a view: set_tensor copies from our buffer
         self.model_path = path
-
-    def warm_up(self, n: int = 10) -> None:
-        out = np.empty((17, 3), np.float32)
-        for _ in range(n):
-            self.infer(out)
 
     def infer(self, out: np.ndarray) -> None:
         self._it.set_tensor(self._in_index, self._batched)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lalelu.engines import check_model_path, check_output_shape
+from lalelu.engines import WarmUpByInfer, check_model_path, check_output_shape
 from lalelu.errors import ModelError
 
 
@@ -22,7 +22,7 @@ def _cuda_check(result: tuple) -> Any:
     return rest[0] if rest else None
 
 
-class TensorRTEngine:
+class TensorRTEngine(WarmUpByInfer):
     name = "tensorrt"
 
     def __init__(self, model: Path) -> None:
@@ -68,11 +68,6 @@ class TensorRTEngine:
         self._ctx.set_tensor_address(inputs[0], int(self._d_in))
         self._ctx.set_tensor_address(outputs[0], int(self._d_out))
         self.model_path = path
-
-    def warm_up(self, n: int = 10) -> None:
-        out = np.empty((17, 3), np.float32)
-        for _ in range(n):
-            self.infer(out)
 
     def infer(self, out: np.ndarray) -> None:
         rt = self._cudart

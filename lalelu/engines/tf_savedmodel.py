@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lalelu.engines import check_model_path, check_output_shape
+from lalelu.engines import WarmUpByInfer, check_model_path, check_output_shape
 from lalelu.errors import ModelError
 
 
-class SavedModelEngine:
+class SavedModelEngine(WarmUpByInfer):
     name = "tf-savedmodel"
 
     def __init__(self, model: Path) -> None:
@@ -39,11 +39,6 @@ class SavedModelEngine:
         self._tf, self._fn, self._loaded = tf, fn, loaded
         self.input = np.zeros(shape[1:], dtype=spec.dtype.as_numpy_dtype)
         self.model_path = path
-
-    def warm_up(self, n: int = 10) -> None:
-        out = np.empty((17, 3), np.float32)
-        for _ in range(n):
-            self.infer(out)
 
     def infer(self, out: np.ndarray) -> None:
         result = self._fn(**{self._input_name: self._tf.constant(self.input[None])})
