@@ -55,12 +55,12 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
     freeze_gc()
 
     def report(srv: InferenceServer) -> None:
-        rows = srv.telemetry.recent()[-1000:]
+        infer = summarize_ns(srv.telemetry.recent()[-1000:]["backend_infer_ns"])
         log.info(
             "frames %d, infer p50 %.2f ms p99 %.2f ms, counters %s",
             srv.counters.frames,
-            summarize_ns(rows["backend_infer_ns"]).get("p50", 0),
-            summarize_ns(rows["backend_infer_ns"]).get("p99", 0),
+            infer.get("p50", 0),
+            infer.get("p99", 0),
             srv.counters.as_dict(),
         )
 

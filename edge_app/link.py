@@ -6,6 +6,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -91,8 +92,6 @@ class BackendLink:
 
     def in_flight_done(self, timeout_s: float, sent: int) -> bool:
         """Wait until every sent frame is answered (or the link failed)."""
-        import time
-
         end = time.monotonic() + timeout_s
         while self.replies < sent and not self.error and time.monotonic() < end:
             time.sleep(0.001)

@@ -25,7 +25,7 @@ from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import Reply, Status
 from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
-from lalelu.timing import TelemetryRing, stage_summary
+from lalelu.timing import TelemetryRing, stage_summary, write_jsonl
 
 log = logging.getLogger("lalelu.edge")
 
@@ -151,10 +151,8 @@ class EdgeLoop:
         if self._telemetry_fh is None:
             return
         rows = self.telemetry.rows_between(self._written, end_seq)
-        rows = rows[rows["pose_ns"] > 0] if end_seq else rows
-        for r in rows:
-            self._telemetry_fh.write(json.dumps({n: int(r[n]) for n in r.dtype.names or ()}) + "\n")
-        self._telemetry_fh.flush()
+        rows = rows[rows["pose_ns"] > 0]
+        write_jsonl(rows, self._telemetry_fh)
         self._written = end_seq
 
     def _report(self, first_seq: int, end_seq: int) -> None:

@@ -50,7 +50,6 @@ class TelemetryRing:
         self.rows = np.zeros(capacity, dtype=TELEMETRY_DTYPE)
         self.capacity = capacity
         self.count = 0  # rows ever written
-        self._flushed = 0
 
     def next_row(self) -> np.void:
         row = self.rows[self.count % self.capacity]
@@ -69,23 +68,14 @@ class TelemetryRing:
 
     def recent(self) -> np.ndarray:
         """The rows still in the ring, oldest first (a copy)."""
-        n = min(self.count, self.capacity)
-        start = self.count - n
-        idx = (np.arange(start, self.count)) % self.capacity
-        return self.rows[idx]
+        return self.rows_between(0, self.count)
 
-    def unflushed(self) -> np.ndarray:
-        start = max(self._flushed, self.count - self.capacity)
-        idx = np.arange(start, self.count) % self.capacity
-        self._flushed = self.count
-        return self.rows[idx]
 
-    def write_jsonl(self, fh: IO[str]) -> int:
-        rows = self.unflushed()
-        for r in rows:
-            fh.write(json.dumps({name: int(r[name]) for name in TELEMETRY_DTYPE.names or ()}) + "\n")
-        fh.flush()
-        return len(rows)
+def write_jsonl(rows: np.ndarray, fh: IO[str]) -> None:
+    """Telemetry rows as JSON lines, one object per frame (what `lalelu bench --from-telemetry` reads)."""
+    for r in rows:
+        fh.write(json.dumps({name: int(r[name]) for name in TELEMETRY_DTYPE.names or ()}) + "\n")
+    fh.flush()
 
 
 def stage_summary(rows: np.ndarray) -> dict[str, dict[str, float]]:
