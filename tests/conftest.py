@@ -41,6 +41,19 @@ def lalelu_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "lalelu.cli", *args]
 
 
+def run_local_edge(
+    fps: float, seconds: float, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """`lalelu edge` inferring on its own (no backend, no SCHED_FIFO) on the moving photo; asserts it exits 0."""
+    r = subprocess.run(
+        lalelu_cmd("edge", "--backend", "", "--no-fifo", "--fps", str(fps), "--seconds", str(seconds), *args),
+        capture_output=True,
+        timeout=timeout,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    return r
+
+
 class Backend:
     def __init__(self, tmp: Path, *args: str) -> None:
         self.ready = tmp / f"ready-{time.monotonic_ns()}.json"

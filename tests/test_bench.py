@@ -5,7 +5,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import lalelu_cmd
+from conftest import lalelu_cmd, run_local_edge
 
 from lalelu.bench import format_table, run_bench
 from lalelu.errors import LaleluError
@@ -67,25 +67,7 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path):
 
 def test_live_telemetry_is_summarized_and_plotted(tmp_path):
     telemetry = tmp_path / "live.jsonl"
-    r = subprocess.run(
-        lalelu_cmd(
-            "edge",
-            "--backend",
-            "",
-            "--no-fifo",
-            "--fps",
-            "30",
-            "--seconds",
-            "2",
-            "--telemetry",
-            str(telemetry),
-            "--output",
-            "none",
-        ),
-        capture_output=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr.decode()
+    run_local_edge(30, 2, "--telemetry", str(telemetry), "--output", "none")
     r = subprocess.run(
         lalelu_cmd("bench", "--from-telemetry", str(telemetry), "--plot", str(tmp_path)),
         capture_output=True,

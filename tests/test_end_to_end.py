@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import psutil
-from conftest import Backend, lalelu_cmd
+from conftest import Backend, lalelu_cmd, run_local_edge
 
 
 def test_edge_and_backend_processes(tmp_path):
@@ -65,25 +65,7 @@ def test_edge_and_backend_processes(tmp_path):
 
 def test_edge_without_backend_infers_locally(tmp_path):
     summary_file = tmp_path / "s.json"
-    r = subprocess.run(
-        lalelu_cmd(
-            "edge",
-            "--backend",
-            "",
-            "--no-fifo",
-            "--fps",
-            "20",
-            "--seconds",
-            "2",
-            "--threads",
-            "1",
-            "--summary-json",
-            str(summary_file),
-        ),
-        capture_output=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr.decode()
+    r = run_local_edge(20, 2, "--threads", "1", "--summary-json", str(summary_file))
     assert "inferring locally" in r.stderr.decode()
     s = json.loads(summary_file.read_text())
     assert s["poses_received"] == s["frames_sent"] >= 30

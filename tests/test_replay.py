@@ -3,35 +3,24 @@
 import json
 import subprocess
 
-from conftest import lalelu_cmd
+from conftest import lalelu_cmd, run_local_edge
 
 
 def test_record_then_replay_is_deterministic(tmp_path):
     rec = tmp_path / "session.npz"
     summary = tmp_path / "s.json"
-    r = subprocess.run(
-        lalelu_cmd(
-            "edge",
-            "--backend",
-            "",
-            "--no-fifo",
-            "--fps",
-            "50",
-            "--seconds",
-            "3.5",
-            "--threads",
-            "2",
-            "--mapping",
-            "demo-nod",
-            "--record",
-            str(rec),
-            "--summary-json",
-            str(summary),
-        ),
-        capture_output=True,
-        timeout=120,
+    run_local_edge(
+        50,
+        3.5,
+        "--threads",
+        "2",
+        "--mapping",
+        "demo-nod",
+        "--record",
+        str(rec),
+        "--summary-json",
+        str(summary),
     )
-    assert r.returncode == 0, r.stderr.decode()
     live = json.loads(summary.read_text())
     outs = [
         subprocess.run(
