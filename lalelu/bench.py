@@ -5,6 +5,10 @@ inferences, then M timed ones, each on a fresh random input written outside the 
 configuration runs in its own child process, one after the other, so pinning and SCHED_FIFO apply to
 exactly that configuration. `reference` is the plainest possible loop straight on the LiteRT
 interpreter, the yardstick the engine's own numbers must agree with.
+
+A configuration is words joined by '+': `pinned` (to --cpu-affinity), `fifo` (SCHED_FIFO), and for the
+torch-cuda engine `eager` or `graph` (CUDA graph replay) and `fp16`. Engines that time the GPU with CUDA
+events (torch-cuda) report device-side figures beside the host-side ones (what the app waits for).
 """
 
 from __future__ import annotations
@@ -25,7 +29,27 @@ import numpy as np
 from lalelu.errors import LaleluError
 from lalelu.timing import summarize_ns
 
-CONFIGS = ("plain", "pinned", "pinned+fifo", "reference")
+CONFIG_WORDS = ("plain", "pinned", "fifo", "reference", "eager", "graph", "fp16")
+DEFAULT_CONFIGS = {
+    "torch-cuda": "eager,graph,graph+fp16,eager+pinned,graph+pinned,graph+fp16+pinned",
+}
+DEFAULT_CONFIGS_OTHER = "plain,pinned,pinned+fifo"
+
+
+def check_config(engine: str, config: str) -> set[str]:
+    words = set(config.split("+"))
+    bad = words - set(CONFIG_WORDS)
+    gpu_words = words & {"eager", "graph", "fp16"}
+    if bad or ("fifo" in words and "pinned" not in words) or (gpu_words and engine != "torch-cuda"):
+        raise LaleluError(
+            f"unknown configuration {config!r}: join {', '.join(CONFIG_WORDS)} with '+' "
+            "(fifo needs pinned; eager/graph/fp16 are for --engine torch-cuda)"
+        )
+    if "reference" in words and engine != "litert":
+        raise LaleluError(
+            "the reference loop runs LiteRT only: drop 'reference' from --configs for this engine"
+        )
+    return words
 
 
 def _read(path: str) -> str:
@@ -84,11 +108,13 @@ def run_single(
     """One configuration in this process."""
     from lalelu.realtime import freeze_gc, try_sched_fifo
 
-    if config in ("pinned", "pinned+fifo"):
+    words = check_config(engine_name, config)
+    if "pinned" in words:
         os.sched_setaffinity(0, [cpu])  # before the engine starts its threads, so they inherit it
-    fifo = try_sched_fifo(50) if config == "pinned+fifo" else False
+    fifo = try_sched_fifo(50) if "fifo" in words else False
     rng = np.random.default_rng(0)
-    if config == "reference":
+    device_ms = None
+    if "reference" in words:
         from ai_edge_litert.interpreter import Interpreter
 
         from lalelu.engines import BUNDLED_MODEL
@@ -107,8 +133,15 @@ def run_single(
     else:
         from lalelu.engines import create_engine
 
-        engine = create_engine(engine_name, Path(model) if model else None, threads)
+        engine = create_engine(
+            engine_name,
+            Path(model) if model else None,
+            threads,
+            precision="fp16" if "fp16" in words else "fp32",
+            cuda_graph="eager" not in words,
+        )
         out = np.zeros((17, 3), np.float32)
+        device_ms = getattr(engine, "last_device_ms", None)
         buf = engine.input
 
         def fill() -> None:
@@ -126,17 +159,20 @@ def run_single(
         infer()
     freeze_gc()
     times = np.zeros(n, np.int64)
+    device_ns = np.zeros(n, np.int64)
     step = max(1, n // 10)
     for i in range(n):
         fill()
         t0 = time.perf_counter_ns()
         infer()
         times[i] = time.perf_counter_ns() - t0
+        if device_ms is not None:
+            device_ns[i] = int(device_ms() * 1e6)  # read after the timed region
         if progress and i % step == step - 1:
             print(f"\r  {config}: {100 * (i + 1) // n:3d} %", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    return {
+    result = {
         "config": config,
         "first_ms": first / 1e6,
         "stats_ms": summarize_ns(times),
@@ -146,6 +182,10 @@ def run_single(
         "engine": engine_name,
         "samples_ns": times.tolist(),
     }
+    if device_ms is not None:
+        result["device_stats_ms"] = summarize_ns(device_ns)
+        result["device_samples_ns"] = device_ns.tolist()
+    return result
 
 
 def run_bench(
@@ -159,12 +199,7 @@ def run_bench(
     quiet: bool = False,
 ) -> dict:
     for c in configs:
-        if c not in CONFIGS:
-            raise LaleluError(f"unknown configuration {c!r}: choose from {', '.join(CONFIGS)}")
-    if "reference" in configs and engine_name != "litert":
-        raise LaleluError(
-            "the reference loop runs LiteRT only: drop 'reference' from --configs for this engine"
-        )
+        check_config(engine_name, c)
     if cpu not in os.sched_getaffinity(0):
         raise LaleluError(
             f"--cpu-affinity {cpu}: this process may run on CPUs {sorted(os.sched_getaffinity(0))}"
@@ -201,21 +236,30 @@ def run_bench(
 
 
 def format_table(report: dict) -> str:
+    """Host-side rows (what the app waits for) and, for engines timed with CUDA events, device-side rows."""
     head = (
-        f"{'engine':<13} {'thr':>3} {'config':<12} {'first':>8} {'mean':>7} {'std':>7} {'min':>7} "
-        f"{'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7} {'vs plain':>8}"
+        f"{'engine':<11} {'thr':>3} {'config':<18} {'side':<6} {'first':>8} {'mean':>7} {'std':>7} "
+        f"{'min':>7} {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7} {'vs 1st':>7}"
     )
     lines = [head, "-" * len(head)]
-    plain = {r["threads"]: r["stats_ms"]["mean"] for r in report["results"] if r["config"] == "plain"}
+    base: dict[int, float] = {}
     for r in report["results"]:
-        s = r["stats_ms"]
-        ratio = s["mean"] / plain[r["threads"]] if r["threads"] in plain else float("nan")
-        lines.append(
-            f"{r['engine']:<13} {r['threads']:>3} {r['config']:<12} {r['first_ms']:>8.2f} {s['mean']:>7.3f} "
-            f"{s['std']:>7.3f} {s['min']:>7.3f} {s['p50']:>7.3f} {s['p99']:>7.3f} {s['p99.9']:>7.3f} "
-            f"{s['max']:>7.3f} {ratio:>8.3f}"
+        base.setdefault(r["threads"], r["stats_ms"]["mean"])
+    for r in report["results"]:
+        sides = [("host", r["stats_ms"])] + (
+            [("device", r["device_stats_ms"])] if "device_stats_ms" in r else []
         )
-    lines.append("(milliseconds; 'vs plain' = mean / mean of plain at the same thread count)")
+        for side, s in sides:
+            ratio = s["mean"] / base[r["threads"]] if side == "host" else float("nan")
+            lines.append(
+                f"{r['engine']:<11} {r['threads']:>3} {r['config']:<18} {side:<6} {r['first_ms']:>8.2f} "
+                f"{s['mean']:>7.3f} {s['std']:>7.3f} {s['min']:>7.3f} {s['p50']:>7.3f} {s['p99']:>7.3f} "
+                f"{s['p99.9']:>7.3f} {s['max']:>7.3f} {ratio:>7.3f}"
+            )
+    lines.append(
+        "(milliseconds; host = infer() as the app sees it, device = CUDA events around the GPU work; "
+        "'vs 1st' = host mean / host mean of the first configuration at the same thread count)"
+    )
     return "\n".join(lines)
 
 

@@ -8,13 +8,15 @@ import logging
 import sys
 from pathlib import Path
 
+from lalelu.bench import DEFAULT_CONFIGS, DEFAULT_CONFIGS_OTHER
 from lalelu.config import Config, load_config, override
+from lalelu.engines import ENGINE_NAMES
 from lalelu.errors import LaleluError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML configuration of this host (see configs/)")
-    p.add_argument("--engine", choices=("litert", "tf-savedmodel", "tensorrt"), help="override [engine] kind")
+    p.add_argument("--engine", choices=ENGINE_NAMES, help="override [engine] kind")
     p.add_argument("--model", help="override [engine] model (path)")
     p.add_argument("--threads", type=int, help="override [engine] threads")
     p.add_argument(
@@ -68,14 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     pose.add_argument("--out", type=Path, help="write the image with the skeleton drawn")
 
     bench = sub.add_parser("bench", help="inference benchmark, configurations side by side")
-    bench.add_argument("--engine", default="litert", choices=("litert", "tf-savedmodel", "tensorrt"))
-    bench.add_argument("--model", default="", help="model path (default: the bundled Lightning int8)")
+    bench.add_argument("--engine", default="litert", choices=ENGINE_NAMES)
+    bench.add_argument(
+        "--model", default="", help="model path (default: the bundled Lightning int8; torch-cuda: an .onnx)"
+    )
     bench.add_argument("--threads", default="2", help="thread counts to compare, e.g. 1,2")
     bench.add_argument("--cpu-affinity", type=int, default=1, help="the core of the pinned configurations")
     bench.add_argument(
         "--configs",
-        default="plain,pinned,pinned+fifo",
-        help="comma-separated: plain, pinned, pinned+fifo, reference",
+        default="",
+        help="comma-separated; each joins plain|reference|eager|graph, pinned, fifo, fp16 with '+' "
+        f"(default: {DEFAULT_CONFIGS_OTHER}; torch-cuda: {DEFAULT_CONFIGS['torch-cuda']})",
     )
     bench.add_argument("--sched-fifo", action="store_true", help="shorthand: add pinned+fifo to --configs")
     bench.add_argument("--warmup", type=int, default=50)
@@ -153,7 +158,8 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"plot: {plot_telemetry(rows, args.plot / (args.from_telemetry.stem + '.png'))}")
             return 0
 
-        configs = [c for c in args.configs.split(",") if c]
+        chosen = args.configs or DEFAULT_CONFIGS.get(args.engine, DEFAULT_CONFIGS_OTHER)
+        configs = [c for c in chosen.split(",") if c]
         if args.sched_fifo and "pinned+fifo" not in configs:
             configs.append("pinned+fifo")
         try:

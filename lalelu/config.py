@@ -19,11 +19,15 @@ def _rule(
 
 @dataclass(frozen=True)
 class EngineConfig:
-    kind: str = field(default="litert", metadata=_rule(choices=("litert", "tf-savedmodel", "tensorrt")))
+    kind: str = field(
+        default="litert", metadata=_rule(choices=("litert", "tf-savedmodel", "tensorrt", "torch-cuda"))
+    )
     model: str = field(default="", metadata=_rule(doc="path; empty = the bundled Lightning int8 model"))
     threads: int = field(default=2, metadata=_rule(1, 64))
     delegate: str = field(default="", metadata=_rule(choices=("", "edgetpu")))
     warmup: int = field(default=20, metadata=_rule(0, 10_000))
+    precision: str = field(default="fp32", metadata=_rule(choices=("fp32", "fp16"), doc="torch-cuda"))
+    cuda_graph: bool = field(default=True, metadata=_rule(doc="torch-cuda: replay a CUDA graph per frame"))
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,15 @@ def litert_engine():
     engine.close()
 
 
+@pytest.fixture(scope="session")
+def lightning_onnx(tmp_path_factory) -> Path:
+    """The bundled int8 Lightning as a float ONNX graph with its real weights (tf2onnx --dequantize)."""
+    pytest.importorskip("tf2onnx", reason="needs tf2onnx (installed by .ci/run)")
+    from lalelu.convert import to_onnx
+
+    return to_onnx(BUNDLED_MODEL, tmp_path_factory.mktemp("onnx") / "lightning.onnx", log=lambda m: None)
+
+
 def lalelu_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "lalelu.cli", *args]
 

@@ -11,7 +11,7 @@ from conftest import REFERENCE
 tf = pytest.importorskip("tensorflow", reason="needs tensorflow-cpu (installed by .ci/run)")
 pytest.importorskip("tf2onnx", reason="needs tf2onnx (installed by .ci/run)")
 
-from lalelu.convert import check_manifest, run_convert, to_onnx, write_manifest  # noqa: E402
+from lalelu.convert import check_manifest, run_convert, write_manifest  # noqa: E402
 from lalelu.engines import BUNDLED_MODEL  # noqa: E402
 from lalelu.errors import LaleluError, ModelError  # noqa: E402
 
@@ -33,15 +33,14 @@ def test_savedmodel_to_onnx_matches_tensorflow(saved_model, tmp_path):
     assert manifest["kind"] == "onnx" and len(manifest["source_sha256"]) == 64
 
 
-def test_bundled_tflite_to_float_onnx_keeps_the_keypoints(tmp_path, astronaut, litert_engine):
+def test_bundled_tflite_to_float_onnx_keeps_the_keypoints(lightning_onnx, astronaut, litert_engine):
     import onnxruntime as ort
 
     from lalelu.keypoints import KEYPOINT_INDEX
     from lalelu.preprocess import Letterbox
     from lalelu.protocol import PixelFormat
 
-    onnx_path = to_onnx(BUNDLED_MODEL, tmp_path / "lightning.onnx", log=lambda m: None)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(lightning_onnx), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     buf = np.zeros((192, 192, 3), np.uint8)
     lb = Letterbox(512, 512, PixelFormat.RGB888, buf)

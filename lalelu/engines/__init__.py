@@ -10,7 +10,7 @@ import numpy as np
 from lalelu.config import EngineConfig
 from lalelu.errors import ModelError
 
-ENGINE_NAMES = ("litert", "tf-savedmodel", "tensorrt")
+ENGINE_NAMES = ("litert", "tf-savedmodel", "tensorrt", "torch-cuda")
 BUNDLED_MODEL = (
     Path(__file__).resolve().parent.parent / "models" / "movenet_singlepose_lightning_int8_4.tflite"
 )
@@ -38,7 +38,14 @@ def check_model_path(path: Path, what: str) -> Path:
     return path
 
 
-def create_engine(name: str, model: Path | None = None, threads: int = 2, delegate: str = "") -> PoseEngine:
+def create_engine(
+    name: str,
+    model: Path | None = None,
+    threads: int = 2,
+    delegate: str = "",
+    precision: str = "fp32",
+    cuda_graph: bool = True,
+) -> PoseEngine:
     if name == "litert":
         from lalelu.engines.litert import LiteRTEngine
 
@@ -57,12 +64,27 @@ def create_engine(name: str, model: Path | None = None, threads: int = 2, delega
         if model is None:
             raise ModelError("engine tensorrt needs --model FILE.engine (built by `lalelu convert`)")
         return TensorRTEngine(model)
+    if name == "torch-cuda":
+        from lalelu.engines.torch_cuda import TorchCudaEngine
+
+        if model is None:
+            raise ModelError(
+                "engine torch-cuda needs --model FILE.onnx (make one: lalelu convert MODEL.tflite --to onnx)"
+            )
+        return TorchCudaEngine(model, precision, "graph" if cuda_graph else "eager")
     raise ModelError(f"unknown engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}")
 
 
 def engine_from_config(cfg: EngineConfig, warm: bool = True) -> PoseEngine:
     """The engine a host's [engine] section names, loaded and (unless told not to) warmed up."""
-    engine = create_engine(cfg.kind, Path(cfg.model) if cfg.model else None, cfg.threads, cfg.delegate)
+    engine = create_engine(
+        cfg.kind,
+        Path(cfg.model) if cfg.model else None,
+        cfg.threads,
+        cfg.delegate,
+        cfg.precision,
+        cfg.cuda_graph,
+    )
     if warm:
         engine.warm_up(cfg.warmup)
     return engine

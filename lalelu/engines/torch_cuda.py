@@ -1,0 +1,128 @@
+"""MoveNet on an NVIDIA GPU through PyTorch: the ONNX network and the decode captured in one CUDA graph.
+
+Per frame: the preprocessor writes the image into a pinned host buffer (`input`); one graph replay copies it
+to the GPU, runs the network and the decode, and copies the 17 keypoints back into pinned host memory; one
+event synchronization ends the frame. `mode="eager"` runs the same steps op by op (the launch-bound baseline).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lalelu.engines import WarmUpByInfer, check_model_path
+from lalelu.errors import ModelError
+
+PRECISIONS = ("fp32", "fp16")
+MODES = ("graph", "eager")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise ModelError(
+            "engine torch-cuda needs PyTorch with CUDA and onnx: pip install 'lalelu-drums[gpu-torch]' "
+            "on the backend, or choose engine litert"
+        ) from exc
+    return torch
+
+
+class TorchCudaEngine(WarmUpByInfer):
+    name = "torch-cuda"
+
+    def __init__(
+        self, model: Path, precision: str = "fp32", mode: str = "graph", device: str = "cuda"
+    ) -> None:
+        torch = _torch()
+        if precision not in PRECISIONS or mode not in MODES:
+            raise ModelError(
+                f"torch-cuda: precision {precision!r} / mode {mode!r}: choose precision from "
+                f"{', '.join(PRECISIONS)} and mode from {', '.join(MODES)}"
+            )
+        on_gpu = device.startswith("cuda")
+        if on_gpu and not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ModelError(
+                f"engine torch-cuda: CUDA is not available (torch {torch.__version__}, {build}, "
+                f"{torch.cuda.device_count()} GPUs visible): run it on the backend with an NVIDIA GPU and "
+                "driver, install a CUDA build of torch, or choose engine litert"
+            )
+        if mode == "graph" and not on_gpu:
+            raise ModelError("torch-cuda: CUDA graphs need a GPU; use mode eager on the CPU")
+        from lalelu.engines.onnx_torch import movenet_network
+        from lalelu.movenet_decode import MoveNetDecoder
+
+        path = check_model_path(Path(model), "MoveNet ONNX file (make one: lalelu convert MODEL --to onnx)")
+        net, shape, dtype, constants = movenet_network(path)
+        self.device = torch.device(device)
+        self.precision, self.mode, self.model_path = precision, mode, path
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once, at warm-up
+        self._net = net.to(self.device).eval()
+        if precision == "fp16":
+            self._net.half()
+        tdtype = torch.from_numpy(np.zeros(0, dtype)).dtype
+        self._host_in = torch.zeros(shape, dtype=tdtype, pin_memory=on_gpu)
+        self.input = self._host_in.numpy()  # the preprocessor writes straight into pinned memory
+        self._dev_in = torch.zeros((1, *shape), dtype=tdtype, device=self.device)
+        self._host_out = torch.zeros((17, 3), dtype=torch.float32, pin_memory=on_gpu)
+        self._out = self._host_out.numpy()
+        with torch.inference_mode():
+            heads = self._net(self._dev_in)
+        sizes = [tuple(h.shape[1:]) for h in heads]
+        grid = sizes[0][1:]
+        if [s[0] for s in sizes] != [1, 17, 34, 34] or any(s[1:] != grid for s in sizes):
+            raise ModelError(f"{path}: head shapes {sizes} are not MoveNet's (1, 17, 34, 34 channels)")
+        self._decode = MoveNetDecoder(grid[0], grid[1], self.device, constants)
+        self._graph = None
+        self._torch = torch
+        if on_gpu:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._done = torch.cuda.Event(enable_timing=True)
+        if mode == "graph":
+            self._capture()
+
+    def _step(self) -> None:
+        """Copy in, network, decode, copy out: queued on the current stream, no host synchronization."""
+        self._dev_in[0].copy_(self._host_in, non_blocking=True)
+        c, h, r, o = (t.float() for t in self._net(self._dev_in))
+        self._host_out.copy_(self._decode(c, h, r, o), non_blocking=True)
+
+    def _capture(self) -> None:
+        torch = self._torch
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for _ in range(3):  # cuDNN's benchmark and lazy allocations happen here, not during capture
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self._graph):
+            self._step()
+        torch.cuda.synchronize()
+
+    def infer(self, out: np.ndarray) -> None:
+        if self.device.type != "cuda":
+            with self._torch.inference_mode():
+                self._step()
+        else:
+            self._start.record()
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                with self._torch.inference_mode():
+                    self._step()
+            self._done.record()
+            self._done.synchronize()  # the one synchronization per frame
+        out[:] = self._out
+
+    def last_device_ms(self) -> float:
+        """GPU time of the last `infer` (copy in to copy out), from CUDA events; NaN off the GPU."""
+        return float(self._start.elapsed_time(self._done)) if self.device.type == "cuda" else float("nan")
+
+    def close(self) -> None:
+        self._graph = None
+        del self._net
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()

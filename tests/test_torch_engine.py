@@ -1,0 +1,106 @@
+"""The torch-cuda engine's parts that run without a GPU: the ONNX network in PyTorch, the MoveNet decode
+and the refusals. The GPU run itself is benchmarks/h100/ (not part of CI: CI has no GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import REFERENCE
+
+torch = pytest.importorskip("torch", reason="needs torch (CPU build, installed by .ci/run)")
+pytest.importorskip("onnx", reason="needs onnx (installed by .ci/run)")
+
+from lalelu.engines import create_engine  # noqa: E402
+from lalelu.engines.torch_cuda import TorchCudaEngine  # noqa: E402
+from lalelu.errors import ModelError  # noqa: E402
+from lalelu.keypoints import KEYPOINT_INDEX  # noqa: E402
+from lalelu.pose_image import estimate_pose  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cpu_engine(lightning_onnx):
+    engine = TorchCudaEngine(lightning_onnx, mode="eager", device="cpu")
+    yield engine
+    engine.close()
+
+
+def _photos(astronaut: np.ndarray) -> dict[str, np.ndarray]:
+    """The real photo, mirrored, and the person off-center in a wider frame."""
+    wide = np.zeros((512, 812, 3), np.uint8)
+    wide[:, 300:] = astronaut
+    return {"astronaut": astronaut, "mirrored": np.ascontiguousarray(astronaut[:, ::-1]), "wide": wide}
+
+
+def test_without_cuda_the_engine_says_so(lightning_onnx):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for machines without it")
+    with pytest.raises(ModelError, match=r"CUDA is not available \(torch .*choose engine litert"):
+        create_engine("torch-cuda", lightning_onnx)
+
+
+def test_engine_needs_an_onnx_model(tmp_path):
+    with pytest.raises(ModelError, match=r"needs --model FILE\.onnx"):
+        create_engine("torch-cuda", None)
+    bad = tmp_path / "not.onnx"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ModelError, match=r"is not an ONNX model.*lalelu convert"):
+        TorchCudaEngine(bad, mode="eager", device="cpu")
+
+
+def test_a_graph_without_movenet_heads_is_refused(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 8, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 3])
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=1)], "g", [x], [y])
+    path = tmp_path / "tiny.onnx"
+    save(helper.make_model(graph), str(path))
+    with pytest.raises(ModelError, match="does not show MoveNet's center, heatmap, regress, offset head"):
+        TorchCudaEngine(path, mode="eager", device="cpu")
+
+
+def test_unknown_operator_is_named(lightning_onnx):
+    from onnx import load
+
+    from lalelu.engines.onnx_torch import OnnxModule
+
+    node = next(n for n in load(str(lightning_onnx)).graph.node if n.op_type == "ArgMax")
+    with pytest.raises(ModelError, match="uses ArgMax, which the torch-cuda engine cannot run"):
+        OnnxModule([node], {}, "x", [])
+
+
+def test_network_and_decode_match_the_onnx_model(lightning_onnx, cpu_engine, astronaut):
+    """Same float weights: our network + decode against onnxruntime running the whole exported graph
+    (network and the decode that tf2onnx carried over from the TFLite file)."""
+    import cv2
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(lightning_onnx), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    ours = np.zeros((17, 3), np.float32)
+    for label, photo in _photos(astronaut).items():
+        small = cv2.resize(photo, (192, 192), interpolation=cv2.INTER_AREA)
+        cpu_engine.input[:] = small
+        cpu_engine.infer(ours)
+        theirs = np.asarray(sess.run(None, {name: small[None]})[0]).reshape(17, 3)
+        seen = theirs[:, 2] > 0.2
+        px = np.hypot(*((ours[:, :2] - theirs[:, :2]) * 192).T)
+        assert seen.sum() >= 8, label
+        assert px[seen].max() < 0.5, (label, px)
+        assert np.abs(ours[seen, 2] - theirs[seen, 2]).max() < 0.005, label
+
+
+def test_keypoints_match_the_tflite_model_on_real_photos(cpu_engine, litert_engine, astronaut):
+    """Against the int8 TFLite model itself (integer arithmetic there, float here): a few pixels."""
+    for label, photo in _photos(astronaut).items():
+        ours = estimate_pose(cpu_engine, photo)
+        ref = estimate_pose(litert_engine, photo)
+        confident = ref[:, 2] > 0.3
+        px = np.hypot(*(ours[:, :2] - ref[:, :2]).T)
+        scale = max(photo.shape[:2]) / 192  # model pixels -> photo pixels
+        assert confident.sum() >= 6, label
+        assert px[confident].max() <= 5 * scale, (label, px[confident] / scale)
+    kp = estimate_pose(cpu_engine, astronaut)
+    for name, (rx, ry) in REFERENCE.items():
+        x, y, score = kp[KEYPOINT_INDEX[name]]
+        assert np.hypot(x - rx, y - ry) <= 15 and score > 0.1, name
