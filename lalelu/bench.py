@@ -7,7 +7,7 @@ exactly that configuration. `reference` is the plainest possible loop straight o
 interpreter, the yardstick the engine's own numbers must agree with.
 
 A configuration is words joined by '+': `pinned` (to --cpu-affinity), `fifo` (SCHED_FIFO), and for the
-torch-cuda engine `eager` or `graph` (CUDA graph replay) and `fp16`. Engines that time the GPU with CUDA
+torch-cuda engine `eager` or `graph` (CUDA graph replay), `fp16` and `compile` (torch.compile). Engines that time the GPU with CUDA
 events (torch-cuda) report device-side figures beside the host-side ones (what the app waits for).
 """
 
@@ -29,9 +29,10 @@ import numpy as np
 from lalelu.errors import LaleluError
 from lalelu.timing import summarize_ns
 
-CONFIG_WORDS = ("plain", "pinned", "fifo", "reference", "eager", "graph", "fp16")
+CONFIG_WORDS = ("plain", "pinned", "fifo", "reference", "eager", "graph", "fp16", "compile")
 DEFAULT_CONFIGS = {
-    "torch-cuda": "eager,graph,graph+fp16,eager+pinned,graph+pinned,graph+fp16+pinned",
+    "torch-cuda": "eager,graph,graph+fp16,graph+compile,"
+    "eager+pinned,graph+pinned,graph+fp16+pinned,graph+compile+pinned,graph+compile+fp16+pinned",
 }
 DEFAULT_CONFIGS_OTHER = "plain,pinned,pinned+fifo"
 
@@ -39,11 +40,11 @@ DEFAULT_CONFIGS_OTHER = "plain,pinned,pinned+fifo"
 def check_config(engine: str, config: str) -> set[str]:
     words = set(config.split("+"))
     bad = words - set(CONFIG_WORDS)
-    gpu_words = words & {"eager", "graph", "fp16"}
+    gpu_words = words & {"eager", "graph", "fp16", "compile"}
     if bad or ("fifo" in words and "pinned" not in words) or (gpu_words and engine != "torch-cuda"):
         raise LaleluError(
             f"unknown configuration {config!r}: join {', '.join(CONFIG_WORDS)} with '+' "
-            "(fifo needs pinned; eager/graph/fp16 are for --engine torch-cuda)"
+            "(fifo needs pinned; eager/graph/fp16/compile are for --engine torch-cuda)"
         )
     if "reference" in words and engine != "litert":
         raise LaleluError(
@@ -139,6 +140,7 @@ def run_single(
             threads,
             precision="fp16" if "fp16" in words else "fp32",
             cuda_graph="eager" not in words,
+            compile="compile" in words,
         )
         out = np.zeros((17, 3), np.float32)
         device_ms = getattr(engine, "last_device_ms", None)

@@ -28,6 +28,9 @@ class EngineConfig:
     warmup: int = field(default=20, metadata=_rule(0, 10_000))
     precision: str = field(default="fp32", metadata=_rule(choices=("fp32", "fp16"), doc="torch-cuda"))
     cuda_graph: bool = field(default=True, metadata=_rule(doc="torch-cuda: replay a CUDA graph per frame"))
+    compile: bool = field(
+        default=False, metadata=_rule(doc="torch-cuda: torch.compile first (slower start, faster frames)")
+    )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ def main() -> int:
         "eager fp32": TorchCudaEngine(args.model, "fp32", "eager"),
         "graph fp32": TorchCudaEngine(args.model, "fp32", "graph"),
         "graph fp16": TorchCudaEngine(args.model, "fp16", "graph"),
+        "graph compiled": TorchCudaEngine(args.model, "fp32", "graph", compile=True),
     }
     rows, ok = [], True
     for label, photo in photos().items():

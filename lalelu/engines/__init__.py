@@ -45,6 +45,7 @@ def create_engine(
     delegate: str = "",
     precision: str = "fp32",
     cuda_graph: bool = True,
+    compile: bool = False,
 ) -> PoseEngine:
     if name == "litert":
         from lalelu.engines.litert import LiteRTEngine
@@ -71,7 +72,7 @@ def create_engine(
             raise ModelError(
                 "engine torch-cuda needs --model FILE.onnx (make one: lalelu convert MODEL.tflite --to onnx)"
             )
-        return TorchCudaEngine(model, precision, "graph" if cuda_graph else "eager")
+        return TorchCudaEngine(model, precision, "graph" if cuda_graph else "eager", compile=compile)
     raise ModelError(f"unknown engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}")
 
 
@@ -84,6 +85,7 @@ def engine_from_config(cfg: EngineConfig, warm: bool = True) -> PoseEngine:
         cfg.delegate,
         cfg.precision,
         cfg.cuda_graph,
+        cfg.compile,
     )
     if warm:
         engine.warm_up(cfg.warmup)
