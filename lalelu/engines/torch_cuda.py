@@ -65,6 +65,9 @@ class TorchCudaEngine(WarmUpByInfer):
         self.device = torch.device(device)
         self.precision, self.mode, self.model_path = precision, mode, path
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once, at warm-up
+        # fp32 means fp32: TF32 convolutions (PyTorch's default) flip argmax cells of flat heatmaps
+        torch.backends.cudnn.allow_tf32 = precision != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
         self._net = net.to(self.device).eval()
         if precision == "fp16":
             self._net.half()
