@@ -14,6 +14,6 @@ python3 -m lalelu.cli bench --engine torch-cuda --model "$model" --warmup 200 --
   --json "$out/bench.json" --plot "$out" --quiet | tee "$out/bench.txt"
 echo "== end to end: lalelu demo with the torch-cuda backend"
 for fps in 100 200; do
-  python3 -m lalelu.cli demo --config benchmarks/h100/demo-torch-cuda.toml --seconds 30 --fps "$fps" --quiet \
+  python3 -m lalelu.cli demo --config benchmarks/h100/demo-torch-cuda.toml --seconds 20 --fps "$fps" --quiet \
     | tee "$out/demo-$fps.json"
 done
