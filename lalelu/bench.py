@@ -29,7 +29,7 @@ import numpy as np
 from lalelu.errors import LaleluError
 from lalelu.timing import summarize_ns
 
-CONFIG_WORDS = ("plain", "pinned", "fifo", "reference", "eager", "graph", "fp16", "compile")
+CONFIG_WORDS = ("plain", "pinned", "fifo", "reference", "eager", "graph", "fp16", "tf32", "compile")
 DEFAULT_CONFIGS = {
     "torch-cuda": "eager,graph,graph+fp16,graph+compile,"
     "eager+pinned,graph+pinned,graph+fp16+pinned,graph+compile+pinned,graph+compile+fp16+pinned",
@@ -40,11 +40,11 @@ DEFAULT_CONFIGS_OTHER = "plain,pinned,pinned+fifo"
 def check_config(engine: str, config: str) -> set[str]:
     words = set(config.split("+"))
     bad = words - set(CONFIG_WORDS)
-    gpu_words = words & {"eager", "graph", "fp16", "compile"}
+    gpu_words = words & {"eager", "graph", "fp16", "tf32", "compile"}
     if bad or ("fifo" in words and "pinned" not in words) or (gpu_words and engine != "torch-cuda"):
         raise LaleluError(
             f"unknown configuration {config!r}: join {', '.join(CONFIG_WORDS)} with '+' "
-            "(fifo needs pinned; eager/graph/fp16/compile are for --engine torch-cuda)"
+            "(fifo needs pinned; eager/graph/fp16/tf32/compile are for --engine torch-cuda)"
         )
     if "reference" in words and engine != "litert":
         raise LaleluError(
@@ -138,7 +138,7 @@ def run_single(
             engine_name,
             Path(model) if model else None,
             threads,
-            precision="fp16" if "fp16" in words else "fp32",
+            precision=next((p for p in ("fp16", "tf32") if p in words), "fp32"),
             cuda_graph="eager" not in words,
             compile="compile" in words,
         )

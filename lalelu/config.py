@@ -26,7 +26,7 @@ class EngineConfig:
     threads: int = field(default=2, metadata=_rule(1, 64))
     delegate: str = field(default="", metadata=_rule(choices=("", "edgetpu")))
     warmup: int = field(default=20, metadata=_rule(0, 10_000))
-    precision: str = field(default="fp32", metadata=_rule(choices=("fp32", "fp16"), doc="torch-cuda"))
+    precision: str = field(default="fp32", metadata=_rule(choices=("fp32", "tf32", "fp16"), doc="torch-cuda"))
     cuda_graph: bool = field(default=True, metadata=_rule(doc="torch-cuda: replay a CUDA graph per frame"))
     compile: bool = field(
         default=False, metadata=_rule(doc="torch-cuda: torch.compile first (slower start, faster frames)")
