@@ -1,0 +1,296 @@
+"""`ansible-playbook site.yml` for real, against two debootstrapped Debian root filesystems (one with a
+Raspberry Pi's boot files, one with GRUB's) through the community.general.chroot connection."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE = ROOT / "ansible"
+BIN = Path(sys.executable).parent
+CACHE = Path(os.environ.get("LALELU_ROOTFS_CACHE", "/var/cache/lalelu-test"))
+MIRROR = "http://deb.debian.org/debian"
+# A Raspberry Pi OS bookworm cmdline.txt as the imager writes it
+PI_CMDLINE = (
+    "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes "
+    "rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot cfg80211.ieee80211_regdom=DE isolcpus=2"
+)
+PI_CONFIG = (
+    "# For more options and information see http://rptl.io/configtxt\ndtparam=audio=on\n[cm4]\notg_mode=1\n"
+)
+# This machine's last CPU stands in for the example inventory's core 3 (a Pi has 4 cores; CI may have 2)
+ISO = (os.cpu_count() or 2) - 1
+GRUB_DEFAULT = 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("debootstrap"),
+    reason="needs root and debootstrap (tools/test installs it; CI runs as root)",
+)
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def base_rootfs() -> Path:
+    """A minimal Debian bookworm root filesystem, made once per machine and cached."""
+    done = CACHE / "rootfs"
+    if (done / ".lalelu-ready").exists():
+        return done
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / "rootfs.tmp"
+    if not (tmp / "usr/bin/python3").exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        r = _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,python3-venv,systemd",
+                "bookworm",
+                str(tmp),
+                MIRROR,
+            ],
+            timeout=1200,
+        )
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    shutil.copy("/etc/resolv.conf", tmp / "etc/resolv.conf")
+    # python3-apt: what Ansible's apt module needs on a Debian target (a real install has it)
+    r = _run(
+        ["chroot", str(tmp), "apt-get", "install", "-y", "-qq", "--no-install-recommends", "python3-apt"],
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (tmp / ".lalelu-ready").write_text("ok\n")
+    tmp.rename(done)
+    return done
+
+
+def _copy_rootfs(base: Path, dest: Path, kind: str) -> Path:
+    r = _run(["cp", "-a", str(base), str(dest)])
+    assert r.returncode == 0, r.stderr
+    shutil.copy("/etc/resolv.conf", dest / "etc/resolv.conf")
+    # this machine's trust store (its package proxy has its own CA), as a site's image would carry
+    (dest / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", dest / "etc/ssl/certs/ca-certificates.crt")
+    if kind == "pi":
+        (dest / "boot/firmware").mkdir(parents=True, exist_ok=True)
+        (dest / "boot/firmware/cmdline.txt").write_text(PI_CMDLINE + "\n")
+        (dest / "boot/firmware/config.txt").write_text(PI_CONFIG)
+    else:
+        (dest / "etc/default/grub.d").mkdir(parents=True, exist_ok=True)
+        (dest / "etc/default/grub").write_text(GRUB_DEFAULT)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> tuple[Path, str]:
+    src = ROOT / "lalelu/models/movenet_singlepose_lightning_int8_4.tflite"
+    return src, hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def _inventory(
+    tmp: Path, pi_root: Path, pc_root: Path | None, model: tuple[Path, str], pi_vars: str = ""
+) -> Path:
+    """The test inventory: real roles, with only what needs hardware or the Pi's repository switched off."""
+    hosts = f"""
+all:
+  vars:
+    ansible_connection: community.general.chroot
+    ansible_python_interpreter: /usr/bin/python3
+    rt_tuning_allow_reboot: false
+    pi_camera_install_packages: false
+    pi_camera_check: false
+    nvidia_gpu_install_driver: false
+    nvidia_gpu_install_wheels: false
+    lalelu_app_manage_services: false
+    lalelu_app_models: [{{src: "{model[0]}", sha256: "{model[1]}"}}]
+  children:
+    edge:
+      hosts:
+        pi-rootfs: {{ansible_host: "{pi_root}", rt_tuning_isolated_cpus: [{ISO}]{pi_vars}}}
+    backend:
+      hosts:
+{f'        pc-rootfs: {{ansible_host: "{pc_root}", rt_tuning_isolated_cpus: [{ISO}]}}' if pc_root else "        {}"}
+"""
+    inv = tmp / "inventory"
+    inv.mkdir(exist_ok=True)
+    (inv / "hosts.yml").write_text(hosts)  # site.yml's own group_vars/ apply as in production
+    return inv / "hosts.yml"
+
+
+def _playbook(inventory: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+        PATH=f"{BIN}:{os.environ['PATH']}",
+        SOURCE_DATE_EPOCH="315532800",
+    )
+    return _run(
+        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(ANSIBLE / "site.yml"), *args],
+        cwd=ANSIBLE,
+        env=env,
+        timeout=1800,
+    )
+
+
+def _changed(output: str) -> dict[str, int]:
+    """changed= per host from the PLAY RECAP."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", output, re.M)}
+
+
+def test_ansible_lint_production_and_syntax():
+    r = _run(
+        [str(BIN / "ansible-playbook"), "--syntax-check", "-i", "inventory/hosts.yml", "site.yml"],
+        cwd=ANSIBLE,
+        env=dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg")),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run(
+        [str(BIN / "ansible-lint"), "--profile", "production", "--offline", "site.yml"],
+        cwd=ANSIBLE,
+        env=dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}"),
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+
+def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_file, tmp_path):
+    pi = _copy_rootfs(base_rootfs, tmp_path / "pi", "pi")
+    pc = _copy_rootfs(base_rootfs, tmp_path / "pc", "pc")
+    inv = _inventory(tmp_path, pi, pc, model_file)
+    t0 = time.monotonic()
+    first = _playbook(inv)
+    t_first = time.monotonic() - t0
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+
+    line = (pi / "boot/firmware/cmdline.txt").read_text()
+    assert line.endswith("\n") and line.count("\n") == 1, "cmdline.txt must stay one line"
+    tokens = line.split()
+    for tok in PI_CMDLINE.split():
+        if not tok.startswith("isolcpus="):
+            assert tokens.count(tok) == 1, tok  # every original token kept, once
+    for param in (f"isolcpus={ISO}", f"nohz_full={ISO}", f"rcu_nocbs={ISO}"):
+        assert tokens.count(param) == 1, (param, line)
+    assert sum(t.startswith("isolcpus=") for t in tokens) == 1, line  # the old isolcpus=2 replaced
+    assert [t for t in tokens if t.startswith("irqaffinity=")] == [
+        "irqaffinity=" + ",".join(str(c) for c in range(ISO))
+    ]
+    config = (pi / "boot/firmware/config.txt").read_text()
+    assert (
+        "camera_auto_detect=1" in config and "dtoverlay=disable-bt" in config and "dtparam=audio=on" in config
+    )
+    grub = (pc / "etc/default/grub.d/90-lalelu-rt.cfg").read_text()
+    assert f"isolcpus={ISO} nohz_full={ISO} rcu_nocbs={ISO}" in grub
+    assert (pc / "etc/default/grub").read_text() == GRUB_DEFAULT
+
+    for root, role in ((pi, "edge"), (pc, "backend")):
+        unit = root / f"etc/systemd/system/lalelu-{role}.service"
+        text = unit.read_text()
+        assert (
+            f"CPUAffinity={ISO}" in text and "CPUSchedulingPolicy=fifo" in text and "Restart=always" in text
+        )
+        assert (root / f"etc/systemd/system/multi-user.target.wants/lalelu-{role}.service").is_symlink()
+        r = _run(
+            [
+                "systemd-analyze",
+                "verify",
+                f"--root={root}",
+                f"/etc/systemd/system/lalelu-{role}.service",
+                "/etc/systemd/system/lalelu-cpu-governor.service",
+            ]
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = _run(
+            [
+                "chroot",
+                str(root),
+                "/opt/lalelu/venv/bin/python",
+                "-c",
+                "import sys, lalelu, edge_app, backend_app; from lalelu.config import load_config; "
+                "c = load_config(sys.argv[1]); print(c.engine.kind)",
+                f"/etc/lalelu/{role}.toml",
+            ]
+        )
+        assert r.returncode == 0 and r.stdout.strip() == "litert", r.stderr
+        assert (
+            root / "opt/lalelu/models/movenet_singlepose_lightning_int8_4.tflite"
+        ).read_bytes() == model_file[0].read_bytes()
+        limits = (root / "etc/security/limits.d/90-lalelu-rt.conf").read_text()
+        assert "lalelu - rtprio 95" in limits
+    assert f"IRQBALANCE_BANNED_CPULIST={ISO}" in (pi / "etc/default/irqbalance").read_text()
+
+    t0 = time.monotonic()
+    second = _playbook(inv)
+    t_second = time.monotonic() - t0
+    assert second.returncode == 0, second.stdout[-6000:]
+    changed = _changed(second.stdout)
+    print(
+        f"\nsite.yml first run {t_first:.0f} s changed={_changed(first.stdout)}, "
+        f"second run {t_second:.0f} s changed={changed}"
+    )
+    assert changed == {"pi-rootfs": 0, "pc-rootfs": 0}, second.stdout[-6000:]
+
+    check = _playbook(inv, "--check", "--diff")
+    assert check.returncode == 0 and _changed(check.stdout) == {"pi-rootfs": 0, "pc-rootfs": 0}
+    shutil.rmtree(pi)
+    shutil.rmtree(pc)  # 300 MB each: pytest keeps tmp folders of earlier runs
+
+
+def test_check_mode_changes_nothing(base_rootfs, model_file, tmp_path):
+    pi = _copy_rootfs(base_rootfs, tmp_path / "pi", "pi")
+    inv = _inventory(tmp_path, pi, None, model_file)
+    r = _playbook(inv, "--check", "--diff", "--tags", "rt")
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert f"nohz_full={ISO}" in r.stdout  # the diff shows the new line
+    assert (pi / "boot/firmware/cmdline.txt").read_text() == PI_CMDLINE + "\n"
+    assert not (pi / "etc/security/limits.d/90-lalelu-rt.conf").exists()
+    shutil.rmtree(pi)
+
+
+@pytest.fixture(scope="module")
+def validation_root(base_rootfs, tmp_path_factory):
+    """One Pi-like root for all bad inventories: each must leave it untouched."""
+    root = _copy_rootfs(base_rootfs, tmp_path_factory.mktemp("bad") / "pi", "pi")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"rt_tuning_isolated_cpus": "[0]"}, r"rt_tuning_isolated_cpus = \[0\] is unsafe"),
+        ({"rt_tuning_isolated_cpus": f"{list(range(os.cpu_count() or 1))}"}, "never all CPUs"),
+        ({"rt_tuning_isolated_cpus": "[64]"}, "only CPUs that exist"),
+        (
+            {"lalelu_app_models": '[{src: "/nonexistent/thunder.tflite", sha256: "00"}]'},
+            r"lalelu_app_models: /nonexistent/thunder.tflite does not exist",
+        ),
+        (
+            {"lalelu_app_models": '[{src: "MODEL", sha256: "' + "ab" * 32 + '"}]'},
+            "lalelu_app_models: .* has sha256 .*the inventory says",
+        ),
+    ],
+)
+def test_bad_inventory_fails_before_changing_anything(
+    validation_root, model_file, tmp_path, override, message
+):
+    pi = validation_root
+    before = (pi / "boot/firmware/cmdline.txt").read_text()
+    pi_vars = "".join(f", {k}: {v.replace('MODEL', str(model_file[0]))}" for k, v in override.items())
+    inv = _inventory(tmp_path, pi, None, model_file, pi_vars)  # host vars: above every group_vars file
+    r = _playbook(inv)
+    assert r.returncode != 0
+    assert re.search(message, r.stdout), r.stdout[-4000:]
+    assert (pi / "boot/firmware/cmdline.txt").read_text() == before
+    assert not (pi / "etc/lalelu").exists()
+    assert not (pi / "etc/security/limits.d/90-lalelu-rt.conf").exists()
