@@ -1,0 +1,195 @@
+"""Hostile input for the backend: mutated and malformed packets against a live server, with a well-behaved
+edge beside them that must keep getting every answer. `python -m lalelu.fuzz --packets 100000`.
+
+Mutations hit the fields a parser can get wrong (magic, version, pixel format, size, length), truncate,
+concatenate, or send plain garbage; the free-form fields (seq, timestamp) are left alone so that a
+mutated packet is almost never a valid frame (each valid one costs a real inference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import psutil
+
+from lalelu.protocol import (
+    FRAME_HEADER,
+    REPLY_SIZE,
+    PixelFormat,
+    encode_frame_header,
+    parse_reply_into,
+)
+
+PARSED_FIELDS = [*range(0, 8), *range(24, 32)]  # magic, version, format, flags | width, height, length
+EXTREMES = [0, 1, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]
+
+
+def mutated_packets(rng: random.Random):
+    w, h = 8, 6
+    payload = bytes(w * h * 3)
+    good = encode_frame_header(1, 1, PixelFormat.RGB888, w, h) + payload
+    while True:
+        kind = rng.randrange(6)
+        pkt = bytearray(good)
+        if kind == 0:  # flip bits in parsed fields
+            for _ in range(rng.randint(1, 4)):
+                pkt[rng.choice(PARSED_FIELDS)] ^= 1 << rng.randrange(8)
+        elif kind == 1:  # extreme width / height / length
+            off = rng.choice([24, 26, 28])
+            size = 4 if off == 28 else 2
+            val = rng.choice(EXTREMES) & ((1 << (8 * size)) - 1)
+            pkt[off : off + size] = val.to_bytes(size, "little")
+        elif kind == 2:  # truncated
+            pkt = pkt[: rng.randrange(len(pkt))]
+        elif kind == 3:  # garbage
+            pkt = bytearray(rng.randbytes(rng.randint(1, 300)))
+        elif kind == 4:  # random bytes over the parsed fields
+            for i in rng.sample(PARSED_FIELDS, rng.randint(1, len(PARSED_FIELDS))):
+                pkt[i] = rng.randrange(256)
+        else:  # unknown pixel format / odd YUV size with a matching length
+            pkt[6] = rng.choice([2, 3, 9, 255])
+        if bytes(pkt[: FRAME_HEADER.size]) == good[: FRAME_HEADER.size]:
+            pkt[24] ^= 0x40  # never a valid frame by accident
+        yield bytes(pkt)
+
+
+class GoodEdge(threading.Thread):
+    """Sends a real frame every `period_s` and checks each answer: in order, status OK."""
+
+    def __init__(self, address: tuple[str, int], period_s: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.address, self.period_s = address, period_s
+        self.sent = self.answered = 0
+        self.errors: list[str] = []
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        frame = np.full((48, 64, 3), 120, np.uint8).tobytes()
+        out = np.zeros((17, 3), np.float32)
+        with socket.create_connection(self.address, timeout=10) as sock:
+            while not self.stop_flag.is_set():
+                sock.sendall(encode_frame_header(self.sent, 1, PixelFormat.RGB888, 64, 48) + frame)
+                self.sent += 1
+                data = b""
+                while len(data) < REPLY_SIZE:
+                    chunk = sock.recv(REPLY_SIZE - len(data))
+                    if not chunk:
+                        self.errors.append(f"backend closed the good edge's connection after {self.sent}")
+                        return
+                    data += chunk
+                r = parse_reply_into(data, out)
+                if r.seq != self.sent - 1 or int(r.status) != 0:
+                    self.errors.append(f"frame {self.sent - 1}: answer seq {r.seq} status {int(r.status)}")
+                self.answered += 1
+                time.sleep(self.period_s)
+
+
+def fuzz(address: tuple[str, int], packets: int, seed: int = 0, server_pid: int | None = None) -> dict:
+    rng = random.Random(seed)
+    proc = psutil.Process(server_pid or os.getpid())
+    rss0 = proc.memory_info().rss
+    rss_peak = rss0
+    edge = GoodEdge(address)
+    edge.start()
+    gen = mutated_packets(rng)
+    replies = closed = 0
+    linger = struct.pack("ii", 1, 0)
+    t0 = time.monotonic()
+    # One packet per connection, then end of stream: the server parses every packet (none is eaten as the
+    # payload of an earlier one or dropped with a stream the server closed) and reacts before we go on.
+    for _ in range(packets):
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)  # no TIME_WAIT pile-up
+            try:
+                sock.sendall(next(gen))
+                sock.shutdown(socket.SHUT_WR)
+                while data := sock.recv(4096):
+                    replies += len(data) // REPLY_SIZE
+            except OSError:  # reset or already closed by the server: its answer to an unframeable stream
+                pass
+            closed += 1
+        if closed % 1000 == 0:
+            rss_peak = max(rss_peak, proc.memory_info().rss)
+    elapsed = time.monotonic() - t0
+    time.sleep(0.5)
+    edge.stop_flag.set()
+    edge.join(10)
+    return {
+        "packets": packets,
+        "seconds": round(elapsed, 2),
+        "connections": closed,
+        "bad_frame_replies": replies,
+        "good_edge_sent": edge.sent,
+        "good_edge_answered": edge.answered,
+        "good_edge_errors": edge.errors[:10],
+        "server_rss_mb_before": round(rss0 / 2**20, 1),
+        "server_rss_mb_peak": round(rss_peak / 2**20, 1),
+        "server_rss_mb_after": round(proc.memory_info().rss / 2**20, 1),
+    }
+
+
+def main() -> int:
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packets", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ready = Path(tmp) / "ready.json"
+        log = open(Path(tmp) / "backend.log", "w+")  # noqa: SIM115
+        # the real backend in its own process (its own GIL, its own memory to watch)
+        backend = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lalelu.cli",
+                "backend",
+                "--port",
+                "0",
+                "--threads",
+                "1",
+                "--no-fifo",
+                "--ready-file",
+                str(ready),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.exists():
+                if backend.poll() is not None or time.monotonic() > deadline:
+                    print(json.dumps({"error": "the backend did not start"}))
+                    return 2
+                time.sleep(0.05)
+            time.sleep(0.1)  # written, then read: let the writer finish
+            info = json.loads(ready.read_text())
+            result = fuzz((info.get("host", "127.0.0.1"), info["port"]), args.packets, args.seed, backend.pid)
+            result["backend_alive"] = backend.poll() is None
+        finally:
+            backend.terminate()
+            backend.wait(10)
+        log.seek(0)
+        stopped = [line for line in log.read().splitlines() if "backend stopped:" in line]
+        if stopped:  # what the server itself parsed: bad packets, rejected frames, connections
+            result["server"] = json.loads(stopped[-1].split("backend stopped:", 1)[1])["counters"]
+        log.close()
+    print(json.dumps(result))
+    ok = result["backend_alive"] and not result["good_edge_errors"] and result["good_edge_answered"] > 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
