@@ -14,6 +14,7 @@ from lalelu.engines import engine_from_config
 from lalelu.gestures.consumer import gesture_consumer
 from lalelu.inference import PoseEstimator
 from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
+from lalelu.sdnotify import Watchdog, notify
 from lalelu.timing import summarize_ns
 
 log = logging.getLogger("lalelu.backend")
@@ -64,7 +65,11 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
             srv.counters.as_dict(),
         )
 
-    server.serve(seconds, on_tick=report, tick_s=5.0)
+    watchdog = Watchdog()
+    notify("READY=1")
+    server.serve(seconds, on_tick=report, tick_s=5.0, watchdog=watchdog)
+    notify("STOPPING=1")
+    watchdog.close()
     engine.close()
     rows = server.telemetry.recent()
     summary = {"counters": server.counters.as_dict(), "inference_ms": summarize_ns(rows["backend_infer_ns"])}

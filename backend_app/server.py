@@ -102,10 +102,12 @@ class InferenceServer:
     def stop(self) -> None:
         self._running = False
 
-    def serve(self, seconds: float = 0.0, on_tick=None, tick_s: float = 5.0) -> None:
+    def serve(self, seconds: float = 0.0, on_tick=None, tick_s: float = 5.0, watchdog=None) -> None:
         end = time.monotonic() + seconds if seconds else float("inf")
         next_tick = time.monotonic() + tick_s
         while self._running and time.monotonic() < end:
+            if watchdog is not None:
+                watchdog.kick()  # at least every 0.2 s (the select timeout) while the loop is alive
             for key, mask in self._sel.select(timeout=0.2):
                 if key.data is None:
                     self._accept()

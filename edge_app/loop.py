@@ -25,6 +25,7 @@ from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import Reply, Status
 from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
+from lalelu.sdnotify import Watchdog, notify
 from lalelu.timing import TelemetryRing, stage_summary, write_jsonl
 
 log = logging.getLogger("lalelu.edge")
@@ -111,8 +112,11 @@ class EdgeLoop:
         next_summary = start + cfg.edge.summary_interval_s if cfg.edge.summary_interval_s else float("inf")
         first_seq = None
         src, link = self.source, self._link
+        watchdog = Watchdog()
+        notify("READY=1")
         try:
             while not self._stop.is_set():
+                watchdog.kick()  # a camera that stops delivering stops the kicks: systemd restarts us
                 got = src.read()
                 if got is None:
                     log.info("the source has no more frames")
@@ -135,6 +139,7 @@ class EdgeLoop:
                 if now >= end:
                     break
         finally:
+            watchdog.close()
             if link is not None:
                 link.in_flight_done(2.0, self.sent)
                 link.close()

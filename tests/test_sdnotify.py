@@ -1,0 +1,57 @@
+"""systemd's notify protocol, for real: a datagram socket standing where systemd's NOTIFY_SOCKET is, and
+the real backend and edge processes reporting READY=1 and kicking the watchdog."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import subprocess
+import time
+
+from conftest import lalelu_cmd
+
+
+def _collect(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
+    got, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        with contextlib.suppress(TimeoutError):
+            got.append((time.monotonic(), sock.recv(256).decode()))
+    return got
+
+
+def _run_with_notify(tmp_path, *args: str, seconds: float) -> list[tuple[float, str]]:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(0.1)
+        # WATCHDOG_USEC 1 s: kicks due every 0.5 s; no WATCHDOG_PID, as systemd sets it only when asked
+        env = dict(os.environ, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="1000000")
+        proc = subprocess.Popen(
+            lalelu_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        got = _collect(sock, seconds)
+        proc.terminate()
+        proc.wait(20)
+    return got
+
+
+def test_backend_reports_ready_and_kicks_the_watchdog(tmp_path):
+    got = _run_with_notify(tmp_path, "backend", "--port", "0", "--no-fifo", seconds=6)
+    messages = [m for _, m in got]
+    assert "READY=1" in messages
+    kicks = [t for t, m in got if m == "WATCHDOG=1"]
+    assert len(kicks) >= 4, messages
+    assert max(b - a for a, b in itertools.pairwise(kicks)) < 1.0  # never late for a 1 s watchdog
+
+
+def test_edge_kicks_the_watchdog_while_frames_flow(tmp_path):
+    got = _run_with_notify(
+        tmp_path, "edge", "--backend", "", "--no-fifo", "--fps", "20", "--seconds", "30", seconds=8
+    )
+    messages = [m for _, m in got]
+    assert "READY=1" in messages
+    kicks = [t for t, m in got if m == "WATCHDOG=1"]
+    assert len(kicks) >= 3, messages
+    assert max(b - a for a, b in itertools.pairwise(kicks)) < 1.0
