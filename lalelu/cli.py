@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", type=Path, help="demo configuration (default: the bundled demo.toml)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar or logs, only the JSON line")
     demo.add_argument("--fps", type=float, help="camera rate (default: the demo configuration's, 100)")
+
+    check = sub.add_parser("check", help="preflight: go / no-go table for this host; exit 1 on no-go")
+    _common(check)
+    check.add_argument("--role", choices=("edge", "backend"), default="edge")
+    check.add_argument("--backend", help="override [edge] backend (HOST:PORT; '' = local inference)")
+    check.add_argument("--frames", type=int, default=50, help="frames of the live latency measurement")
+    check.add_argument("--max-p99-ms", type=float, default=50.0, help="the live latency's p99 limit")
     return parser
 
 
@@ -198,6 +205,15 @@ def _run(args: argparse.Namespace) -> int:
             print(line)
         print(json.dumps({"poses": len(rec["t_ns"]), "hits": len(hits)}))
         return 0
+    if args.command == "check":
+        from lalelu.check import NO_GO, format_checks, run_checks
+
+        cfg = _config(args, args.role)
+        if args.backend is not None:
+            cfg = override(cfg, "edge", backend=args.backend)
+        checks = run_checks(cfg, args.role, args.frames, args.max_p99_ms)
+        print(format_checks(checks))
+        return 1 if any(c.verdict == NO_GO for c in checks) else 0
     if args.command == "demo":
         from lalelu.demo import run_demo
 
