@@ -47,12 +47,14 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
     )
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
-    if ready_file is not None:
-        ready_file.write_text(
+    if ready_file is not None:  # written whole, then renamed: a reader never sees half of it
+        partial_file = ready_file.with_name(ready_file.name + ".part")
+        partial_file.write_text(
             json.dumps(
                 {"host": server.address[0], "port": server.address[1], "cpus": affinity, "sched_fifo": fifo}
             )
         )
+        partial_file.replace(ready_file)
     freeze_gc()
 
     def report(srv: InferenceServer) -> None:

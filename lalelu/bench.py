@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.errors import LaleluError
+from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, read_kernel_value
 from lalelu.timing import summarize_ns
 
 CONFIG_WORDS = ("plain", "pinned", "fifo", "reference", "eager", "graph", "fp16", "tf32", "compile")
@@ -53,18 +54,11 @@ def check_config(engine: str, config: str) -> set[str]:
     return words
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
-
-
 def machine_facts() -> dict:
     cpu_model = next(
         (
             line.split(":", 1)[1].strip()
-            for line in _read("/proc/cpuinfo").splitlines()
+            for line in read_kernel_value("/proc/cpuinfo").splitlines()
             if line.startswith("model name")
         ),
         platform.processor(),
@@ -72,9 +66,9 @@ def machine_facts() -> dict:
     facts: dict = {
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
-        "isolated_cpus": _read("/sys/devices/system/cpu/isolated"),
-        "cmdline": _read("/proc/cmdline"),
-        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor") or "unknown",
+        "isolated_cpus": read_kernel_value(ISOLATED_CPUS),
+        "cmdline": read_kernel_value("/proc/cmdline"),
+        "governor": read_kernel_value(GOVERNOR) or "unknown",
         "python": platform.python_version(),
         "kernel": platform.release(),
         "libraries": {},

@@ -9,13 +9,13 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from lalelu.config import Config
 from lalelu.errors import LaleluError
-from lalelu.protocol import REPLY_SIZE, PixelFormat, encode_frame_header, parse_reply_into
+from lalelu.protocol import PixelFormat, encode_frame_header, round_trip
+from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, read_kernel_value
 from lalelu.timing import summarize_ns
 
 GO, WARN, NO_GO = "go", "warn", "NO-GO"
@@ -28,15 +28,8 @@ class Check:
     detail: str
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
-
-
 def check_cpus(cfg: Config, role: str) -> Check:
-    isolated = _read("/sys/devices/system/cpu/isolated")
+    isolated = read_kernel_value(ISOLATED_CPUS)
     wanted = cfg.edge.cpus if role == "edge" else cfg.backend.cpus
     if not isolated:
         return Check(
@@ -46,7 +39,7 @@ def check_cpus(cfg: Config, role: str) -> Check:
 
 
 def check_governor() -> Check:
-    gov = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    gov = read_kernel_value(GOVERNOR)
     if not gov:
         return Check("governor", WARN, "no cpufreq here (a VM?): cannot tell")
     return Check("governor", GO if gov == "performance" else WARN, gov)
@@ -95,14 +88,7 @@ def check_backend(address: str, frames: int, p99_limit_ms: float) -> list[Check]
         with socket.create_connection((host, int(port)), timeout=5) as sock:
             for i in range(frames):
                 t0 = time.perf_counter_ns()
-                sock.sendall(encode_frame_header(i, 1, PixelFormat.RGB888, w, h) + frame)
-                data = b""
-                while len(data) < REPLY_SIZE:
-                    chunk = sock.recv(REPLY_SIZE - len(data))
-                    if not chunk:
-                        raise ConnectionError("the backend closed the connection")
-                    data += chunk
-                reply = parse_reply_into(data, out)
+                reply = round_trip(sock, encode_frame_header(i, 1, PixelFormat.RGB888, w, h), frame, out)
                 if int(reply.status) != 0:
                     return [Check("backend", NO_GO, f"{address} answered status {int(reply.status)}")]
                 rtts[i] = time.perf_counter_ns() - t0

@@ -20,6 +20,18 @@ def _lalelu(*args: str) -> list[str]:
     return [sys.executable, "-m", "lalelu.cli", *args]
 
 
+def wait_until_ready(backend: subprocess.Popen, ready: Path, timeout_s: float = 60) -> dict:
+    """The started backend's ready file (address, CPUs), once it serves; LaleluError if it dies or stalls."""
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if backend.poll() is not None:
+            raise LaleluError(f"the backend exited with code {backend.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise LaleluError(f"the backend was not ready within {timeout_s:g} s")
+        time.sleep(0.05)
+    return json.loads(ready.read_text())
+
+
 def run_demo(seconds: float, config: Path | None, quiet: bool = False, fps: float | None = None) -> dict:
     config = config or DEMO_CONFIG
     with tempfile.TemporaryDirectory(prefix="lalelu-demo-") as tmp:
@@ -33,16 +45,7 @@ def run_demo(seconds: float, config: Path | None, quiet: bool = False, fps: floa
             stderr=subprocess.PIPE if quiet else None,
         )
         try:
-            deadline = time.monotonic() + 60
-            while not ready.exists():
-                if backend.poll() is not None:
-                    raise LaleluError(
-                        f"the demo's backend exited with code {backend.returncode} before it was ready"
-                    )
-                if time.monotonic() > deadline:
-                    raise LaleluError("the demo's backend was not ready within 60 s")
-                time.sleep(0.05)
-            port = json.loads(ready.read_text())["port"]
+            port = wait_until_ready(backend, ready)["port"]
             edge = subprocess.Popen(
                 _lalelu(
                     "edge",

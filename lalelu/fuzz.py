@@ -25,7 +25,7 @@ from lalelu.protocol import (
     REPLY_SIZE,
     PixelFormat,
     encode_frame_header,
-    parse_reply_into,
+    round_trip,
 )
 
 PARSED_FIELDS = [*range(0, 8), *range(24, 32)]  # magic, version, format, flags | width, height, length
@@ -76,16 +76,13 @@ class GoodEdge(threading.Thread):
         out = np.zeros((17, 3), np.float32)
         with socket.create_connection(self.address, timeout=10) as sock:
             while not self.stop_flag.is_set():
-                sock.sendall(encode_frame_header(self.sent, 1, PixelFormat.RGB888, 64, 48) + frame)
+                header = encode_frame_header(self.sent, 1, PixelFormat.RGB888, 64, 48)
                 self.sent += 1
-                data = b""
-                while len(data) < REPLY_SIZE:
-                    chunk = sock.recv(REPLY_SIZE - len(data))
-                    if not chunk:
-                        self.errors.append(f"backend closed the good edge's connection after {self.sent}")
-                        return
-                    data += chunk
-                r = parse_reply_into(data, out)
+                try:
+                    r = round_trip(sock, header, frame, out)
+                except ConnectionError:
+                    self.errors.append(f"backend closed the good edge's connection after {self.sent}")
+                    return
                 if r.seq != self.sent - 1 or int(r.status) != 0:
                     self.errors.append(f"frame {self.sent - 1}: answer seq {r.seq} status {int(r.status)}")
                 self.answered += 1
@@ -142,6 +139,9 @@ def main() -> int:
     import tempfile
     from pathlib import Path
 
+    from lalelu.demo import wait_until_ready
+    from lalelu.errors import LaleluError
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
@@ -168,14 +168,11 @@ def main() -> int:
             stderr=log,
         )
         try:
-            deadline = time.monotonic() + 60
-            while not ready.exists():
-                if backend.poll() is not None or time.monotonic() > deadline:
-                    print(json.dumps({"error": "the backend did not start"}))
-                    return 2
-                time.sleep(0.05)
-            time.sleep(0.1)  # written, then read: let the writer finish
-            info = json.loads(ready.read_text())
+            try:
+                info = wait_until_ready(backend, ready)
+            except LaleluError as exc:
+                print(json.dumps({"error": str(exc)}))
+                return 2
             result = fuzz((info.get("host", "127.0.0.1"), info["port"]), args.packets, args.seed, backend.pid)
             result["backend_alive"] = backend.poll() is None
         finally:

@@ -164,3 +164,16 @@ def parse_reply_into(data: bytes | bytearray | memoryview, keypoints_out: np.nda
         data, dtype=np.float32, count=NUM_KEYPOINTS * 3, offset=REPLY_HEADER.size
     )
     return Reply(Status(status), seq, recv, t0, t1, send, keypoints_out)
+
+
+def round_trip(sock, header: bytes, payload: bytes, keypoints_out: np.ndarray) -> Reply:
+    """Send one frame on a blocking socket and read its reply (a tool's client, not the edge's hot path).
+    Raises ConnectionError when the backend closes the connection first."""
+    sock.sendall(header + payload)
+    data = bytearray()
+    while len(data) < REPLY_SIZE:
+        chunk = sock.recv(REPLY_SIZE - len(data))
+        if not chunk:
+            raise ConnectionError("the backend closed the connection")
+        data += chunk
+    return parse_reply_into(data, keypoints_out)

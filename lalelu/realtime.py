@@ -5,8 +5,20 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+ISOLATED_CPUS = "/sys/devices/system/cpu/isolated"
+GOVERNOR = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
+
+
+def read_kernel_value(path: str) -> str:
+    """A /proc or /sys value, stripped; '' where this kernel or VM does not have it."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
 
 
 def pin_to_cpus(cpus: list[int]) -> list[int]:

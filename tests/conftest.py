@@ -78,7 +78,6 @@ class Backend:
             assert self.proc.poll() is None, (tmp / "backend.log").read_text()
             assert time.monotonic() < deadline, "backend not ready in 60 s"
             time.sleep(0.05)
-        time.sleep(0.05)
         info = json.loads(self.ready.read_text())
         self.port: int = info["port"]
         self.address = f"127.0.0.1:{self.port}"
