@@ -39,6 +39,8 @@ log = logging.getLogger("lalelu.backend")
 class PoseConsumerLike(Protocol):
     def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None: ...
 
+    def all_notes_off(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -70,6 +72,7 @@ class Connection:
     outbox: bytearray = field(default_factory=bytearray)
     last_log_ns: int = 0
     suppressed: int = 0
+    plays: bool = False  # its poses reached the sound consumer
 
 
 class InferenceServer:
@@ -146,6 +149,8 @@ class InferenceServer:
 
     def _drop(self, conn: Connection, why: str) -> None:
         log.info("edge %s disconnected: %s", conn.peer, why)
+        if conn.plays and self.consumer is not None:
+            self.consumer.all_notes_off()  # its poses stopped: no note-off would ever come
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(conn.sock)
         conn.sock.close()
@@ -246,6 +251,7 @@ class InferenceServer:
             if self.consumer is None:
                 self.consumer = self.consumer_factory(frame.width, frame.height)
             self.consumer.on_pose(frame.seq, frame.capture_ns, self._keypoints)
+            conn.plays = True
 
     def _send(
         self, conn: Connection, status: Status, seq: int, recv: int, t0: int, t1: int, keypoints: np.ndarray

@@ -16,6 +16,9 @@ class PoseConsumer(Protocol):
     def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
         """Called once per frame, in frame order, with (17, 3) rows (x, y, score) in frame pixels."""
 
+    def all_notes_off(self) -> None:
+        """End every sounding note now (the pose stream has a hole: a note-off may never come)."""
+
     def close(self) -> None: ...
 
 
@@ -31,6 +34,9 @@ class LogConsumer:
         if self.poses % self.every == 0 and log.isEnabledFor(logging.DEBUG):
             x, y, s = keypoints[0]
             log.debug("frame %d: %s at (%.1f, %.1f) score %.2f", seq, KEYPOINT_NAMES[0], x, y, s)
+
+    def all_notes_off(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

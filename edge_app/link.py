@@ -29,24 +29,42 @@ class BackendUnavailable(LaleluError):
     pass
 
 
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def connect_backend(address: str, timeout_s: float) -> socket.socket:
+    """A connected TCP socket to the backend (blocking, no delay), or BackendUnavailable."""
+    try:
+        sock = socket.create_connection(split_address(address), timeout=timeout_s)
+    except OSError as exc:
+        raise BackendUnavailable(
+            f"cannot reach the backend at {address} ({exc.strerror or exc}): is `lalelu backend` running "
+            "there and is [edge] backend right?"
+        ) from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class BackendLink:
+    """One connection's life: `send` raises BackendUnavailable once the backend is gone or silent."""
+
     def __init__(
-        self, address: str, on_reply: Callable[[Reply], None], max_in_flight: int, timeout_s: float
+        self,
+        sock: socket.socket,
+        address: str,
+        on_reply: Callable[[Reply], None],
+        max_in_flight: int,
+        reply_timeout_s: float,
     ) -> None:
-        host, _, port = address.rpartition(":")
-        try:
-            self.sock = socket.create_connection((host, int(port)), timeout=timeout_s)
-        except OSError as exc:
-            raise BackendUnavailable(
-                f"cannot reach the backend at {address} ({exc.strerror or exc}): is `lalelu backend` running "
-                "there and is [edge] backend right?"
-            ) from exc
+        self.sock = sock
         self.sock.settimeout(None)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.address = address
         self._on_reply = on_reply
         self._slots = threading.Semaphore(max_in_flight)
-        self._timeout_s = timeout_s
+        self._reply_timeout_s = reply_timeout_s
+        self.sent = 0
         self.replies = 0
         self.error: str = ""
         self._closed = False
@@ -56,9 +74,10 @@ class BackendLink:
     def send(
         self, seq: int, capture_ns: int, fmt: PixelFormat, width: int, height: int, frame: np.ndarray
     ) -> None:
-        if not self._slots.acquire(timeout=self._timeout_s):
+        # A full pipe waits for a reply, but only so long: a hung backend must not stall the camera loop.
+        if not self._slots.acquire(timeout=self._reply_timeout_s):
             raise BackendUnavailable(
-                f"the backend at {self.address} answered nothing for {self._timeout_s} s"
+                f"the backend at {self.address} answered nothing for {self._reply_timeout_s:g} s"
             )
         if self.error:
             raise BackendUnavailable(f"the backend at {self.address} went away: {self.error}")
@@ -67,6 +86,7 @@ class BackendLink:
             self.sock.sendmsg([header, frame.data.cast("B")])
         except OSError as exc:
             raise BackendUnavailable(f"sending to the backend at {self.address} failed: {exc}") from exc
+        self.sent += 1
 
     def _receive(self) -> None:
         buf = bytearray(REPLY_SIZE)
@@ -87,19 +107,19 @@ class BackendLink:
         except (OSError, ProtocolError) as exc:
             if not self._closed:
                 self.error = str(exc)
-                log.error("backend link %s: %s", self.address, exc)
             self._slots.release()  # wake a sender blocked on a full pipe so it sees the error
 
-    def in_flight_done(self, timeout_s: float, sent: int) -> bool:
-        """Wait until every sent frame is answered (or the link failed)."""
+    def in_flight_done(self, timeout_s: float) -> bool:
+        """Wait until every frame sent on this link is answered (or it failed)."""
         end = time.monotonic() + timeout_s
-        while self.replies < sent and not self.error and time.monotonic() < end:
+        while self.replies < self.sent and not self.error and time.monotonic() < end:
             time.sleep(0.001)
-        return self.replies >= sent
+        return self.replies >= self.sent
 
     def close(self) -> None:
+        """Stop receiving; once this returns no reply of this link reaches `on_reply` any more."""
         self._closed = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-        self._rx.join(timeout=1.0)
+        self._rx.join(timeout=2.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -15,7 +16,8 @@ import numpy as np
 
 from edge_app.cameras import FrameSource, open_source
 from edge_app.consumers import LogConsumer, PoseConsumer
-from edge_app.link import BackendLink
+from edge_app.failover import Reconnector
+from edge_app.link import BackendLink, BackendUnavailable, connect_backend
 from lalelu.clock import now_ns
 from lalelu.config import Config
 from lalelu.engines import engine_from_config
@@ -45,6 +47,12 @@ class EdgeLoop:
         self._stop = threading.Event()
         self._link: BackendLink | None = None
         self._estimator: PoseEstimator | None = None
+        self._reconnector: Reconnector | None = None
+        self._local_since = 0.0
+        self.backend_losses = 0
+        self.reconnects = 0
+        self.frames_local = 0
+        self.lost_in_flight = 0
         self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._written = 0
         self._telemetry_fh: IO[str] | None = None
@@ -66,18 +74,67 @@ class EdgeLoop:
         self.consumer.on_pose(reply.seq, int(row["capture_ns"]), reply.keypoints)
 
     def _open(self) -> None:
-        cfg = self.cfg
-        if cfg.edge.backend:
-            self._link = BackendLink(
-                cfg.edge.backend, self._on_reply, cfg.edge.max_in_flight, cfg.edge.connect_timeout_s
-            )
-            log.info("sending frames to the backend at %s", cfg.edge.backend)
-        else:
+        cfg, src = self.cfg, self.source
+        if not cfg.edge.backend or cfg.edge.fallback:
             engine = engine_from_config(cfg.engine)
             self._estimator = PoseEstimator(engine)
-            log.info("no backend configured: inferring locally with %s", engine.name)
+        if cfg.edge.backend:
+            self._reconnector = Reconnector(
+                cfg.edge.backend,
+                src.pixel_format,
+                src.width,
+                src.height,
+                cfg.edge.connect_timeout_s,
+                max_delay_s=cfg.edge.reconnect_max_s,
+            )
+            try:
+                self._link = self._new_link(connect_backend(cfg.edge.backend, cfg.edge.connect_timeout_s))
+                log.info("sending frames to the backend at %s", cfg.edge.backend)
+            except BackendUnavailable as exc:
+                if self._estimator is None:
+                    raise
+                log.warning("%s; inferring locally until it answers", exc)
+                self._local_since = time.monotonic()
+                self._reconnector.start()
+        else:
+            assert self._estimator is not None
+            log.info("no backend configured: inferring locally with %s", self._estimator.engine.name)
         if cfg.edge.telemetry:
             self._telemetry_fh = open(cfg.edge.telemetry, "w")  # noqa: SIM115 - closed in run()
+
+    def _new_link(self, sock: socket.socket) -> BackendLink:
+        e = self.cfg.edge
+        return BackendLink(sock, e.backend, self._on_reply, e.max_in_flight, e.reply_timeout_s)
+
+    def _to_local(self, why: str) -> None:
+        """The backend is gone: end its link, silence the notes, play on with local poses, look for it."""
+        link, self._link = self._link, None
+        assert link is not None
+        link.close()  # joins its receiver: no late reply reaches the consumer after this
+        self.lost_in_flight += link.sent - link.replies
+        self.consumer.all_notes_off()
+        self.backend_losses += 1
+        self._local_since = time.monotonic()
+        if self._estimator is None:
+            raise BackendUnavailable(f"{why}; [edge] fallback = false, so the edge stops here")
+        log.warning(
+            "backend lost (%s): %d frames in flight lost; inferring locally with %s, reconnecting",
+            why,
+            link.sent - link.replies,
+            self._estimator.engine.name,
+        )
+        assert self._reconnector is not None
+        self._reconnector.start()
+
+    def _to_backend(self, sock: socket.socket) -> None:
+        self._link = self._new_link(sock)
+        self.reconnects += 1
+        log.warning(
+            "backend %s answers again after %.2f s: sending frames to it (%d frames inferred locally so far)",
+            self.cfg.edge.backend,
+            time.monotonic() - self._local_since,
+            self.frames_local,
+        )
 
     def _step_local(self, frame: np.ndarray, capture_ns: int, seq: int) -> None:
         assert self._estimator is not None
@@ -89,7 +146,25 @@ class EdgeLoop:
         row["seq"], row["capture_ns"], row["sent_ns"], row["pose_ns"] = seq, capture_ns, t0, t1
         row["backend_infer_ns"], row["backend_total_ns"], row["local"] = t1 - t0, t1 - t0, 1
         self.received += 1
+        self.frames_local += 1
         self.consumer.on_pose(seq, capture_ns, self._keypoints)
+
+    def _step(self, frame: np.ndarray, capture_ns: int, seq: int) -> None:
+        link, src = self._link, self.source
+        if link is None:
+            self._step_local(frame, capture_ns, seq)
+            sock = self._reconnector.take() if self._reconnector is not None else None
+            if sock is not None:
+                self._to_backend(sock)
+            return
+        row = self.telemetry.slot(seq)
+        row["seq"], row["capture_ns"], row["local"] = seq, capture_ns, 0
+        row["sent_ns"] = now_ns()
+        try:
+            link.send(seq, capture_ns, src.pixel_format, src.width, src.height, frame)
+        except BackendUnavailable as exc:
+            self._to_local(str(exc))
+            self._step_local(frame, capture_ns, seq)  # this frame is not lost: it is the first local one
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -111,7 +186,7 @@ class EdgeLoop:
         end = start + cfg.edge.seconds if cfg.edge.seconds else float("inf")
         next_summary = start + cfg.edge.summary_interval_s if cfg.edge.summary_interval_s else float("inf")
         first_seq = None
-        src, link = self.source, self._link
+        src = self.source
         watchdog = Watchdog()
         notify("READY=1")
         try:
@@ -124,13 +199,7 @@ class EdgeLoop:
                 frame, capture_ns, seq = got
                 if first_seq is None:
                     first_seq = seq
-                if link is not None:
-                    row = self.telemetry.slot(seq)
-                    row["seq"], row["capture_ns"], row["local"] = seq, capture_ns, 0
-                    row["sent_ns"] = now_ns()
-                    link.send(seq, capture_ns, src.pixel_format, src.width, src.height, frame)
-                else:
-                    self._step_local(frame, capture_ns, seq)
+                self._step(frame, capture_ns, seq)
                 self.sent += 1
                 now = time.monotonic()
                 if now >= next_summary:
@@ -140,11 +209,15 @@ class EdgeLoop:
                     break
         finally:
             watchdog.close()
-            if link is not None:
-                link.in_flight_done(2.0, self.sent)
-                link.close()
-            src.close()
-            self.consumer.close()
+            if self._reconnector is not None:
+                self._reconnector.close()
+            if self._link is not None:
+                self._link.in_flight_done(2.0)
+                self._link.close()
+            try:
+                src.close()
+            finally:
+                self.consumer.close()  # all notes off, whatever else failed
         last = (first_seq or 0) + self.sent
         summary = self.summary(first_seq or 0, last, time.monotonic() - start)
         self._flush_telemetry(last)
@@ -195,6 +268,9 @@ class EdgeLoop:
             "inference_ms": {k: round(s["inference"].get(k, 0.0), 3) for k in pick},
             "overhead_ms": {k: round(s["overhead"].get(k, 0.0), 3) for k in pick},
             "hits": getattr(self.consumer, "hits", 0),
+            "backend_losses": self.backend_losses,
+            "reconnects": self.reconnects,
+            "frames_local": self.frames_local,
             "stages_ms": s,
         }
 

@@ -1,4 +1,4 @@
-"""The `lalelu` command: edge, backend, pose, demo."""
+"""The `lalelu` command: edge, backend, pose, demo, bench, soak, check."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     edge = sub.add_parser("edge", help="capture frames, get poses (backend or local), play")
     _common(edge)
     edge.add_argument("--backend", help="HOST:PORT of the backend; '' infers locally")
+    edge.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="exit when the backend is lost instead of inferring locally",
+    )
     edge.add_argument("--source", choices=("still", "replay", "v4l2", "picamera2"))
     edge.add_argument("--fps", type=float)
     edge.add_argument("--seconds", type=float, help="stop after this long (default: run until stopped)")
@@ -107,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bar or logs, only the JSON line")
     demo.add_argument("--fps", type=float, help="camera rate (default: the demo configuration's, 100)")
 
+    soak = sub.add_parser("soak", help="edge + backend for a long time: lost frames, memory growth, drift")
+    soak.add_argument("--minutes", type=float, default=30.0)
+    soak.add_argument("--config", type=Path, help="configuration of both (default: the bundled demo.toml)")
+    soak.add_argument("--fps", type=float, help="camera rate (default: the configuration's)")
+    soak.add_argument("--interval-s", type=float, default=60.0, help="width of one row of the report")
+    soak.add_argument("--sample-s", type=float, default=5.0, help="how often resident memory is read")
+    soak.add_argument("--json", type=Path, help="write the report (with every memory sample) here")
+    soak.add_argument("--quiet", action="store_true")
+
     check = sub.add_parser("check", help="preflight: go / no-go table for this host; exit 1 on no-go")
     _common(check)
     check.add_argument("--role", choices=("edge", "backend"), default="edge")
@@ -122,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = _config(args, "edge")
         cfg = override(cfg, "edge", backend=args.backend, seconds=args.seconds, telemetry=args.telemetry)
+        cfg = override(cfg, "edge", fallback=False if args.no_fallback else None)
         cfg = override(cfg, "camera", source=args.source, fps=args.fps)
         cfg = override(cfg, "output", mapping=args.mapping, kind=args.output)
         summary = run_edge(cfg, args.summary_json, args.record)
@@ -214,6 +229,14 @@ def _run(args: argparse.Namespace) -> int:
         checks = run_checks(cfg, args.role, args.frames, args.max_p99_ms)
         print(format_checks(checks))
         return 1 if any(c.verdict == NO_GO for c in checks) else 0
+    if args.command == "soak":
+        from lalelu.soak import format_soak, run_soak
+
+        report = run_soak(args.minutes, args.config, args.fps, args.interval_s, args.sample_s, args.quiet)
+        print(format_soak(report))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        return 0
     if args.command == "demo":
         from lalelu.demo import run_demo
 

@@ -71,6 +71,15 @@ class EdgeConfig:
     telemetry: str = field(default="", metadata=_rule(doc="JSON-lines file for per-frame telemetry"))
     seconds: float = field(default=0.0, metadata=_rule(0.0, 10 * 86400))
     connect_timeout_s: float = field(default=5.0, metadata=_rule(0.1, 600))
+    fallback: bool = field(
+        default=True, metadata=_rule(doc="infer locally with [engine] while the backend is away")
+    )
+    reply_timeout_s: float = field(
+        default=0.15, metadata=_rule(0.01, 60, doc="a backend silent this long with a full pipe is lost")
+    )
+    reconnect_max_s: float = field(
+        default=4.0, metadata=_rule(0.1, 600, doc="the reconnect backoff doubles from 0.25 s up to this")
+    )
 
 
 @dataclass(frozen=True)

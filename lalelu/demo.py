@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from lalelu.config import load_config
@@ -32,56 +34,73 @@ def wait_until_ready(backend: subprocess.Popen, ready: Path, timeout_s: float = 
     return json.loads(ready.read_text())
 
 
-def run_demo(seconds: float, config: Path | None, quiet: bool = False, fps: float | None = None) -> dict:
-    config = config or DEMO_CONFIG
-    with tempfile.TemporaryDirectory(prefix="lalelu-demo-") as tmp:
-        ready = Path(tmp) / "backend.json"
-        summary_file = Path(tmp) / "edge.json"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        backend = subprocess.Popen(
-            _lalelu("backend", "--config", str(config), "--port", "0", "--ready-file", str(ready)),
+@contextlib.contextmanager
+def backend_and_edge(
+    config: Path, seconds: float, workdir: Path, quiet: bool, edge_args: tuple[str, ...] = ()
+) -> Iterator[tuple[subprocess.Popen, subprocess.Popen, Path]]:
+    """A backend on a free port and an edge sending to it for `seconds`: (backend, edge, edge summary file).
+    The backend is stopped on the way out; the caller waits for the edge."""
+    ready = workdir / "backend.json"
+    summary_file = workdir / "edge.json"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    backend = subprocess.Popen(
+        _lalelu("backend", "--config", str(config), "--port", "0", "--ready-file", str(ready)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if quiet else None,
+    )
+    try:
+        port = wait_until_ready(backend, ready)["port"]
+        edge = subprocess.Popen(
+            _lalelu(
+                "edge",
+                "--config",
+                str(config),
+                "--backend",
+                f"127.0.0.1:{port}",
+                "--seconds",
+                str(seconds),
+                "--summary-json",
+                str(summary_file),
+                *edge_args,
+            ),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE if quiet else None,
         )
         try:
-            port = wait_until_ready(backend, ready)["port"]
-            edge = subprocess.Popen(
-                _lalelu(
-                    "edge",
-                    "--config",
-                    str(config),
-                    "--backend",
-                    f"127.0.0.1:{port}",
-                    "--seconds",
-                    str(seconds),
-                    "--summary-json",
-                    str(summary_file),
-                    *(["--fps", str(fps)] if fps else []),
-                ),
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE if quiet else None,
-            )
+            yield backend, edge, summary_file
+        finally:
+            if edge.poll() is None:
+                edge.terminate()
+                edge.wait(timeout=10)
+    finally:
+        backend.terminate()
+        try:
+            backend.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            backend.kill()
+
+
+def progress(label: str, done: float, total: float) -> None:
+    bar = "#" * int(30 * min(done, total) / total)
+    print(f"\r{label} [{bar:<30}] {min(done, total):5.1f}/{total:.0f} s", end="", file=sys.stderr, flush=True)
+
+
+def run_demo(seconds: float, config: Path | None, quiet: bool = False, fps: float | None = None) -> dict:
+    config = config or DEMO_CONFIG
+    with tempfile.TemporaryDirectory(prefix="lalelu-demo-") as tmp:
+        edge_args = ("--fps", str(fps)) if fps else ()
+        with backend_and_edge(config, seconds, Path(tmp), quiet, edge_args) as (_, edge, summary_file):
             start = time.monotonic()
             while edge.poll() is None:
                 if not quiet:
-                    done = min(seconds, time.monotonic() - start)
-                    bar = "#" * int(30 * done / seconds)
-                    print(
-                        f"\rdemo [{bar:<30}] {done:5.1f}/{seconds:.0f} s", end="", file=sys.stderr, flush=True
-                    )
+                    progress("demo", time.monotonic() - start, seconds)
                 time.sleep(0.25)
             if not quiet:
                 print(file=sys.stderr)
             if edge.returncode != 0:
                 raise LaleluError(f"the demo's edge exited with code {edge.returncode}")
-        finally:
-            backend.terminate()
-            try:
-                backend.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                backend.kill()
         summary = json.loads(summary_file.read_text())
     result = {k: v for k, v in summary.items() if k != "stages_ms"}
     cfg = load_config(config)

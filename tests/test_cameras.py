@@ -1,4 +1,5 @@
 import itertools
+import os
 
 import cv2
 import numpy as np
@@ -70,3 +71,79 @@ def test_picamera2_delivers_frames_at_the_configured_rate():
     src.close()
     period = np.median(np.diff(stamps)) / 1e6
     assert 9.5 < period < 10.5
+
+
+FAKE_PICAMERA2 = '''
+"""A stand-in for picamera2 at the API lalelu uses: 30 frames, then the sensor goes silent."""
+import time
+import numpy as np
+
+
+class _Request:
+    def __init__(self, cam):
+        self.cam = cam
+
+    def make_array(self, name):
+        w, h = self.cam.config["lores"]["size"]
+        return np.full((h, w, 3), 128, np.uint8)
+
+    def get_metadata(self):
+        return {"SensorTimestamp": time.monotonic_ns()}
+
+    def release(self):
+        pass
+
+
+class Picamera2:
+    def __init__(self):
+        self.frames = 0
+
+    def create_video_configuration(self, **kwargs):
+        return kwargs
+
+    def configure(self, config):
+        self.config = config
+
+    def start(self):
+        pass
+
+    def capture_request(self, wait=None):
+        assert wait is False, "lalelu must ask for a job and wait on it with a timeout"
+        return "job"
+
+    def wait(self, job, timeout=None):
+        assert timeout is not None and timeout > 0, "an endless wait would hang the edge on a dead sensor"
+        self.frames += 1
+        if self.frames > 30:
+            time.sleep(timeout)
+            raise TimeoutError()
+        time.sleep(0.01)
+        return _Request(self)
+
+    def stop(self):
+        pass
+
+    def close(self):
+        pass
+'''
+
+
+def test_a_camera_that_goes_silent_ends_the_edge_with_a_clear_error(tmp_path):
+    """The boundary to picamera2 (no camera here): the documented capture_request(wait=False) + wait(job,
+    timeout) calls, answered by a stand-in whose sensor stops after 30 frames."""
+    import subprocess
+
+    from conftest import lalelu_cmd
+
+    (tmp_path / "picamera2.py").write_text(FAKE_PICAMERA2)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    r = subprocess.run(
+        lalelu_cmd("edge", "--backend", "", "--no-fifo", "--source", "picamera2", "--fps", "100"),
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 2, err  # non-zero: systemd's Restart= starts the service again
+    assert "the Pi camera delivered no frame for 1 s" in err and "systemd restarts" in err
+    assert "Traceback" not in err

@@ -71,20 +71,51 @@ def test_edge_without_backend_infers_locally(tmp_path):
     assert s["poses_received"] == s["frames_sent"] >= 30
 
 
-def test_edge_with_unreachable_backend_says_so(tmp_path):
+def _free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def test_edge_without_fallback_and_unreachable_backend_says_so():
+    port = _free_port()
     r = subprocess.run(
-        lalelu_cmd("edge", "--backend", f"127.0.0.1:{port}", "--seconds", "1"),
+        lalelu_cmd("edge", "--backend", f"127.0.0.1:{port}", "--seconds", "1", "--no-fallback"),
         capture_output=True,
         timeout=60,
     )
     assert r.returncode == 2
     assert "cannot reach the backend" in r.stderr.decode()
     assert "Traceback" not in r.stderr.decode()
+
+
+def test_edge_with_unreachable_backend_plays_locally_and_says_so(tmp_path):
+    port = _free_port()
+    summary_file = tmp_path / "edge.json"
+    r = subprocess.run(
+        lalelu_cmd(
+            "edge",
+            "--backend",
+            f"127.0.0.1:{port}",
+            "--seconds",
+            "2",
+            "--no-fifo",
+            "--fps",
+            "30",
+            "--summary-json",
+            str(summary_file),
+        ),
+        capture_output=True,
+        timeout=60,
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "cannot reach the backend" in err and "inferring locally until it answers" in err
+    s = json.loads(summary_file.read_text())
+    assert s["frames_local"] == s["poses_received"] == s["frames_sent"] > 20
+    assert s["reconnects"] == 0
 
 
 def test_demo_prints_one_json_line():

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
 import time
 
 import numpy as np
@@ -17,48 +14,6 @@ from lalelu.gestures.mapping import mapping_from_dict
 from lalelu.gestures.outputs import MidiOutput, OscOutput
 
 rtmidi = pytest.importorskip("rtmidi", reason="python-rtmidi is part of the dev extra")
-
-
-@pytest.fixture(scope="module")
-def jack_server(tmp_path_factory):
-    if shutil.which("jackd") is None:
-        pytest.fail(
-            "jackd is not installed: tools/test installs Debian's jackd2; run it, or apt install jackd2"
-        )
-    name = f"lalelu-test-{os.getpid()}"
-    env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_AUDIO_RESERVATION="1")
-    log = tmp_path_factory.mktemp("jack") / "jackd.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            # -t: a generous client timeout, so a busy test machine does not zombify the non-realtime
-            # test clients (JACK then silently drops their MIDI).
-            ["jackd", "--no-realtime", "-t", "10000", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128"],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    old = os.environ.get("JACK_DEFAULT_SERVER")
-    os.environ["JACK_DEFAULT_SERVER"] = name
-    os.environ["JACK_NO_START_SERVER"] = "1"
-    deadline = time.monotonic() + 10
-    while True:  # ready when a client can open
-        try:
-            probe = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="probe")
-            probe.open_virtual_port("probe")
-            probe.close_port()
-            del probe
-            break
-        except Exception:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "JACK did not start in 10 s:\n" + log.read_text()
-            time.sleep(0.2)
-    yield name
-    proc.terminate()
-    proc.wait(10)
-    if old is None:
-        os.environ.pop("JACK_DEFAULT_SERVER", None)
-    else:
-        os.environ["JACK_DEFAULT_SERVER"] = old
 
 
 def receive(midi_in, n: int, timeout: float = 3.0) -> list[tuple[list[int], int]]:

@@ -7,12 +7,15 @@ Not exercised on hardware in CI (no camera there).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
 from lalelu.protocol import PixelFormat
 
+log = logging.getLogger("lalelu.camera")
 FORMATS = {"yuv420": ("YUV420", PixelFormat.YUV420), "rgb888": ("BGR888", PixelFormat.RGB888)}
 
 
@@ -51,15 +54,21 @@ class Picamera2Source:
         self._buf = np.empty(shape, np.uint8)
         self._last_ts = 0
         self._period_ns = frame_us * 1000
+        self._timeout_s = max(1.0, 20 * frame_us / 1e6)
         self.dropped = 0
         self._seq = -1
 
     def read(self) -> tuple[np.ndarray, int, int] | None:
         try:
-            request = self._cam.capture_request()
-        except (
-            Exception
-        ) as exc:  # libcamera raises plain RuntimeError/OSError kinds when the sensor goes away
+            # wait=False gives a job; waiting on it with a timeout turns a silent sensor into an error.
+            job = self._cam.capture_request(wait=False)
+            request = self._cam.wait(job, timeout=self._timeout_s)
+        except TimeoutError as exc:
+            raise CameraError(
+                f"the Pi camera delivered no frame for {self._timeout_s:g} s (cable, sensor or power); "
+                "exiting so systemd restarts the service"
+            ) from exc
+        except Exception as exc:  # libcamera raises plain RuntimeError/OSError kinds on a lost sensor
             raise CameraError(
                 f"the Pi camera stopped delivering frames ({exc}); exiting so systemd restarts"
             ) from exc
@@ -77,5 +86,9 @@ class Picamera2Source:
         return self._buf, ts, self._seq
 
     def close(self) -> None:
-        self._cam.stop()
-        self._cam.close()
+        # A camera that has just failed may fail to stop too; that must not hide the first error.
+        for step in (self._cam.stop, self._cam.close):
+            try:
+                step()
+            except Exception as exc:  # libcamera's error kinds are not part of its API
+                log.warning("closing the Pi camera: %s", exc)

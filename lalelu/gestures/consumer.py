@@ -97,6 +97,10 @@ class GestureConsumer:
             len(mapping.controls),
         )
 
+    def all_notes_off(self) -> None:
+        self._notes_off_due(np.iinfo(np.int64).max)
+        self.output.all_notes_off()
+
     def close(self) -> None:
         self._notes_off_due(np.iinfo(np.int64).max)
         self.output.close()

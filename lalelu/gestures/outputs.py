@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 from lalelu.errors import LaleluError
@@ -58,6 +59,7 @@ class MidiOutput:
             self._out.open_port(match[0])
             self.port_name = names[match[0]]
         self._sounding: set[tuple[int, int]] = set()
+        self._api = api
 
     def note_on(self, channel: int, note: int, velocity: int, name: str) -> None:
         self._out.send_message([0x90 | (channel - 1), note, velocity])
@@ -81,6 +83,10 @@ class MidiOutput:
 
     def close(self) -> None:
         self.all_notes_off()
+        if self._api == "jack":
+            # JACK sends from its process callback, a period or more later; closing the port
+            # before that would throw away the last note-offs.
+            time.sleep(0.05)
         self._out.close_port()
         del self._out
 

@@ -42,6 +42,10 @@ class PoseRecorder:
             self.inner.on_pose(seq, capture_ns, keypoints)
             self.hits = getattr(self.inner, "hits", 0)
 
+    def all_notes_off(self) -> None:
+        if self.inner is not None:
+            self.inner.all_notes_off()
+
     def close(self) -> None:
         if self.inner is not None:
             self.inner.close()
