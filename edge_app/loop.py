@@ -186,6 +186,7 @@ class EdgeLoop:
         end = start + cfg.edge.seconds if cfg.edge.seconds else float("inf")
         next_summary = start + cfg.edge.summary_interval_s if cfg.edge.summary_interval_s else float("inf")
         first_seq = None
+        end_seq = 0  # one past the last frame's number; frames dropped at capture leave holes before it
         src = self.source
         watchdog = Watchdog()
         notify("READY=1")
@@ -199,6 +200,7 @@ class EdgeLoop:
                 frame, capture_ns, seq = got
                 if first_seq is None:
                     first_seq = seq
+                end_seq = seq + 1
                 self._step(frame, capture_ns, seq)
                 self.sent += 1
                 now = time.monotonic()
@@ -218,9 +220,8 @@ class EdgeLoop:
                 src.close()
             finally:
                 self.consumer.close()  # all notes off, whatever else failed
-        last = (first_seq or 0) + self.sent
-        summary = self.summary(first_seq or 0, last, time.monotonic() - start)
-        self._flush_telemetry(last)
+        summary = self.summary(first_seq or 0, end_seq, time.monotonic() - start)
+        self._flush_telemetry(end_seq)
         if self._telemetry_fh is not None:
             self._telemetry_fh.close()
         return summary
