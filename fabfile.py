@@ -221,3 +221,38 @@ def logs(c, group="all", hosts="", inventory="", lines=100):
     for host in select(inventory, group, hosts):
         print(f"== {host.name}")
         print(remote(host, f"journalctl -u lalelu-edge -u lalelu-backend -n {lines} --no-pager").stdout)
+
+
+@task(
+    help={
+        "group": "backend, edge or all",
+        "hosts": "comma-separated inventory names instead of a group",
+        "config": "configuration path on the hosts (default /etc/lalelu/<role>.toml, as Ansible writes it)",
+        "max_p99_ms": "the live latency's p99 limit",
+        "frames": "frames of the live latency measurement",
+        "inventory": "Ansible inventory (default ansible/inventory/hosts.yml)",
+    }
+)
+def check(c, group="all", hosts="", inventory="", config="", max_p99_ms=50.0, frames=50):
+    """`lalelu check` on every host: each host's go/no-go table, then one line per host; exit 1 unless all are ready."""
+    verdicts: dict[str, str] = {}
+    for host in select(inventory, group, hosts):
+        role = "edge" if "edge" in host.groups else "backend"
+        print(f"== {host.name} ({host.address}, {role})", flush=True)
+        try:
+            check_venv(host)
+            r = remote(
+                host,
+                f"{lalelu(host)} check --role {role} --config {config or f'/etc/lalelu/{role}.toml'} "
+                f"--frames {int(frames)} --max-p99-ms {float(max_p99_ms)}",
+                hide=False,
+            )
+        except Exit as exc:  # one host down must not hide the others' tables
+            print(exc.message)
+            verdicts[host.name] = "UNREACHABLE"
+            continue
+        verdicts[host.name] = {0: "READY", 1: "NOT READY"}.get(r.exited, f"ERROR (exit {r.exited})")
+    width = max(len(n) for n in verdicts)
+    print("\n".join(f"{name:<{width}}  {verdict}" for name, verdict in verdicts.items()))
+    if any(v != "READY" for v in verdicts.values()):
+        raise Exit("not ready: " + ", ".join(n for n, v in verdicts.items() if v != "READY"), code=1)

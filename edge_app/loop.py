@@ -53,6 +53,7 @@ class EdgeLoop:
         self.reconnects = 0
         self.frames_local = 0
         self.lost_in_flight = 0
+        self._answered_end = 0  # one past the last frame that got its pose
         self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._written = 0
         self._telemetry_fh: IO[str] | None = None
@@ -68,6 +69,7 @@ class EdgeLoop:
         row["backend_infer_ns"] = reply.infer_end_ns - reply.infer_start_ns
         row["backend_total_ns"] = reply.send_ns - reply.recv_ns
         self.received += 1
+        self._answered_end = reply.seq + 1
         if reply.status != Status.OK:
             self.bad_replies += 1
             return
@@ -146,6 +148,7 @@ class EdgeLoop:
         row["seq"], row["capture_ns"], row["sent_ns"], row["pose_ns"] = seq, capture_ns, t0, t1
         row["backend_infer_ns"], row["backend_total_ns"], row["local"] = t1 - t0, t1 - t0, 1
         self.received += 1
+        self._answered_end = seq + 1
         self.frames_local += 1
         self.consumer.on_pose(seq, capture_ns, self._keypoints)
 
@@ -158,7 +161,7 @@ class EdgeLoop:
                 self._to_backend(sock)
             return
         row = self.telemetry.slot(seq)
-        row["seq"], row["capture_ns"], row["local"] = seq, capture_ns, 0
+        row["seq"], row["capture_ns"], row["local"], row["pose_ns"] = seq, capture_ns, 0, 0
         row["sent_ns"] = now_ns()
         try:
             link.send(seq, capture_ns, src.pixel_format, src.width, src.height, frame)
@@ -229,16 +232,14 @@ class EdgeLoop:
     def _flush_telemetry(self, end_seq: int) -> None:
         if self._telemetry_fh is None:
             return
-        rows = self.telemetry.rows_between(self._written, end_seq)
-        rows = rows[rows["pose_ns"] > 0]
-        write_jsonl(rows, self._telemetry_fh)
+        write_jsonl(self.telemetry.answered_between(self._written, end_seq), self._telemetry_fh)
         self._written = end_seq
 
     def _report(self, first_seq: int, end_seq: int) -> None:
-        # Frames still in flight are written with the next report; only answered ones count now.
-        done = end_seq - (self.sent - self.received)
-        rows = self.telemetry.rows_between(max(first_seq, done - 500), done)
-        s = stage_summary(rows[rows["pose_ns"] > 0])
+        # Replies come in frame order: every frame before the last answered one is answered or lost.
+        # Later ones may be in flight and are written with the next report.
+        done = self._answered_end
+        s = stage_summary(self.telemetry.answered_between(max(first_seq, done - 500), done))
         log.info(
             "frames %d, poses %d, dropped %d | total p50 %.2f p99 %.2f ms | infer p50 %.2f ms | "
             "overhead p50 %.2f p99 %.2f ms",
@@ -254,9 +255,7 @@ class EdgeLoop:
         self._flush_telemetry(done)
 
     def summary(self, first_seq: int, end_seq: int, elapsed_s: float) -> dict:
-        rows = self.telemetry.rows_between(first_seq, end_seq)
-        answered = rows[rows["pose_ns"] > 0]
-        s = stage_summary(answered)
+        s = stage_summary(self.telemetry.answered_between(first_seq, end_seq))
         captured = self.sent + self.source.dropped
         pick = ("p50", "p99")
         return {
@@ -272,6 +271,7 @@ class EdgeLoop:
             "backend_losses": self.backend_losses,
             "reconnects": self.reconnects,
             "frames_local": self.frames_local,
+            "frames_lost_with_backend": self.lost_in_flight,
             "stages_ms": s,
         }
 

@@ -6,7 +6,11 @@ it; a no-go (no frames, no model, no backend, no sound output, latency over the 
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -28,14 +32,168 @@ class Check:
     detail: str
 
 
+def _cpu_list(text: str) -> set[int]:
+    """'1-3,5' -> {1, 2, 3, 5}; '' -> empty."""
+    cpus: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        try:
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            continue  # isolcpus flags such as "domain" or "managed_irq"
+    return cpus
+
+
 def check_cpus(cfg: Config, role: str) -> Check:
-    isolated = read_kernel_value(ISOLATED_CPUS)
-    wanted = cfg.edge.cpus if role == "edge" else cfg.backend.cpus
+    isolated = _cpu_list(read_kernel_value(ISOLATED_CPUS))
+    asked = next(
+        (t.split("=", 1)[1] for t in read_kernel_value("/proc/cmdline").split() if t.startswith("isolcpus=")),
+        "",
+    )
+    wanted = set(cfg.edge.cpus if role == "edge" else cfg.backend.cpus)
+    if asked and not isolated:
+        return Check(
+            "isolated CPUs", NO_GO, f"the kernel line asks isolcpus={asked} but none are isolated: reboot"
+        )
     if not isolated:
         return Check(
-            "isolated CPUs", WARN, f"none isolated (kernel line: isolcpus=); app pinned to {wanted or 'all'}"
+            "isolated CPUs",
+            WARN,
+            f"none isolated (kernel line: isolcpus=); app pinned to {sorted(wanted) or 'all'}",
         )
-    return Check("isolated CPUs", GO, f"isolated {isolated}; app pinned to {wanted or 'all'}")
+    if not wanted or not wanted <= isolated:
+        return Check(
+            "isolated CPUs",
+            WARN,
+            f"isolated {sorted(isolated)} but the {role} is pinned to {sorted(wanted) or 'all'}: "
+            f"set [{role}] cpus to isolated ones",
+        )
+    return Check("isolated CPUs", GO, f"isolated {sorted(isolated)}; {role} pinned to {sorted(wanted)}")
+
+
+def service_pid(role: str) -> tuple[int, str]:
+    """(MainPID, ActiveState) of lalelu-<role>; pid 0 when it is not running or there is no systemd."""
+    if shutil.which("systemctl") is None:
+        return 0, "no systemd here"
+    r = subprocess.run(
+        ["systemctl", "show", "-p", "MainPID", "-p", "ActiveState", "--value", f"lalelu-{role}"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    fields = r.stdout.split()
+    if r.returncode != 0 or len(fields) < 2 or not fields[0].isdigit():
+        return 0, "unknown"
+    return int(fields[0]), fields[1]
+
+
+SUMMARY_LINE = re.compile(
+    r"^(\d+\.\d+) .*frames (\d+), poses (\d+), dropped (\d+) \| total p50 ([\d.]+) p99 ([\d.]+) ms"
+)
+
+
+def live_from_journal(lines: list[str], fps_wanted: float, p99_limit_ms: float) -> list[Check]:
+    """Camera rate and latency of the running edge service, from its last two summary lines
+    (`journalctl -o short-unix`): the camera is the service's while it plays."""
+    found = [m for m in map(SUMMARY_LINE.match, lines) if m]
+    if len(found) < 2:
+        return [Check("camera", WARN, "the running edge has logged no two summaries yet: wait 10 s")]
+    a, b = found[-2], found[-1]
+    fps = (int(b[2]) + int(b[4]) - int(a[2]) - int(a[4])) / max(1e-9, float(b[1]) - float(a[1]))
+    p50, p99 = float(b[5]), float(b[6])
+    return [
+        Check(
+            "camera",
+            GO if fps >= 0.9 * fps_wanted else NO_GO,
+            f"in use by the running edge: {fps:.1f} fps of {fps_wanted:g} configured",
+        ),
+        Check(
+            "live latency",
+            GO if p99 <= p99_limit_ms else NO_GO,
+            f"the running edge, last 500 frames: p50 {p50:.2f} ms, p99 {p99:.2f} ms (limit {p99_limit_ms:g} ms)",
+        ),
+    ]
+
+
+def check_running_edge(cfg: Config, p99_limit_ms: float) -> list[Check]:
+    r = subprocess.run(
+        [
+            "journalctl",
+            "-u",
+            "lalelu-edge",
+            "-o",
+            "short-unix",
+            "-n",
+            "200",
+            "--no-pager",
+            "--since",
+            "-1min",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return live_from_journal(r.stdout.splitlines(), cfg.camera.fps, p99_limit_ms)
+
+
+def check_service(role: str) -> Check:
+    """The systemd service of this role: running, pinned and real-time as the configuration says?"""
+    unit = f"lalelu-{role}"
+    pid, state = service_pid(role)
+    if not pid:
+        return Check("service", WARN, f"{unit} is not running ({state}): `systemctl start {unit}` to play")
+    try:
+        cpus = sorted(os.sched_getaffinity(pid))
+        fifo = os.sched_getscheduler(pid) == os.SCHED_FIFO
+    except OSError as exc:
+        return Check("service", WARN, f"{unit} pid {pid}: cannot read its scheduling ({exc})")
+    isolated = _cpu_list(read_kernel_value(ISOLATED_CPUS))
+    pinned = bool(isolated) and set(cpus) <= isolated
+    detail = f"{unit} pid {pid} on CPUs {cpus}{' (isolated)' if pinned else ''}, {'SCHED_FIFO' if fifo else 'normal scheduler'}"
+    return Check("service", GO if pinned and fifo else WARN, detail)
+
+
+FIRMWARE_THROTTLED = "/sys/devices/platform/soc/soc:firmware/get_throttled"
+THERMAL_ZONE = "/sys/class/thermal/thermal_zone0/temp"
+# The Raspberry Pi firmware's get_throttled bits: now (0-3) and since boot (16-19)
+THROTTLE_BITS = {0: "under-voltage", 1: "ARM frequency capped", 2: "throttled", 3: "soft temperature limit"}
+
+
+def read_throttled() -> int | None:
+    text = read_kernel_value(FIRMWARE_THROTTLED)
+    if not text and shutil.which("vcgencmd"):
+        r = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5)
+        text = r.stdout.strip().partition("=")[2]
+    try:
+        return int(text, 16) if text else None
+    except ValueError:
+        return None
+
+
+def throttle_check(flags: int | None, temp_c: float | None) -> Check:
+    temp = f"{temp_c:.1f} °C" if temp_c is not None else "temperature unknown"
+    if flags is None:
+        verdict = WARN if temp_c is not None and temp_c >= 80 else GO
+        return Check("power & heat", verdict, f"{temp}; no firmware throttling flags (not a Raspberry Pi)")
+    now = [name for bit, name in THROTTLE_BITS.items() if flags & (1 << bit)]
+    since_boot = [name for bit, name in THROTTLE_BITS.items() if flags & (1 << (bit + 16))]
+    if now:
+        hint = "use the official power supply" if flags & 1 else "cool the Pi (heatsink, fan)"
+        return Check("power & heat", NO_GO, f"{temp}; now: {', '.join(now)} (0x{flags:x}): {hint}")
+    if since_boot or (temp_c is not None and temp_c >= 80):
+        earlier = (
+            f"since boot: {', '.join(since_boot)} (0x{flags:x})" if since_boot else "near the 85 °C limit"
+        )
+        return Check("power & heat", WARN, f"{temp}; {earlier}")
+    return Check("power & heat", GO, f"{temp}; never throttled since boot")
+
+
+def check_power_and_heat() -> Check:
+    milli = read_kernel_value(THERMAL_ZONE)
+    temp_c = int(milli) / 1000 if milli.lstrip("-").isdigit() else None
+    return throttle_check(read_throttled(), temp_c)
 
 
 def check_governor() -> Check:
@@ -132,8 +290,12 @@ def check_local_model(cfg: Config, frames: int, p99_limit_ms: float) -> list[Che
 
 
 def run_checks(cfg: Config, role: str, frames: int = 50, p99_limit_ms: float = 50.0) -> list[Check]:
-    checks = [check_cpus(cfg, role), check_governor()]
-    if role == "edge":
+    checks = [check_cpus(cfg, role), check_governor(), check_power_and_heat(), check_service(role)]
+    if role == "edge" and service_pid("edge")[0]:
+        checks += check_running_edge(cfg, p99_limit_ms)  # the camera is the service's now
+        if cfg.edge.backend:
+            checks += check_backend(cfg.edge.backend, frames, p99_limit_ms)[:1]
+    elif role == "edge":
         checks.append(check_camera(cfg))
         if cfg.edge.backend:
             checks += check_backend(cfg.edge.backend, frames, p99_limit_ms)

@@ -48,6 +48,9 @@ class TelemetryRing:
 
     def __init__(self, capacity: int = 4096) -> None:
         self.rows = np.zeros(capacity, dtype=TELEMETRY_DTYPE)
+        # np.zeros gets untouched pages from the kernel: each would fault (and grow RSS) the first time a
+        # frame's row lands on it, in the hot loop, for minutes. Touch them all now.
+        self.rows.fill(0)
         self.capacity = capacity
         self.count = 0  # rows ever written
 
@@ -65,6 +68,14 @@ class TelemetryRing:
         """Rows of frames first_seq..end_seq-1 still in the ring (a copy)."""
         first_seq = max(first_seq, end_seq - self.capacity, 0)
         return self.rows[np.arange(first_seq, end_seq) % self.capacity]
+
+    def answered_between(self, first_seq: int, end_seq: int) -> np.ndarray:
+        """Rows of frames first_seq..end_seq-1 that got a pose (a copy). A slot whose frame was never
+        written (dropped at capture) still holds an older frame's row: its seq tells, and it is left out."""
+        first_seq = max(first_seq, end_seq - self.capacity, 0)
+        seqs = np.arange(first_seq, end_seq)
+        rows = self.rows[seqs % self.capacity]
+        return rows[(rows["seq"] == seqs) & (rows["pose_ns"] > 0)]
 
     def recent(self) -> np.ndarray:
         """The rows still in the ring, oldest first (a copy)."""

@@ -27,6 +27,11 @@ PI_CMDLINE = (
 PI_CONFIG = (
     "# For more options and information see http://rptl.io/configtxt\ndtparam=audio=on\n[cm4]\notg_mode=1\n"
 )
+PI_FSTAB = (
+    "proc            /proc           proc    defaults          0       0\n"
+    "PARTUUID=4e639091-01  /boot/firmware  vfat    defaults          0       2\n"
+    "PARTUUID=4e639091-02  /               ext4    defaults,noatime  0       1\n"
+)
 # This machine's last CPU stands in for the example inventory's core 3 (a Pi has 4 cores; CI may have 2)
 ISO = (os.cpu_count() or 2) - 1
 GRUB_DEFAULT = 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
@@ -86,6 +91,7 @@ def _copy_rootfs(base: Path, dest: Path, kind: str) -> Path:
         (dest / "boot/firmware").mkdir(parents=True, exist_ok=True)
         (dest / "boot/firmware/cmdline.txt").write_text(PI_CMDLINE + "\n")
         (dest / "boot/firmware/config.txt").write_text(PI_CONFIG)
+        (dest / "etc/fstab").write_text(PI_FSTAB)
     else:
         (dest / "etc/default/grub.d").mkdir(parents=True, exist_ok=True)
         (dest / "etc/default/grub").write_text(GRUB_DEFAULT)
@@ -123,7 +129,7 @@ all:
 {f'        pc-rootfs: {{ansible_host: "{pc_root}", rt_tuning_isolated_cpus: [{ISO}]}}' if pc_root else "        {}"}
 """
     inv = tmp / "inventory"
-    inv.mkdir(exist_ok=True)
+    inv.mkdir(parents=True, exist_ok=True)
     (inv / "hosts.yml").write_text(hosts)  # site.yml's own group_vars/ apply as in production
     return inv / "hosts.yml"
 
@@ -294,3 +300,46 @@ def test_bad_inventory_fails_before_changing_anything(
     assert (pi / "boot/firmware/cmdline.txt").read_text() == before
     assert not (pi / "etc/lalelu").exists()
     assert not (pi / "etc/security/limits.d/90-lalelu-rt.conf").exists()
+
+
+def test_readonly_root_switches_on_and_off_idempotently_and_guards_a_live_overlay(
+    base_rootfs, model_file, tmp_path
+):
+    pi = _copy_rootfs(base_rootfs, tmp_path / "pi", "pi")
+    on = _inventory(tmp_path / "on", pi, None, model_file, ", readonly_root_enabled: true")
+    first = _playbook(on, "--tags", "readonly")
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-2000:]
+    line = (pi / "boot/firmware/cmdline.txt").read_text()
+    assert line.count("\n") == 1 and line.endswith("\n"), "cmdline.txt must stay one line"
+    assert line.split() == ["overlayroot=tmpfs", *PI_CMDLINE.split()]  # every other token kept, in order
+    fstab = (pi / "etc/fstab").read_text()
+    assert "/boot/firmware  vfat    defaults,ro" in fstab and "defaults,noatime  0       1" in fstab
+    journal = (pi / "etc/systemd/journald.conf.d/60-lalelu-volatile.conf").read_text()
+    assert "Storage=volatile" in journal and "RuntimeMaxUse=32M" in journal
+    config = (pi / "boot/firmware/config.txt").read_text()
+    assert "auto_initramfs=1" in config and "dtparam=audio=on" in config
+    assert (pi / "usr/sbin/overlayroot-chroot").exists()  # the real package, for the documented way back
+    again = _playbook(on, "--tags", "readonly")
+    assert again.returncode == 0 and _changed(again.stdout) == {"pi-rootfs": 0}, again.stdout[-4000:]
+
+    # The root is an overlay now (as /proc/mounts tells on the Pi): provisioning must refuse.
+    (pi / "proc/mounts").write_text(
+        "overlayroot / overlay rw,relatime,lowerdir=/media/root-ro,upperdir=/media/root-rw/overlay 0 0\n"
+        "/dev/mmcblk0p1 /boot/firmware vfat rw,relatime 0 0\n"
+    )
+    refused = _playbook(on)
+    assert refused.returncode != 0
+    assert "is a read-only overlay now" in refused.stdout and "readonly_root_enabled=false" in refused.stdout
+    assert not (pi / "etc/lalelu").exists()
+
+    # The documented way back: only the readonly tag, switched off; the boot files are real, so it sticks.
+    off = _inventory(tmp_path / "off", pi, None, model_file, ", readonly_root_enabled: false")
+    back = _playbook(off, "--tags", "readonly")
+    assert back.returncode == 0, back.stdout[-6000:]
+    assert (pi / "boot/firmware/cmdline.txt").read_text() == PI_CMDLINE + "\n"
+    assert (pi / "etc/fstab").read_text() == PI_FSTAB
+    assert not (pi / "etc/systemd/journald.conf.d/60-lalelu-volatile.conf").exists()
+    (pi / "proc/mounts").unlink()
+    again = _playbook(off, "--tags", "readonly")
+    assert again.returncode == 0 and _changed(again.stdout) == {"pi-rootfs": 0}, again.stdout[-4000:]
+    shutil.rmtree(pi)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+from pathlib import Path
 
 from conftest import lalelu_cmd
 
@@ -38,3 +40,38 @@ def test_red_when_the_model_file_is_missing(tmp_path):
     assert r.returncode == 1
     assert "NO-GO  model" in r.stdout and "does not exist" in r.stdout
     assert "NOT READY: model" in r.stdout
+
+
+def test_power_and_heat_reads_the_pi_firmware_flags():
+    from lalelu.check import GO, NO_GO, WARN, throttle_check
+
+    assert throttle_check(0x0, 52.0).verdict == GO
+    now = throttle_check(0x50005, 61.2)  # under-voltage and throttled now, and since boot
+    assert now.verdict == NO_GO and "under-voltage, throttled" in now.detail and "power supply" in now.detail
+    hot = throttle_check(0x80008, 83.0)  # soft temperature limit now
+    assert hot.verdict == NO_GO and "cool the Pi" in hot.detail
+    earlier = throttle_check(0x50000, 48.0)  # under-voltage and throttling happened since boot, not now
+    assert earlier.verdict == WARN and "since boot: under-voltage, throttled" in earlier.detail
+    assert (
+        throttle_check(None, 45.0).verdict == GO and "not a Raspberry Pi" in throttle_check(None, 45.0).detail
+    )
+
+
+def test_a_running_edge_is_judged_from_its_own_summary_lines(tmp_path):
+    """The summary lines the real edge logs (captured from a run), as `journalctl -o short-unix` prints them."""
+    from conftest import run_local_edge
+
+    from lalelu.check import GO, NO_GO, live_from_journal
+
+    config = tmp_path / "edge.toml"
+    config.write_text(Path(DEMO).read_text().replace("summary_interval_s = 5.0", "summary_interval_s = 0.5"))
+    r = run_local_edge(50, 2.5, "--config", str(config))
+    lines = [ln for ln in r.stderr.decode().splitlines() if "frames " in ln and "| total p50" in ln]
+    assert len(lines) >= 2, r.stderr.decode()
+    journal = [f"{1732440000 + 5 * i:.6f} pi-stage-left python3[812]: {ln}" for i, ln in enumerate(lines)]
+    frames = [int(re.search(r"frames (\d+)", ln)[1]) for ln in lines]  # type: ignore[index]
+    camera, latency = live_from_journal(journal, fps_wanted=(frames[-1] - frames[-2]) / 5, p99_limit_ms=500)
+    assert camera.verdict == GO and latency.verdict == GO, (camera, latency)
+    slow = live_from_journal(journal, fps_wanted=1000, p99_limit_ms=0.001)
+    assert [c.verdict for c in slow] == [NO_GO, NO_GO]
+    assert live_from_journal(journal[:1], 50, 50)[0].detail.startswith("the running edge has logged no two")

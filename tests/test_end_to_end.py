@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import psutil
+import pytest
 from conftest import Backend, lalelu_cmd, run_local_edge
 
 
@@ -173,3 +174,30 @@ def test_sound_can_leave_from_the_backend(tmp_path):
             backend.stop()
     assert msg.address == "/lalelu/hit"
     assert msg.params[0] == "nod" and msg.params[1] == 36
+
+
+def test_backend_serves_only_the_clients_in_its_allow_list(tmp_path):
+    import socket
+
+    import numpy as np
+
+    from lalelu.protocol import PixelFormat, Status, encode_frame_header, round_trip
+
+    frame = np.full((240, 320, 3), 90, np.uint8).tobytes()
+    header = encode_frame_header(1, 1, PixelFormat.RGB888, 320, 240, len(frame))
+    out = np.zeros((17, 3), np.float32)
+    for allowed, served in (("127.0.0.1", True), ("192.0.2.7", False)):
+        config = tmp_path / f"backend-{allowed}.toml"
+        config.write_text(f'[backend]\nlisten_host = "127.0.0.1"\nallow = ["{allowed}"]\n')
+        backend = Backend(tmp_path, "--config", str(config))
+        try:
+            with socket.create_connection(("127.0.0.1", backend.port), timeout=10) as sock:
+                if served:
+                    assert round_trip(sock, header, frame, out).status == Status.OK
+                else:
+                    with pytest.raises(OSError):  # closed unanswered (ConnectionError is an OSError)
+                        round_trip(sock, header, frame, out)
+        finally:
+            backend.stop()
+        if not served:
+            assert "refused 127.0.0.1" in (tmp_path / "backend.log").read_text()

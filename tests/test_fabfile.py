@@ -121,3 +121,22 @@ def test_fab_says_when_a_host_is_unreachable(tmp_path):
     r = fab("status", "--inventory", str(inv), cwd=tmp_path)
     assert r.returncode != 0
     assert "is unreachable" in r.stderr + r.stdout
+
+
+def test_fab_check_runs_lalelu_check_on_each_host_and_says_ready(sshd, tmp_path):
+    inv = inventory(tmp_path, sshd, sys.prefix)
+    r = fab("check", "--inventory", str(inv), "--config", str(ROOT / "lalelu/data/demo.toml"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "== loopback-backend (127.0.0.1, backend)" in r.stdout
+    assert "go     model" in r.stdout and "READY TO PLAY" in r.stdout
+    assert r.stdout.rstrip().endswith("loopback-backend  READY")
+
+
+def test_fab_check_exits_non_zero_when_a_host_is_not_ready(sshd, tmp_path):
+    inv = inventory(tmp_path, sshd, sys.prefix)
+    bad = tmp_path / "backend.toml"
+    bad.write_text(f'[engine]\nmodel = "{tmp_path / "thunder.tflite"}"\n')
+    r = fab("check", "--inventory", str(inv), "--config", str(bad), cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "NO-GO  model" in r.stdout and "loopback-backend  NOT READY" in r.stdout
+    assert "not ready: loopback-backend" in r.stderr
