@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,14 @@ def validate(cfg: Config, origin: str = "configuration") -> None:
                 f'{origin}: [edge] backend = {cfg.edge.backend!r} must be HOST:PORT (e.g. "192.168.1.10:7600"), '
                 "or empty to infer on the edge"
             )
+    for client in cfg.backend.allow:
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            raise ConfigError(
+                f"{origin}: [backend] allow = {cfg.backend.allow!r}: {client!r} is not an IP address; "
+                'list the edges\' addresses (e.g. "192.168.1.20"), or leave it empty to allow any'
+            ) from None
     if cfg.camera.source == "replay" and not cfg.camera.path:
         raise ConfigError(
             f'{origin}: [camera] source = "replay" needs [camera] path (a video or image folder)'

@@ -104,6 +104,10 @@ def model_file(tmp_path_factory) -> tuple[Path, str]:
     return src, hashlib.sha256(src.read_bytes()).hexdigest()
 
 
+# The edge's ansible_host here is its root's path, not the IP address the backend would allow
+PC_ALLOW = 'lalelu_backend_allow: ["192.0.2.20"]'
+
+
 def _inventory(
     tmp: Path, pi_root: Path, pc_root: Path | None, model: tuple[Path, str], pi_vars: str = ""
 ) -> Path:
@@ -126,7 +130,7 @@ all:
         pi-rootfs: {{ansible_host: "{pi_root}", rt_tuning_isolated_cpus: [{ISO}]{pi_vars}}}
     backend:
       hosts:
-{f'        pc-rootfs: {{ansible_host: "{pc_root}", rt_tuning_isolated_cpus: [{ISO}]}}' if pc_root else "        {}"}
+{f'        pc-rootfs: {{ansible_host: "{pc_root}", rt_tuning_isolated_cpus: [{ISO}], {PC_ALLOW}}}' if pc_root else "        {}"}
 """
     inv = tmp / "inventory"
     inv.mkdir(parents=True, exist_ok=True)
@@ -233,6 +237,7 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
         ).read_bytes() == model_file[0].read_bytes()
         limits = (root / "etc/security/limits.d/90-lalelu-rt.conf").read_text()
         assert "lalelu - rtprio 95" in limits
+    assert 'allow = ["192.0.2.20"]' in (pc / "etc/lalelu/backend.toml").read_text()
     assert f"IRQBALANCE_BANNED_CPULIST={ISO}" in (pi / "etc/default/irqbalance").read_text()
 
     t0 = time.monotonic()

@@ -25,6 +25,8 @@ def test_shipped_configs_load(path):
         ({"backend": {"sched_fifo": 1}}, r"expected true or false"),
         ({"cameras": {}}, r"unknown section \[cameras\]"),
         ({"camera": {"source": "replay"}}, r"needs \[camera\] path"),
+        ({"backend": {"allow": ["pi-stage-left"]}}, r"'pi-stage-left' is not an IP address"),
+        ({"edge": {"reply_timeout_s": 0}}, r"\[edge\] reply_timeout_s = 0 is out of range"),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(data, message):
