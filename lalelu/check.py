@@ -46,13 +46,10 @@ def _cpu_list(text: str) -> set[int]:
     return cpus
 
 
-def check_cpus(cfg: Config, role: str) -> Check:
-    isolated = _cpu_list(read_kernel_value(ISOLATED_CPUS))
-    asked = next(
-        (t.split("=", 1)[1] for t in read_kernel_value("/proc/cmdline").split() if t.startswith("isolcpus=")),
-        "",
-    )
-    wanted = set(cfg.edge.cpus if role == "edge" else cfg.backend.cpus)
+def isolation_check(cmdline: str, isolated_text: str, wanted: set[int], role: str) -> Check:
+    """The kernel line's isolcpus= against what the kernel isolated, and where the app is pinned."""
+    isolated = _cpu_list(isolated_text)
+    asked = next((t.split("=", 1)[1] for t in cmdline.split() if t.startswith("isolcpus=")), "")
     if asked and not isolated:
         return Check(
             "isolated CPUs", NO_GO, f"the kernel line asks isolcpus={asked} but none are isolated: reboot"
@@ -71,6 +68,11 @@ def check_cpus(cfg: Config, role: str) -> Check:
             f"set [{role}] cpus to isolated ones",
         )
     return Check("isolated CPUs", GO, f"isolated {sorted(isolated)}; {role} pinned to {sorted(wanted)}")
+
+
+def check_cpus(cfg: Config, role: str) -> Check:
+    wanted = set(cfg.edge.cpus if role == "edge" else cfg.backend.cpus)
+    return isolation_check(read_kernel_value("/proc/cmdline"), read_kernel_value(ISOLATED_CPUS), wanted, role)
 
 
 def service_pid(role: str) -> tuple[int, str]:

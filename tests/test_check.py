@@ -75,3 +75,16 @@ def test_a_running_edge_is_judged_from_its_own_summary_lines(tmp_path):
     slow = live_from_journal(journal, fps_wanted=1000, p99_limit_ms=0.001)
     assert [c.verdict for c in slow] == [NO_GO, NO_GO]
     assert live_from_journal(journal[:1], 50, 50)[0].detail.startswith("the running edge has logged no two")
+
+
+def test_isolated_cpus_must_be_active_and_hold_the_app():
+    from lalelu.check import GO, NO_GO, WARN, isolation_check
+
+    line = "console=tty1 root=PARTUUID=4e639091-02 isolcpus=3 nohz_full=3 rcu_nocbs=3"
+    not_active = isolation_check(line, "", {3}, "edge")  # asked for, but this boot did not apply it
+    assert not_active.verdict == NO_GO and "isolcpus=3 but none are isolated: reboot" in not_active.detail
+    assert isolation_check(line, "3", {3}, "edge").verdict == GO
+    elsewhere = isolation_check(line, "3", {1}, "edge")
+    assert elsewhere.verdict == WARN and "set [edge] cpus to isolated ones" in elsewhere.detail
+    assert isolation_check("isolcpus=domain,managed_irq,2-3", "2-3", {2, 3}, "backend").verdict == GO
+    assert isolation_check("quiet", "", set(), "edge").verdict == WARN
