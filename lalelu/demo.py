@@ -18,7 +18,8 @@ from lalelu.errors import LaleluError
 DEMO_CONFIG = Path(__file__).resolve().parent / "data" / "demo.toml"
 
 
-def _lalelu(*args: str) -> list[str]:
+def lalelu_command(*args: str) -> list[str]:
+    """`lalelu ARGS` as a child process of this interpreter."""
     return [sys.executable, "-m", "lalelu.cli", *args]
 
 
@@ -39,47 +40,64 @@ def backend_and_edge(
     config: Path, seconds: float, workdir: Path, quiet: bool, edge_args: tuple[str, ...] = ()
 ) -> Iterator[tuple[subprocess.Popen, subprocess.Popen, Path]]:
     """A backend on a free port and an edge sending to it for `seconds`: (backend, edge, edge summary file).
-    The backend is stopped on the way out; the caller waits for the edge."""
+    Quiet: their logs go to backend.log and edge.log in `workdir` (a pipe nobody reads would fill up and
+    stop a long run). The backend is stopped on the way out; the caller waits for the edge."""
     ready = workdir / "backend.json"
     summary_file = workdir / "edge.json"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    backend = subprocess.Popen(
-        _lalelu("backend", "--config", str(config), "--port", "0", "--ready-file", str(ready)),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE if quiet else None,
-    )
-    try:
-        port = wait_until_ready(backend, ready)["port"]
-        edge = subprocess.Popen(
-            _lalelu(
-                "edge",
-                "--config",
-                str(config),
-                "--backend",
-                f"127.0.0.1:{port}",
-                "--seconds",
-                str(seconds),
-                "--summary-json",
-                str(summary_file),
-                *edge_args,
-            ),
+    with contextlib.ExitStack() as logs:
+
+        def stderr(name: str):
+            return logs.enter_context(open(workdir / f"{name}.log", "wb")) if quiet else None
+
+        backend = subprocess.Popen(
+            lalelu_command("backend", "--config", str(config), "--port", "0", "--ready-file", str(ready)),
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE if quiet else None,
+            stderr=stderr("backend"),
         )
         try:
-            yield backend, edge, summary_file
+            try:
+                port = wait_until_ready(backend, ready)["port"]
+            except LaleluError as exc:
+                raise LaleluError(f"{exc}{log_tail(workdir, 'backend')}") from None
+            edge = subprocess.Popen(
+                lalelu_command(
+                    "edge",
+                    "--config",
+                    str(config),
+                    "--backend",
+                    f"127.0.0.1:{port}",
+                    "--seconds",
+                    str(seconds),
+                    "--summary-json",
+                    str(summary_file),
+                    *edge_args,
+                ),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr("edge"),
+            )
+            try:
+                yield backend, edge, summary_file
+            finally:
+                if edge.poll() is None:
+                    edge.terminate()
+                    edge.wait(timeout=10)
         finally:
-            if edge.poll() is None:
-                edge.terminate()
-                edge.wait(timeout=10)
-    finally:
-        backend.terminate()
-        try:
-            backend.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            backend.kill()
+            backend.terminate()
+            try:
+                backend.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                backend.kill()
+
+
+def log_tail(workdir: Path, name: str, lines: int = 5) -> str:
+    """The last lines of a quiet run's log, for an error message ('' when it was not quiet)."""
+    path = workdir / f"{name}.log"
+    if not path.exists():
+        return ""
+    return "; its log ends: " + " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def progress(label: str, done: float, total: float) -> None:
@@ -100,7 +118,9 @@ def run_demo(seconds: float, config: Path | None, quiet: bool = False, fps: floa
             if not quiet:
                 print(file=sys.stderr)
             if edge.returncode != 0:
-                raise LaleluError(f"the demo's edge exited with code {edge.returncode}")
+                raise LaleluError(
+                    f"the demo's edge exited with code {edge.returncode}{log_tail(Path(tmp), 'edge')}"
+                )
         summary = json.loads(summary_file.read_text())
     result = {k: v for k, v in summary.items() if k != "stages_ms"}
     cfg = load_config(config)

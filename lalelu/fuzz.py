@@ -135,11 +135,10 @@ def fuzz(address: tuple[str, int], packets: int, seed: int = 0, server_pid: int 
 
 def main() -> int:
     import subprocess
-    import sys
     import tempfile
     from pathlib import Path
 
-    from lalelu.demo import wait_until_ready
+    from lalelu.demo import lalelu_command, wait_until_ready
     from lalelu.errors import LaleluError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -151,19 +150,9 @@ def main() -> int:
         log = open(Path(tmp) / "backend.log", "w+")  # noqa: SIM115
         # the real backend in its own process (its own GIL, its own memory to watch)
         backend = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lalelu.cli",
-                "backend",
-                "--port",
-                "0",
-                "--threads",
-                "1",
-                "--no-fifo",
-                "--ready-file",
-                str(ready),
-            ],
+            lalelu_command(
+                "backend", "--port", "0", "--threads", "1", "--no-fifo", "--ready-file", str(ready)
+            ),
             stdout=subprocess.DEVNULL,
             stderr=log,
         )

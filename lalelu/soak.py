@@ -16,7 +16,7 @@ import numpy as np
 
 from lalelu.bench import machine_facts
 from lalelu.config import load_config
-from lalelu.demo import DEMO_CONFIG, backend_and_edge, progress
+from lalelu.demo import DEMO_CONFIG, backend_and_edge, log_tail, progress
 from lalelu.errors import LaleluError
 from lalelu.plots import load_telemetry
 from lalelu.timing import NS_PER_MS
@@ -119,9 +119,14 @@ def run_soak(
             if not quiet:
                 print(file=sys.stderr)
             if edge.returncode != 0:
-                raise LaleluError(f"the soak's edge exited with code {edge.returncode}")
+                raise LaleluError(
+                    f"the soak's edge exited with code {edge.returncode}{log_tail(Path(tmp), 'edge')}"
+                )
             if backend.poll() is not None:
-                raise LaleluError(f"the backend died during the soak (exit code {backend.returncode})")
+                raise LaleluError(
+                    f"the backend died during the soak (exit code {backend.returncode})"
+                    f"{log_tail(Path(tmp), 'backend')}"
+                )
         summary = json.loads(summary_file.read_text())
         rows = load_telemetry(telemetry)
     intervals = per_interval(rows, fps, interval_s)
