@@ -18,6 +18,7 @@ import numpy as np
 
 from lalelu.config import Config
 from lalelu.errors import LaleluError
+from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import PixelFormat, encode_frame_header, round_trip
 from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, read_kernel_value
 from lalelu.timing import summarize_ns
@@ -140,10 +141,9 @@ def check_running_edge(cfg: Config, p99_limit_ms: float) -> list[Check]:
     return live_from_journal(r.stdout.splitlines(), cfg.camera.fps, p99_limit_ms)
 
 
-def check_service(role: str) -> Check:
-    """The systemd service of this role: running, pinned and real-time as the configuration says?"""
+def check_service(role: str, pid: int, state: str) -> Check:
+    """The systemd service of this role (`service_pid`): running, pinned and real-time?"""
     unit = f"lalelu-{role}"
-    pid, state = service_pid(role)
     if not pid:
         return Check("service", WARN, f"{unit} is not running ({state}): `systemctl start {unit}` to play")
     try:
@@ -239,13 +239,14 @@ def check_output(cfg: Config) -> Check:
 
 
 def check_backend(address: str, frames: int, p99_limit_ms: float) -> list[Check]:
-    host, _, port = address.rpartition(":")
+    from edge_app.link import split_address
+
     w, h = 320, 240
     frame = np.full((h, w, 3), 90, np.uint8).tobytes()
-    out = np.zeros((17, 3), np.float32)
+    out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
     rtts = np.zeros(frames, np.int64)
     try:
-        with socket.create_connection((host, int(port)), timeout=5) as sock:
+        with socket.create_connection(split_address(address), timeout=5) as sock:
             for i in range(frames):
                 t0 = time.perf_counter_ns()
                 reply = round_trip(sock, encode_frame_header(i, 1, PixelFormat.RGB888, w, h), frame, out)
@@ -273,7 +274,7 @@ def check_local_model(cfg: Config, frames: int, p99_limit_ms: float) -> list[Che
         engine = engine_from_config(cfg.engine, warm=True)
     except LaleluError as exc:
         return [Check("model", NO_GO, str(exc))]
-    out = np.zeros((17, 3), np.float32)
+    out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
     times = np.zeros(frames, np.int64)
     for i in range(frames):
         t0 = time.perf_counter_ns()
@@ -292,8 +293,14 @@ def check_local_model(cfg: Config, frames: int, p99_limit_ms: float) -> list[Che
 
 
 def run_checks(cfg: Config, role: str, frames: int = 50, p99_limit_ms: float = 50.0) -> list[Check]:
-    checks = [check_cpus(cfg, role), check_governor(), check_power_and_heat(), check_service(role)]
-    if role == "edge" and service_pid("edge")[0]:
+    pid, state = service_pid(role)
+    checks = [
+        check_cpus(cfg, role),
+        check_governor(),
+        check_power_and_heat(),
+        check_service(role, pid, state),
+    ]
+    if role == "edge" and pid:
         checks += check_running_edge(cfg, p99_limit_ms)  # the camera is the service's now
         if cfg.edge.backend:
             checks += check_backend(cfg.edge.backend, frames, p99_limit_ms)[:1]

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import psutil
 
+from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import (
     FRAME_HEADER,
     REPLY_SIZE,
@@ -73,7 +74,7 @@ class GoodEdge(threading.Thread):
 
     def run(self) -> None:
         frame = np.full((48, 64, 3), 120, np.uint8).tobytes()
-        out = np.zeros((17, 3), np.float32)
+        out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         with socket.create_connection(self.address, timeout=10) as sock:
             while not self.stop_flag.is_set():
                 header = encode_frame_header(self.sent, 1, PixelFormat.RGB888, 64, 48)
