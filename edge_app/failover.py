@@ -38,7 +38,6 @@ class Reconnector:
         self._stop = threading.Event()
         self._ready: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self.attempts = 0
         self.last_error = ""
 
     def start(self) -> None:
@@ -71,7 +70,6 @@ class Reconnector:
     def _run(self) -> None:
         delay = self._first_delay_s
         while not self._stop.is_set():
-            self.attempts += 1
             try:
                 self._ready = self._try_once()
                 return

@@ -113,7 +113,8 @@ class EdgeLoop:
         link, self._link = self._link, None
         assert link is not None
         link.close()  # joins its receiver: no late reply reaches the consumer after this
-        self.lost_in_flight += link.sent - link.replies
+        lost = link.sent - link.replies
+        self.lost_in_flight += lost
         self.consumer.all_notes_off()
         self.backend_losses += 1
         self._local_since = time.monotonic()
@@ -122,7 +123,7 @@ class EdgeLoop:
         log.warning(
             "backend lost (%s): %d frames in flight lost; inferring locally with %s, reconnecting",
             why,
-            link.sent - link.replies,
+            lost,
             self._estimator.engine.name,
         )
         assert self._reconnector is not None

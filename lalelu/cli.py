@@ -135,8 +135,14 @@ def _run(args: argparse.Namespace) -> int:
         from edge_app.loop import run_edge
 
         cfg = _config(args, "edge")
-        cfg = override(cfg, "edge", backend=args.backend, seconds=args.seconds, telemetry=args.telemetry)
-        cfg = override(cfg, "edge", fallback=False if args.no_fallback else None)
+        cfg = override(
+            cfg,
+            "edge",
+            backend=args.backend,
+            seconds=args.seconds,
+            telemetry=args.telemetry,
+            fallback=False if args.no_fallback else None,
+        )
         cfg = override(cfg, "camera", source=args.source, fps=args.fps)
         cfg = override(cfg, "output", mapping=args.mapping, kind=args.output)
         summary = run_edge(cfg, args.summary_json, args.record)

@@ -72,9 +72,8 @@ class TelemetryRing:
     def answered_between(self, first_seq: int, end_seq: int) -> np.ndarray:
         """Rows of frames first_seq..end_seq-1 that got a pose (a copy). A slot whose frame was never
         written (dropped at capture) still holds an older frame's row: its seq tells, and it is left out."""
-        first_seq = max(first_seq, end_seq - self.capacity, 0)
-        seqs = np.arange(first_seq, end_seq)
-        rows = self.rows[seqs % self.capacity]
+        rows = self.rows_between(first_seq, end_seq)
+        seqs = np.arange(end_seq - len(rows), end_seq)
         return rows[(rows["seq"] == seqs) & (rows["pose_ns"] > 0)]
 
     def recent(self) -> np.ndarray:
