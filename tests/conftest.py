@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,13 @@ def lightning_onnx(tmp_path_factory) -> Path:
     from lalelu.convert import to_onnx
 
     return to_onnx(BUNDLED_MODEL, tmp_path_factory.mktemp("onnx") / "lightning.onnx", log=lambda m: None)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for a server the test starts, or an unreachable one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def lalelu_cmd(*args: str) -> list[str]:

@@ -10,7 +10,7 @@ import time
 
 import psutil
 import pytest
-from conftest import Backend, lalelu_cmd, run_local_edge
+from conftest import Backend, free_port, lalelu_cmd, run_local_edge
 
 
 def test_edge_and_backend_processes(tmp_path):
@@ -72,16 +72,8 @@ def test_edge_without_backend_infers_locally(tmp_path):
     assert s["poses_received"] == s["frames_sent"] >= 30
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_edge_without_fallback_and_unreachable_backend_says_so():
-    port = _free_port()
+    port = free_port()
     r = subprocess.run(
         lalelu_cmd("edge", "--backend", f"127.0.0.1:{port}", "--seconds", "1", "--no-fallback"),
         capture_output=True,
@@ -93,7 +85,7 @@ def test_edge_without_fallback_and_unreachable_backend_says_so():
 
 
 def test_edge_with_unreachable_backend_plays_locally_and_says_so(tmp_path):
-    port = _free_port()
+    port = free_port()
     summary_file = tmp_path / "edge.json"
     r = subprocess.run(
         lalelu_cmd(

@@ -8,25 +8,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Backend, lalelu_cmd
+from conftest import Backend, free_port, lalelu_cmd
 
 rtmidi = pytest.importorskip("rtmidi", reason="python-rtmidi is part of the dev extra")
 
 FPS = 50
 MAX_IN_FLIGHT = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp, port: int, output: str = "midi") -> tuple:
