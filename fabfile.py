@@ -1,24 +1,31 @@
-"""Remote tasks over the Ansible inventory (Fabric 3): `fab bench`, `fab convert`, `fab status`, `fab logs`.
+"""Remote tasks over the Ansible inventory (Fabric 3): `fab bench`, `fab convert`, `fab status`,
+`fab logs`, `fab check`.
 
-Hosts, users, ports and keys come from the Ansible inventory (`ansible/inventory/hosts.yml`, or
-`--inventory`), never from a second host list. The project is expected in the virtualenv named by the
-inventory variable `lalelu_venv` (where the Ansible app role installs it).
+Hosts and their variables come from Ansible itself (`ansible-inventory --list`, with the playbook's
+folder, so YAML or INI inventories, group_vars/ and host_vars/ all count), never from a second host list:
+`ansible_host`, `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file` and `lalelu_venv` (the
+virtualenv the Ansible app role installs the project into). One SSH connection per host, reused by every
+command of a task; every remote argument is quoted.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from fabric import Connection, task
 from invoke.exceptions import Exit
 from paramiko.ssh_exception import SSHException
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_INVENTORY = ROOT / "ansible" / "inventory" / "hosts.yml"
+DEFAULT_VENV = "/opt/lalelu/venv"
 
 
 @dataclass
@@ -30,49 +37,79 @@ class Host:
     key: str
     venv: str
     groups: list[str]
+    _connection: Connection | None = field(default=None, repr=False)
 
     def connect(self) -> Connection:
-        kwargs = {"key_filename": self.key} if self.key else {}
-        return Connection(
-            self.address,
-            user=self.user or None,
-            port=self.port,
-            connect_kwargs={**kwargs, "look_for_keys": not self.key, "allow_agent": not self.key},
-            connect_timeout=10,
-        )
+        """This host's one connection (opened at the first command, kept for the task's others)."""
+        if self._connection is None:
+            kwargs = {"key_filename": self.key} if self.key else {}
+            self._connection = Connection(
+                self.address,
+                user=self.user or None,
+                port=self.port,
+                connect_kwargs={**kwargs, "look_for_keys": not self.key, "allow_agent": not self.key},
+                connect_timeout=10,
+            )
+        return self._connection
+
+
+def ansible_inventory(path: Path) -> dict:
+    """`ansible-inventory --list` of this inventory, as JSON."""
+    exe = shutil.which("ansible-inventory") or str(Path(sys.executable).with_name("ansible-inventory"))
+    if not Path(exe).exists() and not shutil.which(exe):
+        raise Exit("ansible-inventory is missing: pip install -e '.[controller]' installs Ansible")
+    if not Path(path).exists():
+        raise Exit(f"cannot read the inventory {path}: no such file; pass --inventory PATH")
+    r = subprocess.run(
+        [exe, "-i", str(path), "--playbook-dir", str(ROOT / "ansible"), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if r.returncode != 0:
+        raise Exit(f"ansible-inventory cannot read {path}:\n{r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout)
+
+
+def _plain(host: str, vars_: dict, key: str, default: str) -> str:
+    value = str(vars_.get(key, default))
+    if "{{" in value or "{%" in value:
+        raise Exit(f"{host}: {key} = {value!r} is a template; fab needs a plain value there in the inventory")
+    return value
 
 
 def load_inventory(path: Path) -> dict[str, Host]:
-    """Ansible's YAML inventory: groups with hosts, children and vars; host vars override group vars."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise Exit(f"cannot read the inventory {path}: {exc.strerror}; pass --inventory PATH") from exc
+    data = ansible_inventory(path)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+
+    def members(group: str, seen: frozenset = frozenset()) -> list[str]:
+        body = data.get(group, {})
+        found = list(body.get("hosts", []))
+        for child in body.get("children", []):
+            if child not in seen:
+                found += members(child, seen | {group})
+        return found
+
+    groups: dict[str, list[str]] = {}
+    for group in data:
+        if group in ("_meta", "all"):
+            continue
+        for name in members(group):
+            groups.setdefault(name, [])
+            if group not in groups[name]:
+                groups[name].append(group)
     hosts: dict[str, Host] = {}
-
-    def walk(group: str, body: dict, inherited: dict) -> None:
-        body = body or {}
-        vars_ = {**inherited, **(body.get("vars") or {})}
-        for name, hvars in (body.get("hosts") or {}).items():
-            v = {**vars_, **(hvars or {})}
-            h = hosts.get(name)
-            if h is None:
-                hosts[name] = Host(
-                    name,
-                    str(v.get("ansible_host", name)),
-                    str(v.get("ansible_user", "")),
-                    int(v.get("ansible_port", 22)),
-                    str(v.get("ansible_ssh_private_key_file", "")),
-                    str(v.get("lalelu_venv", "/opt/lalelu/venv")),
-                    [group],
-                )
-            else:
-                h.groups.append(group)
-        for child, cbody in (body.get("children") or {}).items():
-            walk(child, cbody, vars_)
-
-    for group, body in data.items():
-        walk(group, body, {})
+    for name in members("all") or list(hostvars):
+        v = hostvars.get(name, {})
+        hosts[name] = Host(
+            name,
+            _plain(name, v, "ansible_host", name),
+            _plain(name, v, "ansible_user", ""),
+            int(_plain(name, v, "ansible_port", "22")),
+            _plain(name, v, "ansible_ssh_private_key_file", ""),
+            _plain(name, v, "lalelu_venv", DEFAULT_VENV),
+            groups.get(name, []),
+        )
     return hosts
 
 
@@ -95,7 +132,10 @@ def select(inventory: str, group: str, hosts: str) -> list[Host]:
     return chosen
 
 
-def remote(host: Host, command: str, hide: bool = True):
+def remote(host: Host, command: str | list[str], hide: bool = True):
+    """Run a command (an argument list is quoted word by word) over the host's one connection."""
+    if isinstance(command, list):
+        command = shlex.join(command)
     try:
         return host.connect().run(command, hide=hide, warn=True, in_stream=False)
     except (TimeoutError, OSError, SSHException) as exc:
@@ -107,7 +147,7 @@ def lalelu(host: Host) -> str:
 
 
 def check_venv(host: Host) -> None:
-    r = remote(host, f"test -x {lalelu(host)}")
+    r = remote(host, ["test", "-x", lalelu(host)])
     if r.exited != 0:
         raise Exit(
             f"{host.name}: no lalelu in {host.venv}; deploy it (ansible-playbook site.yml --tags app) "
@@ -151,8 +191,23 @@ def bench(
         remote_json = f"/tmp/lalelu-bench-{int(time.time())}.json"
         r = remote(
             host,
-            f"{lalelu(host)} bench --configs {configs} --threads {threads} --n {count} --warmup {warmup} "
-            f"--cpu-affinity {cpu} --json {remote_json} --quiet",
+            [
+                lalelu(host),
+                "bench",
+                "--configs",
+                str(configs),
+                "--threads",
+                str(threads),
+                "--n",
+                str(int(count)),
+                "--warmup",
+                str(int(warmup)),
+                "--cpu-affinity",
+                str(int(cpu)),
+                "--json",
+                remote_json,
+                "--quiet",
+            ],
         )
         if r.exited != 0:
             raise Exit(f"{host.name}: lalelu bench failed:\n{r.stderr[-2000:]}")
@@ -190,7 +245,8 @@ def convert(c, source, to="tensorrt", fp16=False, inventory="", hosts=""):
     """Run `lalelu convert` on the backend."""
     for host in select(inventory, "backend", hosts):
         check_venv(host)
-        r = remote(host, f"{lalelu(host)} convert {source} --to {to}{' --fp16' if fp16 else ''}", hide=False)
+        fp16_flag = ["--fp16"] if fp16 else []
+        r = remote(host, [lalelu(host), "convert", str(source), "--to", str(to), *fp16_flag], hide=False)
         if r.exited != 0:
             raise Exit(f"{host.name}: lalelu convert failed")
 
@@ -220,7 +276,21 @@ def logs(c, group="all", hosts="", inventory="", lines=100):
     """The services' journal."""
     for host in select(inventory, group, hosts):
         print(f"== {host.name}")
-        print(remote(host, f"journalctl -u lalelu-edge -u lalelu-backend -n {lines} --no-pager").stdout)
+        print(
+            remote(
+                host,
+                [
+                    "journalctl",
+                    "-u",
+                    "lalelu-edge",
+                    "-u",
+                    "lalelu-backend",
+                    "-n",
+                    str(int(lines)),
+                    "--no-pager",
+                ],
+            ).stdout
+        )
 
 
 @task(
@@ -241,10 +311,23 @@ def check(c, group="all", hosts="", inventory="", config="", max_p99_ms=50.0, fr
         print(f"== {host.name} ({host.address}, {role})", flush=True)
         try:
             check_venv(host)
+            # the host's configuration is readable by root and the app's user only
+            sudo = [] if host.user == "root" else ["sudo", "-n"]
             r = remote(
                 host,
-                f"{lalelu(host)} check --role {role} --config {config or f'/etc/lalelu/{role}.toml'} "
-                f"--frames {int(frames)} --max-p99-ms {float(max_p99_ms)}",
+                [
+                    *sudo,
+                    lalelu(host),
+                    "check",
+                    "--role",
+                    role,
+                    "--config",
+                    config or f"/etc/lalelu/{role}.toml",
+                    "--frames",
+                    str(int(frames)),
+                    "--max-p99-ms",
+                    str(float(max_p99_ms)),
+                ],
                 hide=False,
             )
         except Exit as exc:  # one host down must not hide the others' tables

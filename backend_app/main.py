@@ -11,7 +11,7 @@ from pathlib import Path
 from backend_app.server import InferenceServer
 from lalelu.config import Config
 from lalelu.engines import engine_from_config
-from lalelu.gestures.consumer import gesture_consumer
+from lalelu.gestures.consumer import gesture_consumer, request_reload
 from lalelu.inference import PoseEstimator
 from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
 from lalelu.sdnotify import Watchdog, notify
@@ -47,6 +47,7 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
     )
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
+    signal.signal(signal.SIGHUP, lambda *_: request_reload(server.consumer))  # `systemctl reload`
     if ready_file is not None:  # written whole, then renamed: a reader never sees half of it
         partial_file = ready_file.with_name(ready_file.name + ".part")
         partial_file.write_text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -21,13 +22,14 @@ from edge_app.link import BackendLink, BackendUnavailable, connect_backend
 from lalelu.clock import now_ns
 from lalelu.config import Config
 from lalelu.engines import engine_from_config
-from lalelu.gestures.consumer import GestureConsumer, gesture_consumer
+from lalelu.gestures.consumer import gesture_consumer, request_reload
 from lalelu.gestures.recording import PoseRecorder
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import Reply, Status
 from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
 from lalelu.sdnotify import Watchdog, notify
+from lalelu.state import state_path, status_line, write_state
 from lalelu.timing import TelemetryRing, stage_summary, write_jsonl
 
 log = logging.getLogger("lalelu.edge")
@@ -57,6 +59,8 @@ class EdgeLoop:
         self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._written = 0
         self._telemetry_fh: IO[str] | None = None
+        self._state_path = state_path(cfg.edge.state_file)
+        self._last_report = (time.monotonic(), 0)  # (when, frames captured): the fps of each report
 
     def stop(self) -> None:
         self._stop.set()
@@ -241,6 +245,7 @@ class EdgeLoop:
         # Later ones may be in flight and are written with the next report.
         done = self._answered_end
         s = stage_summary(self.telemetry.answered_between(max(first_seq, done - 500), done))
+        self._publish_state(s)
         log.info(
             "frames %d, poses %d, dropped %d | total p50 %.2f p99 %.2f ms | infer p50 %.2f ms | "
             "overhead p50 %.2f p99 %.2f ms",
@@ -254,6 +259,43 @@ class EdgeLoop:
             s["overhead"].get("p99", 0),
         )
         self._flush_telemetry(done)
+
+    def mode(self) -> str:
+        if not self.cfg.edge.backend:
+            return "local"
+        return "remote" if self._link is not None else "local, reconnecting"
+
+    def _publish_state(self, s: dict) -> None:
+        """Every summary: the state file `lalelu check` reads and systemd's STATUS= line."""
+        now, captured = time.monotonic(), self.sent + self.source.dropped
+        then, captured_then = self._last_report
+        self._last_report = (now, captured)
+        state = {
+            "mode": self.mode(),
+            "backend": self.cfg.edge.backend,
+            "fps": (captured - captured_then) / max(now - then, 1e-9),
+            "fps_wanted": self.source.fps,
+            "frames": self.sent,
+            "poses": self.received,
+            "dropped": self.source.dropped,
+            "latency_p50_ms": s["total"].get("p50", 0.0),
+            "latency_p99_ms": s["total"].get("p99", 0.0),
+            "hits": getattr(self.consumer, "hits", 0),
+            "backend_losses": self.backend_losses,
+            "summary_interval_s": self.cfg.edge.summary_interval_s,
+            "pid": os.getpid(),
+        }
+        notify("STATUS=" + status_line(state))
+        if self._state_path is not None:
+            try:
+                write_state(self._state_path, state)
+            except OSError as exc:
+                log.warning(
+                    "cannot write the state file %s (%s); `lalelu check` will not see it",
+                    self._state_path,
+                    exc,
+                )
+                self._state_path = None
 
     def summary(self, first_seq: int, end_seq: int, elapsed_s: float) -> dict:
         s = stage_summary(self.telemetry.answered_between(first_seq, end_seq))
@@ -290,8 +332,7 @@ def run_edge(cfg: Config, summary_json: Path | None = None, record: Path | None 
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     signal.signal(signal.SIGINT, lambda *_: loop.stop())
     consumer = getattr(loop.consumer, "inner", loop.consumer)
-    if isinstance(consumer, GestureConsumer):
-        signal.signal(signal.SIGHUP, lambda *_: setattr(consumer, "reload_requested", True))
+    signal.signal(signal.SIGHUP, lambda *_: request_reload(consumer))
     summary = loop.run()
     line = json.dumps({k: v for k, v in summary.items() if k != "stages_ms"})
     if summary_json is not None:

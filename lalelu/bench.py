@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.errors import LaleluError
-from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, read_kernel_value
+from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, online_cpus, read_kernel_value
 from lalelu.timing import summarize_ns
 
 CONFIG_WORDS = ("plain", "pinned", "fifo", "reference", "eager", "graph", "fp16", "tf32", "compile")
@@ -196,10 +196,9 @@ def run_bench(
 ) -> dict:
     for c in configs:
         check_config(engine_name, c)
-    if cpu not in os.sched_getaffinity(0):
-        raise LaleluError(
-            f"--cpu-affinity {cpu}: this process may run on CPUs {sorted(os.sched_getaffinity(0))}"
-        )
+    online = online_cpus()
+    if cpu not in online:
+        raise LaleluError(f"--cpu-affinity {cpu}: this host's CPUs are {sorted(online)}; choose one of them")
     results = []
     for threads in threads_list:
         for config in configs:

@@ -7,7 +7,6 @@ it; a no-go (no frames, no model, no backend, no sound output, latency over the 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from lalelu.errors import LaleluError
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import PixelFormat, encode_frame_header, round_trip
 from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, read_kernel_value
+from lalelu.state import SERVICE_STATE, read_state, state_path
 from lalelu.timing import summarize_ns
 
 GO, WARN, NO_GO = "go", "warn", "NO-GO"
@@ -92,21 +92,26 @@ def service_pid(role: str) -> tuple[int, str]:
     return int(fields[0]), fields[1]
 
 
-SUMMARY_LINE = re.compile(
-    r"^(\d+\.\d+) .*frames (\d+), poses (\d+), dropped (\d+) \| total p50 ([\d.]+) p99 ([\d.]+) ms"
-)
-
-
-def live_from_journal(lines: list[str], fps_wanted: float, p99_limit_ms: float) -> list[Check]:
-    """Camera rate and latency of the running edge service, from its last two summary lines
-    (`journalctl -o short-unix`): the camera is the service's while it plays."""
-    found = [m for m in map(SUMMARY_LINE.match, lines) if m]
-    if len(found) < 2:
-        return [Check("camera", WARN, "the running edge has logged no two summaries yet: wait 10 s")]
-    a, b = found[-2], found[-1]
-    fps = (int(b[2]) + int(b[4]) - int(a[2]) - int(a[4])) / max(1e-9, float(b[1]) - float(a[1]))
-    p50, p99 = float(b[5]), float(b[6])
-    return [
+def live_from_state(state: dict | None, fps_wanted: float, p99_limit_ms: float, now: float) -> list[Check]:
+    """Camera rate, latency and inference mode of the running edge service, from the state file it
+    rewrites at every summary (`lalelu.state`): the camera is the service's while it plays."""
+    if state is None:
+        return [
+            Check("camera", WARN, f"the running edge has written no state yet ({SERVICE_STATE}): wait 10 s")
+        ]
+    age = now - float(state.get("time", 0))
+    interval = float(state.get("summary_interval_s") or 5.0)
+    if age > 3 * interval + 5:
+        return [
+            Check(
+                "camera",
+                NO_GO,
+                f"the running edge's state is {age:.0f} s old (it reports every {interval:g} s): "
+                "its loop is stuck; `journalctl -u lalelu-edge`",
+            )
+        ]
+    fps, p50, p99 = float(state["fps"]), float(state["latency_p50_ms"]), float(state["latency_p99_ms"])
+    checks = [
         Check(
             "camera",
             GO if fps >= 0.9 * fps_wanted else NO_GO,
@@ -118,27 +123,25 @@ def live_from_journal(lines: list[str], fps_wanted: float, p99_limit_ms: float) 
             f"the running edge, last 500 frames: p50 {p50:.2f} ms, p99 {p99:.2f} ms (limit {p99_limit_ms:g} ms)",
         ),
     ]
+    mode, backend = str(state.get("mode", "")), str(state.get("backend", ""))
+    if backend:
+        checks.append(
+            Check("inference", GO, f"on the backend {backend}")
+            if mode == "remote"
+            else Check(
+                "inference",
+                WARN,
+                f"{mode}: the backend {backend} does not answer; playing on the local model",
+            )
+        )
+    else:
+        checks.append(Check("inference", GO, "local (no backend configured)"))
+    return checks
 
 
 def check_running_edge(cfg: Config, p99_limit_ms: float) -> list[Check]:
-    r = subprocess.run(
-        [
-            "journalctl",
-            "-u",
-            "lalelu-edge",
-            "-o",
-            "short-unix",
-            "-n",
-            "200",
-            "--no-pager",
-            "--since",
-            "-1min",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    return live_from_journal(r.stdout.splitlines(), cfg.camera.fps, p99_limit_ms)
+    path = state_path(cfg.edge.state_file) or SERVICE_STATE
+    return live_from_state(read_state(path), cfg.camera.fps, p99_limit_ms, time.time())
 
 
 def check_service(role: str, pid: int, state: str) -> Check:

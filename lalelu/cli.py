@@ -12,6 +12,7 @@ from lalelu.bench import DEFAULT_CONFIGS, DEFAULT_CONFIGS_OTHER
 from lalelu.config import Config, load_config, override
 from lalelu.engines import ENGINE_NAMES
 from lalelu.errors import LaleluError
+from lalelu.logs import error_line, setup_logging
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--seconds", type=float, help="stop after this long (default: run until stopped)")
     edge.add_argument("--telemetry", help="write per-frame telemetry as JSON lines to this file")
     edge.add_argument("--summary-json", type=Path, help="write the final summary (with all stages) here")
+    edge.add_argument("--state-file", help="override [edge] state_file (JSON state at every summary)")
     edge.add_argument("--record", type=Path, help="record the pose stream to this .npz for `lalelu replay`")
     edge.add_argument("--mapping", help="override [output] mapping (a TOML path or a bundled name)")
     edge.add_argument("--output", choices=("log", "midi", "osc", "none"), help="override [output] kind")
@@ -141,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
             backend=args.backend,
             seconds=args.seconds,
             telemetry=args.telemetry,
+            state_file=args.state_file,
             fallback=False if args.no_fallback else None,
         )
         cfg = override(cfg, "camera", source=args.source, fps=args.fps)
@@ -256,13 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     if getattr(args, "quiet", False):
         level = logging.WARNING
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
-    )
+    setup_logging(level)
     try:
         return _run(args)
     except LaleluError as exc:
-        print(f"lalelu: error: {exc}", file=sys.stderr)
+        print(error_line(str(exc)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -81,6 +81,13 @@ class EdgeConfig:
     reconnect_max_s: float = field(
         default=4.0, metadata=_rule(0.1, 600, doc="the reconnect backoff doubles from 0.25 s up to this")
     )
+    state_file: str = field(
+        default="",
+        metadata=_rule(
+            doc="JSON state rewritten at every summary (`lalelu check` reads it); empty = "
+            "$RUNTIME_DIRECTORY/edge-state.json under systemd, none elsewhere"
+        ),
+    )
 
 
 @dataclass(frozen=True)

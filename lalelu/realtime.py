@@ -21,10 +21,22 @@ def read_kernel_value(path: str) -> str:
         return ""
 
 
+def online_cpus() -> set[int]:
+    """The CPUs this host runs. Isolated CPUs (isolcpus=) are among them but not in a new process's
+    default affinity: they may be chosen explicitly, which is what they are for."""
+    text = read_kernel_value("/sys/devices/system/cpu/online")
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus or set(range(os.cpu_count() or 1)) | os.sched_getaffinity(0)
+
+
 def pin_to_cpus(cpus: list[int]) -> list[int]:
     """Pin this process (all threads created later inherit it); return the affinity read back."""
     if cpus:
-        available = os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))
+        available = online_cpus()
         missing = [c for c in cpus if c not in available]
         if missing:
             log.warning("CPUs %s do not exist on this host (%d CPUs); not pinning", missing, os.cpu_count())

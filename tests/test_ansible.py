@@ -116,6 +116,7 @@ def _inventory(
 all:
   vars:
     ansible_connection: community.general.chroot
+    ansible_become: false  # the chroot connection is root already, and a minimal root has no sudo
     ansible_python_interpreter: /usr/bin/python3
     rt_tuning_allow_reboot: false
     pi_camera_install_packages: false

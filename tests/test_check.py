@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -57,24 +56,31 @@ def test_power_and_heat_reads_the_pi_firmware_flags():
     )
 
 
-def test_a_running_edge_is_judged_from_its_own_summary_lines(tmp_path):
-    """The summary lines the real edge logs (captured from a run), as `journalctl -o short-unix` prints them."""
+def test_a_running_edge_is_judged_from_the_state_file_it_writes(tmp_path):
+    """The real edge writes its state at every summary; check reads that, never its log lines."""
     from conftest import run_local_edge
 
-    from lalelu.check import GO, NO_GO, live_from_journal
+    from lalelu.check import GO, NO_GO, live_from_state
+    from lalelu.state import read_state
 
     config = tmp_path / "edge.toml"
     config.write_text(Path(DEMO).read_text().replace("summary_interval_s = 5.0", "summary_interval_s = 0.5"))
-    r = run_local_edge(50, 2.5, "--config", str(config))
-    lines = [ln for ln in r.stderr.decode().splitlines() if "frames " in ln and "| total p50" in ln]
-    assert len(lines) >= 2, r.stderr.decode()
-    journal = [f"{1732440000 + 5 * i:.6f} pi-stage-left python3[812]: {ln}" for i, ln in enumerate(lines)]
-    frames = [int(re.search(r"frames (\d+)", ln)[1]) for ln in lines]  # type: ignore[index]
-    camera, latency = live_from_journal(journal, fps_wanted=(frames[-1] - frames[-2]) / 5, p99_limit_ms=500)
-    assert camera.verdict == GO and latency.verdict == GO, (camera, latency)
-    slow = live_from_journal(journal, fps_wanted=1000, p99_limit_ms=0.001)
-    assert [c.verdict for c in slow] == [NO_GO, NO_GO]
-    assert live_from_journal(journal[:1], 50, 50)[0].detail.startswith("the running edge has logged no two")
+    state_file = tmp_path / "state.json"
+    run_local_edge(50, 2.5, "--config", str(config), "--state-file", str(state_file))
+    state = read_state(state_file)
+    assert state is not None and state["mode"] == "local" and state["frames"] > 0, state
+    assert 20 < state["fps"] < 80, state  # the last interval's camera rate, near 50
+    camera, latency, inference = live_from_state(
+        state, fps_wanted=25, p99_limit_ms=500, now=state["time"] + 1
+    )
+    assert (camera.verdict, latency.verdict, inference.verdict) == (GO, GO, GO), (camera, latency)
+    slow = live_from_state(state, fps_wanted=1000, p99_limit_ms=0.001, now=state["time"])
+    assert [c.verdict for c in slow[:2]] == [NO_GO, NO_GO]
+    stuck = live_from_state(state, 25, 500, now=state["time"] + 60)
+    assert stuck[0].verdict == NO_GO and "stuck" in stuck[0].detail
+    assert live_from_state(None, 50, 50, 0.0)[0].detail.startswith("the running edge has written no state")
+    lost = live_from_state(dict(state, mode="local, reconnecting", backend="pc:7600"), 25, 500, state["time"])
+    assert lost[2].detail.startswith("local, reconnecting: the backend pc:7600 does not answer")
 
 
 def test_isolated_cpus_must_be_active_and_hold_the_app():

@@ -55,3 +55,34 @@ def test_edge_kicks_the_watchdog_while_frames_flow(tmp_path):
     kicks = [t for t, m in got if m == "WATCHDOG=1"]
     assert len(kicks) >= 3, messages
     assert max(b - a for a, b in itertools.pairwise(kicks)) < 1.0
+
+
+def test_log_lines_carry_journald_priorities_only_under_journald(tmp_path, monkeypatch):
+    """Under systemd stderr is the journal's stream (JOURNAL_STREAM=dev:ino): each line starts with
+    its syslog priority (so `journalctl -p warning` finds warnings) and has no timestamp of its own."""
+    import logging
+    import os
+
+    from lalelu.logs import error_line, setup_logging
+
+    with open(tmp_path / "stream", "w+") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        setup_logging(logging.INFO, stream)
+        logging.getLogger("lalelu.edge").warning("backend lost (%s)", "reset")
+        logging.getLogger("lalelu.edge").info("two\nlines")
+        assert error_line("model file /x does not exist", stream).startswith("<3>lalelu: error: ")
+        stream.seek(0)
+        assert stream.read().splitlines() == [
+            "<4>lalelu.edge: backend lost (reset)",
+            "<6>lalelu.edge: two",
+            "<6>lines",
+        ]
+    with open(tmp_path / "terminal", "w+") as stream:  # another file: a terminal or a pipe
+        setup_logging(logging.INFO, stream)
+        logging.getLogger("lalelu.edge").warning("plain")
+        stream.seek(0)
+        line = stream.read().strip()
+        assert line.endswith("lalelu.edge WARNING plain") and line[:4].isdigit(), line
+        assert not error_line("x", stream).startswith("<")
+    logging.basicConfig(force=True)

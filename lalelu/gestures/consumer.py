@@ -129,3 +129,11 @@ def open_output(cfg: OutputConfig) -> SoundOutput:
 def gesture_consumer(cfg: OutputConfig, width: int, height: int) -> GestureConsumer:
     path = resolve_mapping(cfg.mapping)
     return GestureConsumer(load_mapping(path), open_output(cfg), width, height, path)
+
+
+def request_reload(consumer: object) -> None:
+    """SIGHUP (`systemctl reload`): the mapping is read again at the next frame; nothing else stops."""
+    if isinstance(consumer, GestureConsumer):
+        consumer.reload_requested = True
+    else:
+        log.info("SIGHUP: nothing to reload (no mapping plays here)")

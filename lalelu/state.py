@@ -1,0 +1,41 @@
+"""The running edge's state as structured data: a small JSON file rewritten atomically at every summary
+(on tmpfs under systemd: /run/lalelu) and the same in one line of sd_notify `STATUS=` for
+`systemctl status`. `lalelu check` reads the file; nothing parses log lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+STATE_NAME = "edge-state.json"
+SERVICE_STATE = Path("/run/lalelu") / STATE_NAME  # RuntimeDirectory=lalelu of the lalelu-edge unit
+
+
+def state_path(configured: str) -> Path | None:
+    if configured:
+        return Path(configured)
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime) / STATE_NAME if runtime else None
+
+
+def write_state(path: Path, state: dict) -> None:
+    """Written whole, then renamed: a reader never sees half of it."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(dict(state, time=time.time())))
+    part.replace(path)
+
+
+def read_state(path: Path = SERVICE_STATE) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def status_line(state: dict) -> str:
+    return (
+        f"{state['mode']}: {state['fps']:.1f} fps, latency p50 {state['latency_p50_ms']:.1f} / "
+        f"p99 {state['latency_p99_ms']:.1f} ms, {state['hits']} hits"
+    )

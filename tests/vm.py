@@ -1,0 +1,425 @@
+"""Booted Debian VMs that stand in for the rig's machines in the provisioning tests.
+
+The "Pi": Debian bookworm arm64, debootstrapped, on a raw ext4 disk, booted by QEMU (TCG) the way the Pi
+firmware boots: the kernel and initrd found on the disk and exactly the line that the disk's
+/boot/firmware/cmdline.txt holds at that moment. When the guest reboots, QEMU exits (-no-reboot) and the
+harness boots it again the same way, so `ansible.builtin.reboot` works and new boot parameters take effect.
+A sudo user `pi` made the way Raspberry Pi Imager makes one (password-less sudo, an SSH key), systemd,
+and the Debian packages the roles install are in the image, so the VM runs with its outbound network cut
+(`restrict=on`): provisioning must work offline. SSH is forwarded to a loopback port.
+
+Images are built once per machine and cached (LALELU_VM_CACHE, default /var/cache/lalelu-test/vm).
+`python tests/vm.py boot` boots one by hand and prints how to log in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CACHE = Path(os.environ.get("LALELU_VM_CACHE", "/var/cache/lalelu-test/vm"))
+MIRROR = "http://deb.debian.org/debian"
+SUITE = "bookworm"
+USER = "pi"
+# What Raspberry Pi OS brings that the roles rely on, plus a Debian extension module built against
+# numpy 1.x (python3-bottleneck) to prove the edge's venv keeps the system numpy.
+PI_PACKAGES = [
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "openssh-server",
+    "sudo",
+    "python3",
+    "python3-venv",
+    "python3-apt",
+    "python3-packaging",
+    "python3-numpy",
+    "python3-bottleneck",
+    "iproute2",
+    "kmod",
+    "procps",
+    "ca-certificates",
+    "e2fsprogs",
+]
+# A Raspberry Pi OS cmdline.txt, with the console and root of QEMU's `virt` board (the Pi's own name
+# root=PARTUUID=... and console=serial0 mean nothing there)
+PI_CMDLINE = "console=ttyAMA0,115200 root=/dev/vda rootfstype=ext4 fsck.repair=yes rootwait"
+PI_CONFIG = (
+    "# For more options and information see http://rptl.io/configtxt\ndtparam=audio=on\n[cm4]\notg_mode=1\n"
+)
+IMAGE_SIZE = "6G"
+KERNEL = "linux-image-arm64"
+# The initramfs holds only what a `virt` board needs to mount its root: Debian's default (MODULES=most)
+# runs modinfo on every module, ~20 min under qemu-user.
+INITRAMFS_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "ext4"]
+
+
+def run(cmd: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        )
+    return r
+
+
+def missing_tools() -> list[str]:
+    tools = ["qemu-system-aarch64", "debootstrap", "mkfs.ext4", "debugfs", "ssh", "ssh-keygen"]
+    return [t for t in tools if shutil.which(t) is None]
+
+
+def enable_binfmt() -> None:
+    """Let this x86-64 host run arm64 programs (debootstrap's second stage, chroot set-up) through
+    qemu-user-static, registered with the fix-binary flag so the chroot needs no copy of it."""
+    mnt = Path("/proc/sys/fs/binfmt_misc")
+    if not (mnt / "register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(mnt)])
+    if not (mnt / "qemu-aarch64").exists():
+        conf = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
+        if not conf.exists():
+            raise RuntimeError("no qemu-aarch64 binfmt rule: apt install qemu-user-static")
+        (mnt / "register").write_text(conf.read_text().strip())
+
+
+def ssh_key() -> Path:
+    """The key the tests log in with (the Imager puts the user's public key into the image)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    key = CACHE / "id_ed25519"
+    if not key.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lalelu-test", "-f", str(key)])
+    return key
+
+
+def _chroot(root: Path, script: str) -> None:
+    run(["chroot", str(root), "/bin/sh", "-euc", script], timeout=1200)
+
+
+def _image_key() -> str:
+    import inspect
+
+    text = "\n".join(
+        [
+            SUITE,
+            MIRROR,
+            *PI_PACKAGES,
+            KERNEL,
+            *INITRAMFS_MODULES,
+            PI_CMDLINE,
+            PI_CONFIG,
+            IMAGE_SIZE,
+            inspect.getsource(pi_image),
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def pi_image() -> Path:
+    """The cached "freshly imaged Pi" disk; built (debootstrap under qemu-user, ~15 min) when missing
+    or when anything in this function or the constants above changed."""
+    image = CACHE / f"pi-arm64-{SUITE}-{_image_key()}.img"
+    if image.exists():
+        return image
+    enable_binfmt()
+    pub = ssh_key().with_suffix(".pub").read_text()
+    root = CACHE / "pi-root.tmp"
+    done = root / ".lalelu-debootstrapped"
+    packages = ",".join([*PI_PACKAGES, KERNEL, *INITRAMFS_MODULES])
+    if not done.exists() or done.read_text() != packages:  # a finished debootstrap is not done twice
+        shutil.rmtree(root, ignore_errors=True)
+        run(
+            [
+                "debootstrap",
+                "--arch=arm64",
+                "--variant=minbase",
+                f"--include={','.join(PI_PACKAGES)}",
+                SUITE,
+                str(root),
+                MIRROR,
+            ],
+            timeout=3600,
+        )
+        conf = root / "etc/initramfs-tools"
+        (conf / "conf.d").mkdir(parents=True, exist_ok=True)
+        (conf / "conf.d/lalelu-vm.conf").write_text("MODULES=list\n")
+        with open(conf / "modules", "a") as fh:
+            fh.write("\n".join(INITRAMFS_MODULES) + "\n")
+        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+        _chroot(
+            root, f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {KERNEL}"
+        )
+        done.write_text(packages)
+    (root / "etc/hostname").write_text("lalelu-pi\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 lalelu-pi\n")
+    (root / "etc/fstab").write_text("/dev/vda / ext4 defaults,noatime 0 1\n")
+    (root / "etc/resolv.conf").write_text("nameserver 10.0.2.3\n")
+    (root / "etc/systemd/network/20-wired.network").write_text(
+        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
+    )
+    fw = root / "boot/firmware"
+    fw.mkdir(parents=True, exist_ok=True)
+    (fw / "cmdline.txt").write_text(PI_CMDLINE + "\n")
+    (fw / "config.txt").write_text(PI_CONFIG)
+    # The Imager's user: in sudo (password-less, its own sudoers file), the user's SSH key
+    _chroot(
+        root,
+        f"id {USER} >/dev/null 2>&1 || useradd -m -s /bin/bash -G sudo,video,audio {USER}\n"
+        f"echo '{USER} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/010_pi-nopasswd\n"
+        "chmod 0440 /etc/sudoers.d/010_pi-nopasswd\n"
+        f"install -d -m 0700 -o {USER} -g {USER} /home/{USER}/.ssh\n"
+        f"echo '{pub.strip()}' > /home/{USER}/.ssh/authorized_keys\n"
+        f"chown {USER}:{USER} /home/{USER}/.ssh/authorized_keys\n"
+        "systemctl enable systemd-networkd ssh\n"
+        # apt's timers would take the dpkg lock under the tests at random; the network is cut anyway
+        "systemctl mask apt-daily.timer apt-daily-upgrade.timer\n"
+        "apt-get clean\n",
+    )
+    tmp = image.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(root), str(tmp), IMAGE_SIZE], timeout=1200)
+    tmp.rename(image)  # the root stays: a change of the set-up above needs no second debootstrap
+    for old in CACHE.glob("pi-arm64-*.img"):
+        if old != image:
+            old.unlink()
+    return image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def debugfs_read(disk: Path, path: str) -> bytes:
+    r = subprocess.run(["debugfs", "-R", f"cat {path}", str(disk)], capture_output=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"cannot read {path} from {disk}: {r.stderr.decode()[-500:]}")
+    return r.stdout
+
+
+def _newest_kernel(disk: Path) -> tuple[str, str]:
+    """/boot/vmlinuz-V and /boot/initrd.img-V of the newest kernel on the disk (what the firmware loads)."""
+    r = subprocess.run(["debugfs", "-R", "ls /boot", str(disk)], capture_output=True, text=True, timeout=60)
+    names = r.stdout.split()
+    versions = sorted(n.removeprefix("vmlinuz-") for n in names if n.startswith("vmlinuz-"))
+    if not versions:
+        raise RuntimeError(f"no kernel in /boot of {disk}")
+    v = versions[-1]
+    return f"/boot/vmlinuz-{v}", f"/boot/initrd.img-{v}"
+
+
+@dataclass
+class Boot:
+    cmdline: str
+    started: float
+    ssh_after_s: float | None = None
+
+
+@dataclass
+class VM:
+    """One booted VM. `start()` boots it and waits for SSH; guest reboots are followed; `power_cut()`
+    kills QEMU like a pulled plug; `stop()` powers it off."""
+
+    name: str
+    disk: Path
+    workdir: Path
+    smp: int = 4
+    memory_mb: int = 2048
+    ssh_port: int = field(default_factory=free_port)
+    # more QEMU user-network options: hostfwd=... / guestfwd=... for the rig's other machine
+    net_extra: str = ""
+    restrict: bool = True
+    boots: list[Boot] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._off = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.console = self.workdir / f"{self.name}-console.log"
+
+    # --- QEMU ---------------------------------------------------------------------------------------
+    def _qemu(self) -> subprocess.Popen:
+        kernel_path, initrd_path = _newest_kernel(self.disk)
+        kernel, initrd = self.workdir / "kernel", self.workdir / "initrd"
+        kernel.write_bytes(debugfs_read(self.disk, kernel_path))
+        initrd.write_bytes(debugfs_read(self.disk, initrd_path))
+        cmdline = debugfs_read(self.disk, "/boot/firmware/cmdline.txt").decode().strip()
+        net = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+        if self.restrict:
+            net += ",restrict=on"
+        if self.net_extra:
+            net += "," + self.net_extra
+        cmd = [
+            "qemu-system-aarch64",
+            "-M", "virt",
+            "-cpu", "cortex-a72",
+            "-smp", str(self.smp),
+            "-m", str(self.memory_mb),
+            "-kernel", str(kernel),
+            "-initrd", str(initrd),
+            "-append", cmdline,
+            "-drive", f"file={self.disk},format=raw,if=virtio,cache=writeback",
+            "-netdev", net,
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-device", "virtio-rng-pci",
+            "-display", "none",
+            "-monitor", "none",
+            "-serial", f"file:{self.console}.part",
+            "-no-reboot",
+        ]  # fmt: skip
+        self.boots.append(Boot(cmdline, time.monotonic()))
+        return subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+
+    def _supervise(self) -> None:
+        """Boot again whenever the guest reboots (QEMU exits with -no-reboot), as a Pi's firmware would."""
+        while not self._off.is_set():
+            with self._lock:
+                proc = self._proc
+            if proc is None:
+                return
+            proc.wait()
+            tail = self._console_tail()
+            with self._lock:
+                if self._off.is_set() or self._proc is not proc:
+                    return  # powered off or cut by the test
+                if "reboot: Restarting system" not in tail:
+                    self._proc = None  # the guest powered itself off
+                    return
+                self._proc = self._qemu()
+
+    def _console_tail(self) -> str:
+        part = Path(f"{self.console}.part")
+        text = part.read_text(errors="replace") if part.exists() else ""
+        with open(self.console, "a") as fh:  # keep every boot's console, one after the other
+            fh.write(text)
+        part.unlink(missing_ok=True)
+        return text[-2000:]
+
+    def start(self, timeout: float = 600) -> float:
+        """Power on and wait until SSH answers; returns the seconds that took."""
+        with self._lock:
+            self._off.clear()
+            self._proc = self._qemu()
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+        self._thread.start()
+        return self.wait_for_ssh(timeout)
+
+    def wait_for_ssh(self, timeout: float = 600) -> float:
+        t0 = self.boots[-1].started
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                proc = self._proc
+            if proc is not None and proc.poll() is not None and proc.returncode != 0:
+                raise RuntimeError(
+                    f"QEMU exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+                )
+            r = self.ssh("true", timeout=20, check=False)
+            if r.returncode == 0:
+                took = time.monotonic() - t0
+                self.boots[-1].ssh_after_s = took
+                return took
+            time.sleep(2)
+        raise TimeoutError(
+            f"{self.name}: no SSH after {timeout:.0f} s; console:\n{self.console_text()[-3000:]}"
+        )
+
+    def console_text(self) -> str:
+        text = self.console.read_text(errors="replace") if self.console.exists() else ""
+        part = Path(f"{self.console}.part")
+        return text + (part.read_text(errors="replace") if part.exists() else "")
+
+    def power_cut(self) -> None:
+        """SIGKILL QEMU: the guest loses everything it had not written, like a pulled plug."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        self._console_tail()
+
+    def stop(self) -> None:
+        self._off.set()
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.ssh("sudo systemctl poweroff", timeout=20, check=False)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        if Path(f"{self.console}.part").exists():
+            self._console_tail()
+
+    # --- SSH ----------------------------------------------------------------------------------------
+    def ssh_args(self) -> list[str]:
+        return [
+            "-i", str(ssh_key()),
+            "-p", str(self.ssh_port),
+            "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR",
+            "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10",
+        ]  # fmt: skip
+
+    def ssh(self, command: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run(
+            ["ssh", *self.ssh_args(), f"{USER}@127.0.0.1", command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and r.returncode != 0:
+            raise RuntimeError(
+                f"ssh {self.name} {command!r} failed ({r.returncode}): {r.stdout[-2000:]}{r.stderr[-2000:]}"
+            )
+        return r
+
+    def inventory_vars(self) -> dict[str, object]:
+        """How Ansible (and fab) reach this VM: the Imager's user, the forwarded port, the test key."""
+        return {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": self.ssh_port,
+            "ansible_user": USER,
+            "ansible_ssh_private_key_file": str(ssh_key()),
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        }
+
+
+def fresh_pi(workdir: Path, **kw) -> VM:
+    """A freshly imaged Pi: a copy of the cached image (sparse, so seconds) booted by its own VM."""
+    disk = workdir / "pi.img"
+    run(["cp", "--sparse=always", str(pi_image()), str(disk)])
+    return VM("pi", disk, workdir, **kw)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["build"]:
+        print(pi_image())
+    elif sys.argv[1:] == ["boot"]:
+        vm = fresh_pi(Path(os.environ.get("TMPDIR", "/tmp")) / "lalelu-pi-vm")
+        print(f"booted in {vm.start():.1f} s: ssh {' '.join(vm.ssh_args())} {USER}@127.0.0.1")
+        try:
+            signal.pause()
+        finally:
+            vm.stop()
+    else:
+        print("usage: python tests/vm.py build|boot", file=sys.stderr)
+        sys.exit(2)
