@@ -61,6 +61,18 @@ KERNEL = "linux-image-arm64"
 # The initramfs holds only what a `virt` board needs to mount its root: Debian's default (MODULES=most)
 # runs modinfo on every module, ~20 min under qemu-user.
 INITRAMFS_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "ext4"]
+# The "GPU PC": x86-64 on an MBR-partitioned disk that SeaBIOS boots through GRUB; its sudo user
+PC_USER = "drummer"
+PC_PACKAGES = [
+    "linux-image-amd64",
+    "grub-pc",
+    *[p for p in PI_PACKAGES if p not in ("python3-numpy", "python3-bottleneck")],
+]
+PC_GRUB = (
+    'GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\nGRUB_DISTRIBUTOR="Debian"\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
+    'GRUB_CMDLINE_LINUX="console=ttyS0,115200"\nGRUB_TERMINAL=serial\n'
+)
+PARTITION_OFFSET = 1 << 20
 
 
 def run(cmd: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
@@ -73,7 +85,16 @@ def run(cmd: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProce
 
 
 def missing_tools() -> list[str]:
-    tools = ["qemu-system-aarch64", "debootstrap", "mkfs.ext4", "debugfs", "ssh", "ssh-keygen"]
+    tools = [
+        "qemu-system-aarch64",
+        "qemu-system-x86_64",
+        "debootstrap",
+        "mkfs.ext4",
+        "debugfs",
+        "sfdisk",
+        "ssh",
+        "ssh-keygen",
+    ]
     return [t for t in tools if shutil.which(t) is None]
 
 
@@ -103,93 +124,163 @@ def _chroot(root: Path, script: str) -> None:
     run(["chroot", str(root), "/bin/sh", "-euc", script], timeout=1200)
 
 
-def _image_key() -> str:
+def _image_key(*parts: object) -> str:
     import inspect
 
-    text = "\n".join(
-        [
-            SUITE,
-            MIRROR,
-            *PI_PACKAGES,
-            KERNEL,
-            *INITRAMFS_MODULES,
-            PI_CMDLINE,
-            PI_CONFIG,
-            IMAGE_SIZE,
-            inspect.getsource(pi_image),
-        ]
-    )
+    text = "\n".join([SUITE, MIRROR, IMAGE_SIZE, inspect.getsource(_configure_root), *map(str, parts)])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def pi_image() -> Path:
-    """The cached "freshly imaged Pi" disk; built (debootstrap under qemu-user, ~15 min) when missing
-    or when anything in this function or the constants above changed."""
-    image = CACHE / f"pi-arm64-{SUITE}-{_image_key()}.img"
-    if image.exists():
-        return image
-    enable_binfmt()
-    pub = ssh_key().with_suffix(".pub").read_text()
-    root = CACHE / "pi-root.tmp"
+def _debootstrap(root: Path, arch: str, packages: list[str], then=None, then_key: str = "") -> None:
+    """A Debian root at `root` (and `then(root)` run on it), kept between builds: a change of the set-up
+    that follows needs no second debootstrap."""
     done = root / ".lalelu-debootstrapped"
-    packages = ",".join([*PI_PACKAGES, KERNEL, *INITRAMFS_MODULES])
-    if not done.exists() or done.read_text() != packages:  # a finished debootstrap is not done twice
-        shutil.rmtree(root, ignore_errors=True)
-        run(
-            [
-                "debootstrap",
-                "--arch=arm64",
-                "--variant=minbase",
-                f"--include={','.join(PI_PACKAGES)}",
-                SUITE,
-                str(root),
-                MIRROR,
-            ],
-            timeout=3600,
-        )
-        conf = root / "etc/initramfs-tools"
-        (conf / "conf.d").mkdir(parents=True, exist_ok=True)
-        (conf / "conf.d/lalelu-vm.conf").write_text("MODULES=list\n")
-        with open(conf / "modules", "a") as fh:
-            fh.write("\n".join(INITRAMFS_MODULES) + "\n")
-        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-        _chroot(
-            root, f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {KERNEL}"
-        )
-        done.write_text(packages)
-    (root / "etc/hostname").write_text("lalelu-pi\n")
-    (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 lalelu-pi\n")
-    (root / "etc/fstab").write_text("/dev/vda / ext4 defaults,noatime 0 1\n")
+    wanted = f"{arch} {','.join(packages)} {then_key}"
+    if done.exists() and done.read_text() == wanted:
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    run(
+        [
+            "debootstrap",
+            f"--arch={arch}",
+            "--variant=minbase",
+            f"--include={','.join(packages)}",
+            SUITE,
+            str(root),
+            MIRROR,
+        ],
+        timeout=3600,
+    )
+    if then is not None:
+        then(root)
+    done.write_text(wanted)
+
+
+def _configure_root(root: Path, hostname: str, user: str, fstab: str) -> None:
+    """What an installer or the Pi Imager leaves: a host name, a sudo user with the user's SSH key
+    (password-less sudo in its own sudoers file), SSH on, DHCP on the wired port."""
+    pub = ssh_key().with_suffix(".pub").read_text().strip()
+    (root / "etc/hostname").write_text(f"{hostname}\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n")
+    (root / "etc/fstab").write_text(fstab)
     (root / "etc/resolv.conf").write_text("nameserver 10.0.2.3\n")
     (root / "etc/systemd/network/20-wired.network").write_text(
         "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
     )
-    fw = root / "boot/firmware"
-    fw.mkdir(parents=True, exist_ok=True)
-    (fw / "cmdline.txt").write_text(PI_CMDLINE + "\n")
-    (fw / "config.txt").write_text(PI_CONFIG)
-    # The Imager's user: in sudo (password-less, its own sudoers file), the user's SSH key
     _chroot(
         root,
-        f"id {USER} >/dev/null 2>&1 || useradd -m -s /bin/bash -G sudo,video,audio {USER}\n"
-        f"echo '{USER} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/010_pi-nopasswd\n"
-        "chmod 0440 /etc/sudoers.d/010_pi-nopasswd\n"
-        f"install -d -m 0700 -o {USER} -g {USER} /home/{USER}/.ssh\n"
-        f"echo '{pub.strip()}' > /home/{USER}/.ssh/authorized_keys\n"
-        f"chown {USER}:{USER} /home/{USER}/.ssh/authorized_keys\n"
+        f"id {user} >/dev/null 2>&1 || useradd -m -s /bin/bash -G sudo,video,audio {user}\n"
+        f"echo '{user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/010_{user}-nopasswd\n"
+        f"chmod 0440 /etc/sudoers.d/010_{user}-nopasswd\n"
+        f"install -d -m 0700 -o {user} -g {user} /home/{user}/.ssh\n"
+        f"echo '{pub}' > /home/{user}/.ssh/authorized_keys\n"
+        f"chown {user}:{user} /home/{user}/.ssh/authorized_keys\n"
         "systemctl enable systemd-networkd ssh\n"
         # apt's timers would take the dpkg lock under the tests at random; the network is cut anyway
         "systemctl mask apt-daily.timer apt-daily-upgrade.timer\n"
         "apt-get clean\n",
     )
-    tmp = image.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(root), str(tmp), IMAGE_SIZE], timeout=1200)
-    tmp.rename(image)  # the root stays: a change of the set-up above needs no second debootstrap
-    for old in CACHE.glob("pi-arm64-*.img"):
+
+
+def _keep_only(image: Path, pattern: str) -> Path:
+    for old in CACHE.glob(pattern):
         if old != image:
             old.unlink()
     return image
+
+
+def _install_pi_kernel(root: Path) -> None:
+    """The kernel after the initramfs settings: Debian's default (MODULES=most) runs modinfo on every
+    module, ~20 min under qemu-user, where a `virt` board needs four."""
+    conf = root / "etc/initramfs-tools"
+    (conf / "conf.d").mkdir(parents=True, exist_ok=True)
+    (conf / "conf.d/lalelu-vm.conf").write_text("MODULES=list\n")
+    (conf / "modules").write_text("\n".join(INITRAMFS_MODULES) + "\n")
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    _chroot(root, f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {KERNEL}")
+
+
+def pi_image() -> Path:
+    """The cached "freshly imaged Pi" disk: arm64, one ext4 file system, the kernel and its line in
+    /boot/firmware. Built (debootstrap under qemu-user, ~15 min) when missing or outdated."""
+    image = (
+        CACHE
+        / f"pi-arm64-{SUITE}-{_image_key(PI_PACKAGES, KERNEL, INITRAMFS_MODULES, PI_CMDLINE, PI_CONFIG, USER)}.img"
+    )
+    if image.exists():
+        return image
+    enable_binfmt()
+    root = CACHE / "pi-root.tmp"
+    _debootstrap(root, "arm64", PI_PACKAGES, _install_pi_kernel, f"MODULES=list {INITRAMFS_MODULES} {KERNEL}")
+    _configure_root(root, "lalelu-pi", USER, "/dev/vda / ext4 defaults,noatime 0 1\n")
+    fw = root / "boot/firmware"
+    fw.mkdir(parents=True, exist_ok=True)
+    (fw / "cmdline.txt").write_text(PI_CMDLINE + "\n")
+    (fw / "config.txt").write_text(PI_CONFIG)
+    tmp = image.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(root), str(tmp), IMAGE_SIZE], timeout=1200)
+    tmp.rename(image)
+    return _keep_only(image, "pi-arm64-*.img")
+
+
+def pc_image() -> Path:
+    """The cached "GPU PC" disk: x86-64 on an MBR-partitioned disk with GRUB in its boot sector, as an
+    installer leaves it. GRUB is installed by the machine itself, booted once for that."""
+    image = CACHE / f"pc-amd64-{SUITE}-{_image_key(PC_PACKAGES, PC_GRUB, PC_USER)}.img"
+    if image.exists():
+        return image
+    root = CACHE / "pc-root.tmp"
+    _debootstrap(root, "amd64", PC_PACKAGES)
+    (root / "etc/default/grub").write_text(PC_GRUB)
+    _configure_root(root, "lalelu-pc", PC_USER, "/dev/vda1 / ext4 defaults,noatime 0 1\n")
+    tmp = image.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    size = int(IMAGE_SIZE.removesuffix("G")) << 30
+    with open(tmp, "wb") as fh:
+        fh.truncate(size)
+    run(["sfdisk", "-q", str(tmp)], input=f"label: dos\nstart={PARTITION_OFFSET >> 9}, type=83, bootable\n")
+    fs_blocks = (size - PARTITION_OFFSET) // 4096
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "rootfs",
+            "-b",
+            "4096",
+            "-E",
+            f"offset={PARTITION_OFFSET}",
+            "-d",
+            str(root),
+            str(tmp),
+            str(fs_blocks),
+        ],
+        timeout=1200,
+    )
+    # First boot straight into the kernel, to let the machine install its own boot loader
+    versions = sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))
+    installer = VM(
+        "pc-installer",
+        tmp,
+        CACHE / "pc-installer",
+        kind="pc",
+        user=PC_USER,
+        direct_boot=(
+            root / f"boot/vmlinuz-{versions[-1]}",
+            root / f"boot/initrd.img-{versions[-1]}",
+            "root=/dev/vda1 console=ttyS0,115200",
+        ),
+    )
+    installer.start()
+    try:
+        installer.ssh("sudo grub-install /dev/vda && sudo update-grub", timeout=600)
+    finally:
+        installer.stop()
+    shutil.rmtree(CACHE / "pc-installer", ignore_errors=True)
+    tmp.rename(image)
+    return _keep_only(image, "pc-amd64-*.img")
 
 
 def free_port() -> int:
@@ -231,6 +322,12 @@ class VM:
     name: str
     disk: Path
     workdir: Path
+    # pi: arm64, the kernel, initrd and line read off the disk at every boot, as the Pi firmware does;
+    # pc: x86-64, SeaBIOS boots the disk's GRUB
+    kind: str = "pi"
+    user: str = USER
+    # (kernel, initrd, line) from the host instead: how the PC image boots once to install GRUB
+    direct_boot: tuple[Path, Path, str] | None = None
     smp: int = 4
     memory_mb: int = 2048
     ssh_port: int = field(default_factory=free_port)
@@ -248,26 +345,35 @@ class VM:
         self.console = self.workdir / f"{self.name}-console.log"
 
     # --- QEMU ---------------------------------------------------------------------------------------
+    def _boot_args(self) -> tuple[list[str], str]:
+        if self.direct_boot is not None:
+            kernel, initrd, cmdline = self.direct_boot
+        elif self.kind == "pi":
+            kernel_path, initrd_path = _newest_kernel(self.disk)
+            kernel, initrd = self.workdir / "kernel", self.workdir / "initrd"
+            kernel.write_bytes(debugfs_read(self.disk, kernel_path))
+            initrd.write_bytes(debugfs_read(self.disk, initrd_path))
+            cmdline = debugfs_read(self.disk, "/boot/firmware/cmdline.txt").decode().strip()
+        else:
+            return [], ""  # GRUB's own line, read back from /proc/cmdline once it runs
+        return ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline], cmdline
+
     def _qemu(self) -> subprocess.Popen:
-        kernel_path, initrd_path = _newest_kernel(self.disk)
-        kernel, initrd = self.workdir / "kernel", self.workdir / "initrd"
-        kernel.write_bytes(debugfs_read(self.disk, kernel_path))
-        initrd.write_bytes(debugfs_read(self.disk, initrd_path))
-        cmdline = debugfs_read(self.disk, "/boot/firmware/cmdline.txt").decode().strip()
+        boot, cmdline = self._boot_args()
         net = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
         if self.restrict:
             net += ",restrict=on"
         if self.net_extra:
             net += "," + self.net_extra
+        if self.kind == "pi":
+            machine = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72"]
+        else:
+            machine = ["qemu-system-x86_64", "-M", "pc", "-cpu", "max"]
         cmd = [
-            "qemu-system-aarch64",
-            "-M", "virt",
-            "-cpu", "cortex-a72",
+            *machine,
             "-smp", str(self.smp),
             "-m", str(self.memory_mb),
-            "-kernel", str(kernel),
-            "-initrd", str(initrd),
-            "-append", cmdline,
+            *boot,
             "-drive", f"file={self.disk},format=raw,if=virtio,cache=writeback",
             "-netdev", net,
             "-device", "virtio-net-pci,netdev=n0,romfile=",
@@ -330,6 +436,8 @@ class VM:
             if r.returncode == 0:
                 took = time.monotonic() - t0
                 self.boots[-1].ssh_after_s = took
+                if not self.boots[-1].cmdline:
+                    self.boots[-1].cmdline = self.ssh("cat /proc/cmdline").stdout.strip()
                 return took
             time.sleep(2)
         raise TimeoutError(
@@ -379,7 +487,7 @@ class VM:
 
     def ssh(self, command: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run(
-            ["ssh", *self.ssh_args(), f"{USER}@127.0.0.1", command],
+            ["ssh", *self.ssh_args(), f"{self.user}@127.0.0.1", command],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -395,7 +503,7 @@ class VM:
         return {
             "ansible_host": "127.0.0.1",
             "ansible_port": self.ssh_port,
-            "ansible_user": USER,
+            "ansible_user": self.user,
             "ansible_ssh_private_key_file": str(ssh_key()),
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
         }
@@ -403,23 +511,33 @@ class VM:
 
 def fresh_pi(workdir: Path, **kw) -> VM:
     """A freshly imaged Pi: a copy of the cached image (sparse, so seconds) booted by its own VM."""
+    workdir.mkdir(parents=True, exist_ok=True)
     disk = workdir / "pi.img"
     run(["cp", "--sparse=always", str(pi_image()), str(disk)])
     return VM("pi", disk, workdir, **kw)
 
 
+def fresh_pc(workdir: Path, **kw) -> VM:
+    """A freshly installed PC: a copy of the cached image."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    disk = workdir / "pc.img"
+    run(["cp", "--sparse=always", str(pc_image()), str(disk)])
+    return VM("pc", disk, workdir, kind="pc", user=PC_USER, **kw)
+
+
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["build"]:
-        print(pi_image())
-    elif sys.argv[1:] == ["boot"]:
-        vm = fresh_pi(Path(os.environ.get("TMPDIR", "/tmp")) / "lalelu-pi-vm")
-        print(f"booted in {vm.start():.1f} s: ssh {' '.join(vm.ssh_args())} {USER}@127.0.0.1")
+    kinds = {"pi": (pi_image, fresh_pi), "pc": (pc_image, fresh_pc)}
+    if len(sys.argv) == 3 and sys.argv[1] == "build" and sys.argv[2] in kinds:
+        print(kinds[sys.argv[2]][0]())
+    elif len(sys.argv) == 3 and sys.argv[1] == "boot" and sys.argv[2] in kinds:
+        vm = kinds[sys.argv[2]][1](Path(os.environ.get("TMPDIR", "/tmp")) / f"lalelu-{sys.argv[2]}-vm")
+        print(f"booted in {vm.start():.1f} s: ssh {' '.join(vm.ssh_args())} {vm.user}@127.0.0.1")
         try:
             signal.pause()
         finally:
             vm.stop()
     else:
-        print("usage: python tests/vm.py build|boot", file=sys.stderr)
+        print("usage: python tests/vm.py build|boot pi|pc", file=sys.stderr)
         sys.exit(2)
