@@ -142,6 +142,11 @@ def remote(host: Host, command: str | list[str], hide: bool = True):
         raise Exit(f"{host.name} ({host.user}@{host.address}:{host.port}) is unreachable: {exc}") from exc
 
 
+def as_root(host: Host) -> list[str]:
+    """`sudo -n` for a login user that is not root: the journal and /etc/lalelu are root's and the app's."""
+    return [] if host.user == "root" else ["sudo", "-n"]
+
+
 def lalelu(host: Host) -> str:
     return f"{host.venv}/bin/lalelu"
 
@@ -280,6 +285,7 @@ def logs(c, group="all", hosts="", inventory="", lines=100):
             remote(
                 host,
                 [
+                    *as_root(host),
                     "journalctl",
                     "-u",
                     "lalelu-edge",
@@ -311,12 +317,10 @@ def check(c, group="all", hosts="", inventory="", config="", max_p99_ms=50.0, fr
         print(f"== {host.name} ({host.address}, {role})", flush=True)
         try:
             check_venv(host)
-            # the host's configuration is readable by root and the app's user only
-            sudo = [] if host.user == "root" else ["sudo", "-n"]
             r = remote(
                 host,
                 [
-                    *sudo,
+                    *as_root(host),
                     lalelu(host),
                     "check",
                     "--role",

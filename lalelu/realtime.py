@@ -46,10 +46,15 @@ def pin_to_cpus(cpus: list[int]) -> list[int]:
 
 
 def try_sched_fifo(priority: int) -> bool:
+    if os.sched_getscheduler(0) == os.SCHED_FIFO:
+        # systemd's CPUSchedulingPolicy=fifo: keep the service manager's priority; asking for another
+        # one above the unit's LimitRTPRIO would only fail
+        log.info("SCHED_FIFO priority %d (set by the service manager)", os.sched_getparam(0).sched_priority)
+        return True
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
     except PermissionError:
-        log.info(
+        log.warning(
             "SCHED_FIFO not permitted (needs CAP_SYS_NICE or LimitRTPRIO in the systemd unit); "
             "running with the normal scheduler"
         )

@@ -146,3 +146,20 @@ def jack_server(tmp_path_factory):
         os.environ.pop("JACK_DEFAULT_SERVER", None)
     else:
         os.environ["JACK_DEFAULT_SERVER"] = old
+
+
+@pytest.fixture(scope="session")
+def rig(tmp_path_factory):
+    """The booted "Pi" and "GPU PC", provisioned once for every VM test (tests/vm.py)."""
+    import vm
+
+    up = vm.Rig.up(tmp_path_factory.mktemp("rig"))
+    try:
+        assert up.first_run.returncode == 0, up.first_run.stdout[-8000:] + up.first_run.stderr[-3000:]
+        yield up
+    finally:
+        up.down()
+        print(f"\nVM figures: {json.dumps(vm.FIGURES)}")
+        if os.environ.get("LALELU_KEEP_VM") is None:
+            for v in (up.pi, up.pc):
+                v.disk.unlink(missing_ok=True)  # 1-2 GB each; the cached images stay

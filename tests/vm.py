@@ -169,7 +169,8 @@ def _configure_root(root: Path, hostname: str, user: str, fstab: str) -> None:
     )
     _chroot(
         root,
-        f"id {user} >/dev/null 2>&1 || useradd -m -s /bin/bash -G sudo,video,audio {user}\n"
+        f"id {user} >/dev/null 2>&1 || useradd -m -s /bin/bash {user}\n"
+        f"usermod -aG sudo,adm,video,audio {user}\n"  # as Raspberry Pi OS's first user
         f"echo '{user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/010_{user}-nopasswd\n"
         f"chmod 0440 /etc/sudoers.d/010_{user}-nopasswd\n"
         f"install -d -m 0700 -o {user} -g {user} /home/{user}/.ssh\n"
@@ -541,3 +542,229 @@ if __name__ == "__main__":
     else:
         print("usage: python tests/vm.py build|boot pi|pc", file=sys.stderr)
         sys.exit(2)
+
+
+class LinkProxy:
+    """The network link between the rig's two VMs: a TCP relay on this machine's loopback that the test
+    can cut (silence, like a pulled cable) and restore."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._up = threading.Event()
+        self._up.set()
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self._up.is_set():
+                with self._lock:
+                    self._socks.append(client)  # a pulled cable: nothing answers, nothing is refused
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if self._up.is_set():
+                    dst.sendall(data)  # else lost on the cut cable
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Like a pulled cable: whatever is sent is lost, no connection is reset or refused."""
+        self._up.clear()
+
+    def restore(self) -> None:
+        """The cable back: connections that lived through the cut stay dead (their bytes were lost,
+        as TCP would time them out); new ones go through."""
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.close()
+        self._up.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.restore()
+        self._server.close()
+
+
+# --- the rig: both VMs provisioned by one site.yml run, shared by the VM tests -------------------------
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE = ROOT / "ansible"
+BACKEND_ADDRESS = "10.0.2.100"  # where the Pi's QEMU forwards the backend's port from
+EDGE_SEEN_FROM = "10.0.2.2"  # the address QEMU's user network gives forwarded connections in the PC
+# The Pi's edge: the still photo instead of the Pi camera (the one change from group_vars/edge.yml
+# besides the packages of the Pi's own repository), slow enough for emulated inference (~0.3 s a frame)
+VM_EDGE_CONFIG = {
+    "engine": {"kind": "litert", "threads": 1, "warmup": 3},
+    "camera": {
+        "source": "still",
+        "width": 320,
+        "height": 240,
+        "fps": 4,
+        "pixel_format": "yuv420",
+        "still_period_s": 2.0,
+        "still_amplitude": 0.3,
+    },
+    "edge": {
+        "backend": "{{ lalelu_edge_backend }}",
+        "cpus": [3],
+        "sched_fifo": True,
+        "summary_interval_s": 5,
+        "telemetry": "/run/lalelu/telemetry.jsonl",
+        "reconnect_max_s": 2.0,
+        # an emulated backend answers in ~0.3 s: the real rig's 0.15 s would call it hung
+        "reply_timeout_s": 2.0,
+        "max_in_flight": 2,
+    },
+    "output": {"kind": "log", "where": "edge", "mapping": "demo-nod"},
+}
+FIGURES: dict[str, object] = {}  # printed at the end of the session (pytest -s)
+
+
+def playbook(inv: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Exactly the README's command (`cd ansible && ansible-playbook site.yml`), with the VMs' inventory."""
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [str(bin_dir / "ansible-playbook"), "-i", str(inv), "site.yml", *args],
+        cwd=ANSIBLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    (inv.parent / f"site-{len(list(inv.parent.glob('site-*.log')))}.log").write_text(r.stdout + r.stderr)
+    return r, time.monotonic() - t0
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP: host -> ok/changed/failed/... counts."""
+    import re
+
+    found = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
+        found[m[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[2])}
+    return found
+
+
+def wait_for(what: str, probe, timeout: float, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = probe()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+def main_pid(vm: VM, unit: str) -> int:
+    """The unit's MainPID while it is active (READY=1 sent), else 0."""
+    out = vm.ssh(f"systemctl show -p MainPID -p ActiveState --value {unit}").stdout.split()
+    return int(out[0]) if len(out) == 2 and out[1] == "active" else 0
+
+
+def journal(vm: VM, match: str) -> str:
+    """This boot's journal lines (message only) of a unit (`-u NAME`) or any journalctl match."""
+    return vm.ssh(f"sudo journalctl -b --no-pager -o cat {match}", check=False).stdout
+
+
+@dataclass
+class Rig:
+    """The "Pi" and the "GPU PC", booted, in one inventory, provisioned by one `site.yml` run. The Pi
+    reaches the backend through this machine's loopback only: its QEMU forwards 10.0.2.100:7600 (socat per
+    connection) to `cable`, a relay here that the tests can cut, and the relay to the PC's forwarded port."""
+
+    pi: VM
+    pc: VM
+    cable: LinkProxy
+    inventory: Path
+    first_run: subprocess.CompletedProcess
+
+    @classmethod
+    def up(cls, tmp: Path) -> Rig:
+        t0 = time.monotonic()
+        pi_image(), pc_image()
+        FIGURES["images_ready_s"] = round(time.monotonic() - t0, 1)
+        backend_port = free_port()
+        cable = LinkProxy(backend_port)
+        pc = fresh_pc(tmp / "pc", net_extra=f"hostfwd=tcp:127.0.0.1:{backend_port}-:7600")
+        pi = fresh_pi(
+            tmp / "pi",
+            net_extra=f"guestfwd=tcp:{BACKEND_ADDRESS}:7600-cmd:socat - TCP:127.0.0.1:{cable.port}",
+        )
+        booted: dict[str, float] = {}
+        threads = [
+            threading.Thread(target=lambda v=v: booted.__setitem__(v.name, v.start())) for v in (pi, pc)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        FIGURES["boot_to_ssh_s"] = {k: round(v, 1) for k, v in booted.items()}
+        inv = tmp / "hosts.yml"
+        edge = dict(
+            pi.inventory_vars(),
+            pi_camera_install_packages=False,  # python3-picamera2, rpicam-apps: the Pi's own repository
+            pi_camera_check=False,  # no camera in a VM
+            lalelu_app_config=VM_EDGE_CONFIG,
+            lalelu_edge_address=EDGE_SEEN_FROM,
+        )
+        backend = dict(
+            pc.inventory_vars(),
+            lalelu_backend_address=BACKEND_ADDRESS,
+            nvidia_gpu_install_driver=False,  # no GPU in a VM: the backend's engine is litert (group_vars)
+            nvidia_gpu_install_wheels=False,
+        )
+        import json
+
+        inv.write_text(
+            json.dumps(  # JSON is YAML; as inventory/hosts.yml, reboots allowed
+                {
+                    "all": {
+                        "vars": {"rt_tuning_allow_reboot": True, "lalelu_venv": "/opt/lalelu/venv"},
+                        "children": {
+                            "edge": {"hosts": {"pi-vm": edge}},
+                            "backend": {"hosts": {"pc-vm": backend}},
+                        },
+                    }
+                }
+            )
+        )
+        first, took = playbook(inv)
+        FIGURES["first_run_s"] = round(took, 1)
+        return cls(pi, pc, cable, inv, first)
+
+    def down(self) -> None:
+        self.cable.close()
+        for v in (self.pi, self.pc):
+            v.stop()

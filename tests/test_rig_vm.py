@@ -1,0 +1,208 @@
+"""The whole rig booted: the "GPU PC" VM (x86-64, GRUB) runs the backend, the "Pi" VM (arm64) plays
+through it, both provisioned by one `ansible-playbook site.yml` over one inventory (the `rig` fixture,
+tests/vm.py); then `fab check`, `fab bench`, `fab status` and `fab logs` against them, and the failure
+drills of a show: the backend's power cut and back, the cable between them cut and restored.
+
+The Pi reaches the backend through this machine's loopback only, and both VMs run with their outbound
+network cut. Slow; `pytest -m "not vm"` leaves it out. Figures: `pytest -s`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import vm as vmlib
+from vm import BACKEND_ADDRESS, EDGE_SEEN_FROM, FIGURES, journal, main_pid, playbook, recap, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+FAB = str(Path(sys.executable).with_name("fab"))
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or bool(vmlib.missing_tools()) or shutil.which("socat") is None,
+        reason=f"needs root, socat and {vmlib.missing_tools() or 'QEMU'} (tools/test installs them)",
+    ),
+]
+
+
+def fab(inv: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [FAB, "-r", str(ROOT), *args, "--inventory", str(inv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=inv.parent,
+    )
+
+
+def edge_state(pi: vmlib.VM) -> dict:
+    r = pi.ssh("cat /run/lalelu/edge-state.json", check=False)
+    return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+
+
+def mode(pi: vmlib.VM) -> str:
+    return str(edge_state(pi).get("mode", ""))
+
+
+def backend_frames(pc: vmlib.VM) -> int:
+    """The backend's frame counter, from its last summary line in the journal."""
+    lines = [
+        ln for ln in journal(pc, "-u lalelu-backend").splitlines() if ln.startswith("lalelu.backend: frames ")
+    ]
+    return int(lines[-1].split("frames ")[1].split(",")[0]) if lines else 0
+
+
+def switch_to_local(pi: vmlib.VM, after_ns: int) -> dict:
+    """From the edge's telemetry: the first switch to local inference after `after_ns` (the Pi's
+    CLOCK_MONOTONIC): frames lost and the time from the last backend pose to the first local one."""
+    rows = [json.loads(x) for x in pi.ssh("sudo cat /run/lalelu/telemetry.jsonl").stdout.splitlines() if x]
+    rows = [r for r in rows if r["capture_ns"] >= after_ns]
+    for prev, row in itertools.pairwise(rows):
+        if row.get("local") and not prev.get("local"):
+            return {
+                "gap_ms": round((row["pose_ns"] - prev["pose_ns"]) / 1e6, 1),
+                "frames_lost": row["seq"] - prev["seq"] - 1,
+            }
+    return {"no_switch_in_rows": len(rows)}
+
+
+def pi_clock_ns(pi: vmlib.VM) -> int:
+    return int(pi.ssh("python3 -c 'import time; print(time.monotonic_ns())'").stdout)
+
+
+def test_the_pc_booted_its_new_kernel_line_through_grub(rig):
+    pc = rig.pc
+    assert len(pc.boots) == 2
+    line = pc.ssh("cat /proc/cmdline").stdout.split()
+    assert line[0].startswith("BOOT_IMAGE=") and "isolcpus=3" in line and "irqaffinity=0,1,2" in line, line
+    assert pc.ssh("cat /sys/devices/system/cpu/isolated").stdout.strip() == "3"
+    assert "isolcpus=3" in pc.ssh("cat /etc/default/grub.d/90-lalelu-rt.cfg").stdout
+    FIGURES["pc_reboot_to_ssh_s"] = round(pc.boots[-1].ssh_after_s or 0, 1)
+
+
+def test_the_backend_serves_only_the_inventorys_edge_pinned_and_real_time(rig):
+    pc = rig.pc
+    pid = wait_for("lalelu-backend active", lambda: main_pid(pc, "lalelu-backend"), 300)
+    assert pc.ssh(f"taskset -pc {pid}").stdout.split(":")[-1].strip() == "3"
+    assert pc.ssh(f"ps -o cls= -p {pid}").stdout.strip() == "FF"
+    assert "0.0.0.0:7600" in pc.ssh("ss -ltn").stdout
+    assert f'allow = ["{EDGE_SEEN_FROM}"]' in pc.ssh("sudo cat /etc/lalelu/backend.toml").stdout
+
+
+def test_the_edge_plays_through_the_backend(rig):
+    pi, pc = rig.pi, rig.pc
+    state = wait_for(
+        "the edge on the backend", lambda: (s := edge_state(pi)).get("mode") == "remote" and s, 300
+    )
+    assert state["backend"] == f"{BACKEND_ADDRESS}:7600"
+    before = backend_frames(pc)
+    wait_for("the backend's counters growing", lambda: backend_frames(pc) > before, 60)
+    hits = journal(pi, "-u lalelu-edge").count("hit nod")
+    wait_for("hits", lambda: journal(pi, "-u lalelu-edge").count("hit nod") >= hits + 2, 300)
+
+
+def test_second_run_changes_nothing_on_either(rig):
+    second, took = playbook(rig.inventory)
+    FIGURES["second_run_s"] = round(took, 1)
+    assert second.returncode == 0, second.stdout[-6000:]
+    assert {h: r["changed"] for h, r in recap(second.stdout).items()} == {"pi-vm": 0, "pc-vm": 0}, (
+        second.stdout[-8000:]
+    )
+    assert len(rig.pc.boots) == 2
+
+
+def test_fab_over_the_inventory(rig):
+    inv = rig.inventory
+    wait_for("the edge on the backend", lambda: mode(rig.pi) == "remote", 300)
+    r = fab(inv, "check", "--max-p99-ms", "10000", "--frames", "5")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().splitlines()[-2:] == ["pi-vm  READY", "pc-vm  READY"], r.stdout
+    assert f"go     inference      on the backend {BACKEND_ADDRESS}:7600" in r.stdout
+    results = inv.parent / "results"
+    r = fab(
+        inv,
+        "bench",
+        "--group",
+        "all",
+        "--configs",
+        "plain,pinned",
+        "--threads",
+        "1",
+        "--count",
+        "5",
+        "--warmup",
+        "1",
+        "--cpu",
+        "3",
+        "--results",
+        str(results),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = sorted(ln.split()[:2] for ln in r.stdout.splitlines() if ln.startswith(("pi-vm ", "pc-vm ")))
+    assert rows == [["pc-vm", "pinned"], ["pc-vm", "plain"], ["pi-vm", "pinned"], ["pi-vm", "plain"]], (
+        r.stdout
+    )
+    FIGURES["fab_bench"] = r.stdout[r.stdout.index("host") :].splitlines()[:5]
+    r = fab(inv, "status")
+    assert r.returncode == 0 and r.stdout.count("isolated     3") == 2, r.stdout
+    assert "service      active" in r.stdout, r.stdout
+    r = fab(inv, "logs", "--lines", "30")
+    assert r.returncode == 0 and "hit nod" in r.stdout and "lalelu.backend: frames " in r.stdout, r.stdout[
+        -3000:
+    ]
+
+
+def test_a_stopped_backend_is_not_ready_and_the_edge_plays_locally(rig):
+    pi, pc, inv = rig.pi, rig.pc, rig.inventory
+    pc.ssh("sudo systemctl stop lalelu-backend")
+    wait_for("the edge local", lambda: mode(pi).startswith("local"), 120)
+    r = fab(inv, "check", "--max-p99-ms", "10000", "--frames", "5")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "pc-vm  NOT READY" in r.stdout and "pi-vm  READY" in r.stdout, r.stdout
+    assert (
+        f"warn   inference      local, reconnecting: the backend {BACKEND_ADDRESS}:7600 does not answer"
+        in r.stdout
+    )
+    pc.ssh("sudo systemctl start lalelu-backend")
+    wait_for("the edge back on the backend", lambda: mode(pi) == "remote", 180)
+
+
+def test_drill_backend_powered_off_mid_show_and_back(rig):
+    pi, pc = rig.pi, rig.pc
+    hits = journal(pi, "-u lalelu-edge").count("hit nod")
+    t = pi_clock_ns(pi)
+    pc.power_cut()
+    wait_for("the edge local", lambda: mode(pi).startswith("local"), 120)
+    wait_for(
+        "hits while the backend is off",
+        lambda: journal(pi, "-u lalelu-edge").count("hit nod") >= hits + 2,
+        180,
+    )
+    FIGURES["drill_backend_power_cut"] = switch_to_local(pi, t)
+    t0 = time.monotonic()
+    pc.start()
+    wait_for("the edge back on the backend", lambda: mode(pi) == "remote", 400)
+    FIGURES["drill_backend_power_on_to_edge_remote_s"] = round(time.monotonic() - t0, 1)
+
+
+def test_drill_cable_cut_and_restored(rig):
+    pi = rig.pi
+    wait_for("the edge on the backend", lambda: mode(pi) == "remote", 120)
+    t = pi_clock_ns(pi)
+    rig.cable.cut()
+    wait_for("the edge local", lambda: mode(pi).startswith("local"), 120)
+    FIGURES["drill_cable_cut"] = switch_to_local(pi, t)
+    t0 = time.monotonic()
+    rig.cable.restore()
+    wait_for("the edge back on the backend", lambda: mode(pi) == "remote", 120)
+    FIGURES["drill_cable_restored_to_edge_remote_s"] = round(time.monotonic() - t0, 1)
+    assert "answers again" in journal(pi, "-u lalelu-edge")
