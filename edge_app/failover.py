@@ -16,6 +16,7 @@ from edge_app.link import BackendUnavailable, connect_backend
 from lalelu.clock import now_ns
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import PixelFormat, ProtocolError, Status, encode_frame_header, payload_size, round_trip
+from lalelu.realtime import leave_realtime
 
 log = logging.getLogger("lalelu.edge")
 
@@ -68,6 +69,7 @@ class Reconnector:
         return sock
 
     def _run(self) -> None:
+        leave_realtime()  # never competes with the frame loop for its CPU
         delay = self._first_delay_s
         while not self._stop.is_set():
             try:

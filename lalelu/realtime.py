@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -21,15 +22,20 @@ def read_kernel_value(path: str) -> str:
         return ""
 
 
-def online_cpus() -> set[int]:
-    """The CPUs this host runs. Isolated CPUs (isolcpus=) are among them but not in a new process's
-    default affinity: they may be chosen explicitly, which is what they are for."""
-    text = read_kernel_value("/sys/devices/system/cpu/online")
+def _cpu_set(text: str) -> set[int]:
+    """A kernel CPU list ('0-2,5') as a set."""
     cpus: set[int] = set()
     for part in text.split(","):
         lo, _, hi = part.partition("-")
-        if lo.isdigit():
+        if lo.isdigit() and (hi == "" or hi.isdigit()):
             cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def online_cpus() -> set[int]:
+    """The CPUs this host runs. Isolated CPUs (isolcpus=) are among them but not in a new process's
+    default affinity: they may be chosen explicitly, which is what they are for."""
+    cpus = _cpu_set(read_kernel_value("/sys/devices/system/cpu/online"))
     return cpus or set(range(os.cpu_count() or 1)) | os.sched_getaffinity(0)
 
 
@@ -43,6 +49,20 @@ def pin_to_cpus(cpus: list[int]) -> list[int]:
         else:
             os.sched_setaffinity(0, cpus)
     return sorted(os.sched_getaffinity(0))
+
+
+def leave_realtime() -> None:
+    """For a helper thread of a real-time process (reconnecting, say): back to the normal scheduler and
+    onto the CPUs the real-time loop does not own. Pinned SCHED_FIFO like the loop, it would wait for
+    the loop to block, which a saturated loop never does (an edge inferring locally on a slow Pi)."""
+    # pid 0 means the calling thread for these two calls on Linux
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    isolated = _cpu_set(read_kernel_value(ISOLATED_CPUS))
+    others = online_cpus() - isolated - os.sched_getaffinity(0)
+    if others:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, others)
 
 
 def try_sched_fifo(priority: int) -> bool:

@@ -207,9 +207,8 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
     for root, role in ((pi, "edge"), (pc, "backend")):
         unit = root / f"etc/systemd/system/lalelu-{role}.service"
         text = unit.read_text()
-        assert (
-            f"CPUAffinity={ISO}" in text and "CPUSchedulingPolicy=fifo" in text and "Restart=always" in text
-        )
+        assert "LimitRTPRIO=95" in text and "Restart=always" in text and "ExecReload=/bin/kill -HUP" in text
+        assert "CPUSchedulingPolicy" not in text  # the app takes SCHED_FIFO for its loop alone
         assert (root / f"etc/systemd/system/multi-user.target.wants/lalelu-{role}.service").is_symlink()
         r = _run(
             [
@@ -283,6 +282,7 @@ def validation_root(base_rootfs, tmp_path_factory):
         ({"rt_tuning_isolated_cpus": "[0]"}, r"rt_tuning_isolated_cpus = \[0\] is unsafe"),
         ({"rt_tuning_isolated_cpus": f"{list(range(os.cpu_count() or 1))}"}, "never all CPUs"),
         ({"rt_tuning_isolated_cpus": "[64]"}, "only CPUs that exist"),
+        ({"ansible_user": "lalelu"}, "ansible_user = lalelu on pi-rootfs is also lalelu_app_user"),
         (
             {"lalelu_app_models": '[{src: "/nonexistent/thunder.tflite", sha256: "00"}]'},
             r"lalelu_app_models: /nonexistent/thunder.tflite does not exist",

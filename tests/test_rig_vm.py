@@ -86,7 +86,6 @@ def test_the_pc_booted_its_new_kernel_line_through_grub(rig):
     assert line[0].startswith("BOOT_IMAGE=") and "isolcpus=3" in line and "irqaffinity=0,1,2" in line, line
     assert pc.ssh("cat /sys/devices/system/cpu/isolated").stdout.strip() == "3"
     assert "isolcpus=3" in pc.ssh("cat /etc/default/grub.d/90-lalelu-rt.cfg").stdout
-    FIGURES["pc_reboot_to_ssh_s"] = round(pc.boots[-1].ssh_after_s or 0, 1)
 
 
 def test_the_backend_serves_only_the_inventorys_edge_pinned_and_real_time(rig):
