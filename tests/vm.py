@@ -639,8 +639,8 @@ VM_EDGE_CONFIG = {
         "summary_interval_s": 5,
         "telemetry": "/run/lalelu/telemetry.jsonl",
         "reconnect_max_s": 2.0,
-        # an emulated backend answers in ~0.3 s: the real rig's 0.15 s would call it hung
-        "reply_timeout_s": 2.0,
+        # the emulated backend takes 0.5-3 s a frame: the real rig's 0.15 s would call it hung
+        "reply_timeout_s": 10.0,
         "max_in_flight": 2,
     },
     "output": {"kind": "log", "where": "edge", "mapping": "demo-nod"},
@@ -751,7 +751,13 @@ class Rig:
             json.dumps(  # JSON is YAML; as inventory/hosts.yml, reboots allowed
                 {
                     "all": {
-                        "vars": {"rt_tuning_allow_reboot": True, "lalelu_venv": "/opt/lalelu/venv"},
+                        "vars": {
+                            "rt_tuning_allow_reboot": True,
+                            "lalelu_venv": "/opt/lalelu/venv",
+                            # emulated, one frame takes 0.5-5 s (a real Pi: ~0.02 s); the real rig's
+                            # 5 s watchdog would kill a loop that is only slow
+                            "lalelu_app_watchdog_s": 30,
+                        },
                         "children": {
                             "edge": {"hosts": {"pi-vm": edge}},
                             "backend": {"hosts": {"pc-vm": backend}},
