@@ -163,3 +163,9 @@ def rig(tmp_path_factory):
         if os.environ.get("LALELU_KEEP_VM") is None:
             for v in (up.pi, up.pc):
                 v.disk.unlink(missing_ok=True)  # 1-2 GB each; the cached images stay
+
+
+def pytest_collection_modifyitems(config, items):
+    """The booted VMs run last: while they run (emulated, each keeps a host CPU busy) the timing of the
+    process-level tests would suffer."""
+    items.sort(key=lambda item: item.get_closest_marker("vm") is not None)

@@ -17,7 +17,8 @@ def _check(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_green_with_the_demo_backend_running(backend):
-    r = _check("--backend", backend.address)
+    # a generous latency limit: a busy test machine is no fault of the instrument's
+    r = _check("--backend", backend.address, "--max-p99-ms", "2000")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "READY TO PLAY" in r.stdout
     assert "go     backend" in r.stdout and "model loaded and answering" in r.stdout

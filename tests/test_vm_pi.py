@@ -1,6 +1,6 @@
 """`ansible-playbook site.yml` against a booted "Pi": a freshly imaged arm64 Debian VM reached over real
 SSH as the Imager's sudo user, with its outbound network cut (provisioned together with the "GPU PC" of
-tests/test_rig_vm.py, by one run: the `rig` fixture). After provisioning and the reboot the live system
+tests/test_vm_rig.py, by one run: the `rig` fixture). After provisioning and the reboot the live system
 is asked whether it plays; then its service is killed, hung, and its power cut.
 
 Slow (emulated machines on this one's two CPUs); `pytest -m "not vm"` leaves it out. Figures: `pytest -s`.
