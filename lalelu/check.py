@@ -19,7 +19,7 @@ from lalelu.config import Config
 from lalelu.errors import LaleluError
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import PixelFormat, encode_frame_header, round_trip
-from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, read_kernel_value
+from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, cpu_list, read_kernel_value
 from lalelu.state import SERVICE_STATE, read_state, state_path
 from lalelu.timing import summarize_ns
 
@@ -33,23 +33,9 @@ class Check:
     detail: str
 
 
-def _cpu_list(text: str) -> set[int]:
-    """'1-3,5' -> {1, 2, 3, 5}; '' -> empty."""
-    cpus: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        try:
-            cpus.update(range(int(lo), int(hi or lo) + 1))
-        except ValueError:
-            continue  # isolcpus flags such as "domain" or "managed_irq"
-    return cpus
-
-
 def isolation_check(cmdline: str, isolated_text: str, wanted: set[int], role: str) -> Check:
     """The kernel line's isolcpus= against what the kernel isolated, and where the app is pinned."""
-    isolated = _cpu_list(isolated_text)
+    isolated = cpu_list(isolated_text)
     asked = next((t.split("=", 1)[1] for t in cmdline.split() if t.startswith("isolcpus=")), "")
     if asked and not isolated:
         return Check(
@@ -154,7 +140,7 @@ def check_service(role: str, pid: int, state: str) -> Check:
         fifo = os.sched_getscheduler(pid) == os.SCHED_FIFO
     except OSError as exc:
         return Check("service", WARN, f"{unit} pid {pid}: cannot read its scheduling ({exc})")
-    isolated = _cpu_list(read_kernel_value(ISOLATED_CPUS))
+    isolated = cpu_list(read_kernel_value(ISOLATED_CPUS))
     pinned = bool(isolated) and set(cpus) <= isolated
     detail = f"{unit} pid {pid} on CPUs {cpus}{' (isolated)' if pinned else ''}, {'SCHED_FIFO' if fifo else 'normal scheduler'}"
     return Check("service", GO if pinned and fifo else WARN, detail)

@@ -22,10 +22,11 @@ def read_kernel_value(path: str) -> str:
         return ""
 
 
-def _cpu_set(text: str) -> set[int]:
-    """A kernel CPU list ('0-2,5') as a set."""
+def cpu_list(text: str) -> set[int]:
+    """A kernel CPU list as a set: '1-3,5' -> {1, 2, 3, 5}; '' -> empty; isolcpus flags such as
+    "domain" or "managed_irq" are skipped."""
     cpus: set[int] = set()
-    for part in text.split(","):
+    for part in text.replace(" ", "").split(","):
         lo, _, hi = part.partition("-")
         if lo.isdigit() and (hi == "" or hi.isdigit()):
             cpus.update(range(int(lo), int(hi or lo) + 1))
@@ -35,7 +36,7 @@ def _cpu_set(text: str) -> set[int]:
 def online_cpus() -> set[int]:
     """The CPUs this host runs. Isolated CPUs (isolcpus=) are among them but not in a new process's
     default affinity: they may be chosen explicitly, which is what they are for."""
-    cpus = _cpu_set(read_kernel_value("/sys/devices/system/cpu/online"))
+    cpus = cpu_list(read_kernel_value("/sys/devices/system/cpu/online"))
     return cpus or set(range(os.cpu_count() or 1)) | os.sched_getaffinity(0)
 
 
@@ -58,7 +59,7 @@ def leave_realtime() -> None:
     # pid 0 means the calling thread for these two calls on Linux
     with contextlib.suppress(OSError):
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    isolated = _cpu_set(read_kernel_value(ISOLATED_CPUS))
+    isolated = cpu_list(read_kernel_value(ISOLATED_CPUS))
     others = online_cpus() - isolated - os.sched_getaffinity(0)
     if others:
         with contextlib.suppress(OSError):
