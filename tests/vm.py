@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import free_port
+
 CACHE = Path(os.environ.get("LALELU_VM_CACHE", "/var/cache/lalelu-test/vm"))
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
@@ -282,12 +284,6 @@ def pc_image() -> Path:
     shutil.rmtree(CACHE / "pc-installer", ignore_errors=True)
     tmp.rename(image)
     return _keep_only(image, "pc-amd64-*.img")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def debugfs_read(disk: Path, path: str) -> bytes:
