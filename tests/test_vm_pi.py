@@ -8,14 +8,13 @@ Slow (emulated machines on this one's two CPUs); `pytest -m "not vm"` leaves it 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 
 import pytest
 import vm as vmlib
-from vm import FIGURES, journal, main_pid, wait_for
+from vm import FIGURES, edge_state, journal, main_pid, wait_for
 
 UNIT = "lalelu-edge"
 
@@ -40,8 +39,7 @@ def restarted_and_playing(pi: vmlib.VM, old_pid: int, t0: float, timeout: float 
     ready = time.monotonic() - t0
 
     def poses() -> bool:
-        r = pi.ssh("cat /run/lalelu/edge-state.json", check=False)
-        state = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+        state = edge_state(pi)
         return state.get("pid") == pid and state.get("poses", 0) > 0
 
     wait_for(f"poses from the new {UNIT} (pid {pid})", poses, timeout)

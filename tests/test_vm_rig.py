@@ -20,7 +20,17 @@ from pathlib import Path
 
 import pytest
 import vm as vmlib
-from vm import BACKEND_ADDRESS, EDGE_SEEN_FROM, FIGURES, journal, main_pid, playbook, recap, wait_for
+from vm import (
+    BACKEND_ADDRESS,
+    EDGE_SEEN_FROM,
+    FIGURES,
+    edge_state,
+    journal,
+    main_pid,
+    playbook,
+    recap,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAB = str(Path(sys.executable).with_name("fab"))
@@ -47,11 +57,6 @@ def fab(inv: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProc
         timeout=timeout,
         cwd=inv.parent,
     )
-
-
-def edge_state(pi: vmlib.VM) -> dict:
-    r = pi.ssh("cat /run/lalelu/edge-state.json", check=False)
-    return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
 
 
 def mode(pi: vmlib.VM) -> str:

@@ -694,6 +694,14 @@ def journal(vm: VM, match: str) -> str:
     return vm.ssh(f"sudo journalctl -b --no-pager -o cat {match}", check=False).stdout
 
 
+def edge_state(pi: VM) -> dict:
+    """The running edge's state file (lalelu.state), {} while it has written none."""
+    import json
+
+    r = pi.ssh("cat /run/lalelu/edge-state.json", check=False)
+    return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+
+
 @dataclass
 class Rig:
     """The "Pi" and the "GPU PC", booted, in one inventory, provisioned by one `site.yml` run. The Pi
