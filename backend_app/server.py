@@ -45,6 +45,8 @@ class PoseConsumerLike(Protocol):
 
 
 MAX_OUTBOX = 64 * REPLY_SIZE  # an edge that stops reading is dropped rather than buffered forever
+MAX_CONNECTIONS = 32  # an edge holds one; more means a client that leaks them
+STALL_S = 5.0  # a frame begun and not finished for this long is from a dead or hostile client
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Connection:
     payload: bytearray = field(default_factory=bytearray)
     discard: bool = False  # reading the payload of a rejected frame only to stay framed
     recv_ns: int = 0
+    begun_ns: int = 0  # when the first byte of the frame being read arrived; 0 between frames
     outbox: bytearray = field(default_factory=bytearray)
     last_log_ns: int = 0
     suppressed: int = 0
@@ -101,16 +104,17 @@ class InferenceServer:
         self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._zeros = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._running = True
+        self._connections: dict[socket.socket, Connection] = {}
 
     def stop(self) -> None:
         self._running = False
 
     def serve(self, seconds: float = 0.0, on_tick=None, tick_s: float = 5.0, watchdog=None) -> None:
         end = time.monotonic() + seconds if seconds else float("inf")
-        next_tick = time.monotonic() + tick_s
+        next_tick = next_sweep = time.monotonic() + tick_s
         while self._running and time.monotonic() < end:
             if watchdog is not None:
-                watchdog.kick()  # at least every 0.2 s (the select timeout) while the loop is alive
+                watchdog.kick()  # every pass: a pass handles at most one frame per edge
             for key, mask in self._sel.select(timeout=0.2):
                 if key.data is None:
                     self._accept()
@@ -118,10 +122,21 @@ class InferenceServer:
                     self._on_readable(key.data)
                 if key.data is not None and mask & selectors.EVENT_WRITE:
                     self._flush(key.data)
-            if on_tick is not None and time.monotonic() >= next_tick:
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + 1.0
+                self._drop_stalled()
+            if on_tick is not None and now >= next_tick:
                 next_tick += tick_s
                 on_tick(self)
         self.close()
+
+    def _drop_stalled(self) -> None:
+        limit = now_ns() - int(STALL_S * 1e9)
+        for conn in list(self._connections.values()):
+            if conn.begun_ns and conn.begun_ns < limit:
+                self.counters.dropped_clients += 1
+                self._drop(conn, f"sent part of a frame, then nothing for {STALL_S:.0f} s")
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -141,11 +156,21 @@ class InferenceServer:
             log.warning("refused %s: not in [backend] allow", peer)
             sock.close()
             return
+        if len(self._connections) >= MAX_CONNECTIONS:
+            log.warning(
+                "refused %s: %d connections open already (the most this backend serves)",
+                peer,
+                MAX_CONNECTIONS,
+            )
+            sock.close()
+            return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.counters.connections += 1
         log.info("edge connected: %s", peer)
-        self._sel.register(sock, selectors.EVENT_READ, Connection(sock, peer))
+        conn = Connection(sock, peer)
+        self._connections[sock] = conn
+        self._sel.register(sock, selectors.EVENT_READ, conn)
 
     def _drop(self, conn: Connection, why: str) -> None:
         log.info("edge %s disconnected: %s", conn.peer, why)
@@ -153,6 +178,7 @@ class InferenceServer:
             self.consumer.all_notes_off()  # its poses stopped: no note-off would ever come
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(conn.sock)
+        self._connections.pop(conn.sock, None)
         conn.sock.close()
 
     def _bad(self, conn: Connection, err: ProtocolError) -> None:
@@ -166,7 +192,9 @@ class InferenceServer:
             conn.suppressed += 1
 
     def _on_readable(self, conn: Connection) -> None:
-        # Read until the socket is drained so one readiness event can carry several frames.
+        # Read until the socket is drained or one frame is complete, then go back to select: an edge
+        # that keeps a frame queued behind the one being inferred must not hold the loop (other edges,
+        # the watchdog and the stall sweep wait for it).
         while True:
             try:
                 if conn.frame is None and not conn.discard:
@@ -181,6 +209,8 @@ class InferenceServer:
             if n == 0:
                 self._drop(conn, "closed by the edge")
                 return
+            if not conn.begun_ns:
+                conn.begun_ns = now_ns()
             conn.got += n
             if conn.frame is None and not conn.discard:
                 if conn.got < FRAME_HEADER.size:
@@ -192,9 +222,9 @@ class InferenceServer:
                     continue
             elif conn.got == len(conn.payload):
                 conn.recv_ns = now_ns()
+                conn.begun_ns = 0
                 self._on_payload(conn)
-                if conn.sock.fileno() < 0:
-                    return
+                return
 
     def _on_header(self, conn: Connection) -> None:
         conn.got = 0
@@ -211,6 +241,7 @@ class InferenceServer:
             conn.discard = True
             self._size_payload(conn, length)
             if length == 0:
+                conn.begun_ns = 0
                 self._on_payload(conn)
             return
         conn.frame = frame

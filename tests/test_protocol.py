@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -196,3 +198,82 @@ def test_two_edges_at_once_each_get_their_own_answers(live_server):
     assert got_a == [100, 101, 102, 103, 104]
     assert got_b == [200, 201, 202, 203, 204]
     assert good_round_trip(live_server.address, 7) == (7, 0)
+
+
+class SlowEstimator:
+    """Stands in for an engine that takes a while per frame (an emulated CPU, a cold GPU)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def estimate(self, pixels, fmt, width, height, out) -> None:
+        time.sleep(self.seconds)
+        out[:] = 0
+
+
+@pytest.fixture
+def slow_server():
+    server = InferenceServer(SlowEstimator(0.05), "127.0.0.1", 0, MAX_PAYLOAD)  # type: ignore[arg-type]
+    ticks: list[float] = []
+    thread = threading.Thread(
+        target=server.serve, kwargs={"on_tick": lambda _s: ticks.append(time.monotonic()), "tick_s": 0.1}
+    )
+    thread.start()
+    yield server, ticks
+    server.stop()
+    thread.join(5)
+
+
+def test_an_edge_with_frames_queued_does_not_hold_the_loop(slow_server):
+    server, ticks = slow_server
+    frame = bytes(64 * 48 * 3)
+    greedy = socket.create_connection(server.address, timeout=10)
+    other = socket.create_connection(server.address, timeout=10)
+    with greedy, other:
+        greedy.sendall(
+            b"".join(encode_frame_header(i, 1, PixelFormat.RGB888, 64, 48) + frame for i in range(20))
+        )
+        time.sleep(0.1)  # the greedy edge's frames are queued in the server's socket
+        ticks_before = len(ticks)
+        other.sendall(encode_frame_header(500, 1, PixelFormat.RGB888, 64, 48) + frame)
+        out = np.zeros((17, 3), np.float32)
+        assert parse_reply_into(recv_exactly(other, REPLY_SIZE), out).seq == 500
+        answered_greedy = 0
+        greedy.settimeout(0.0)
+        with contextlib.suppress(BlockingIOError):
+            answered_greedy = len(greedy.recv(20 * REPLY_SIZE)) // REPLY_SIZE
+        ticks_during = len(ticks) - ticks_before
+        greedy.settimeout(10)
+        rest = recv_exactly(greedy, (20 - answered_greedy) * REPLY_SIZE)
+    # served in turn: the other edge waited for a few of the greedy edge's frames, not for all 20
+    assert answered_greedy < 10, f"{answered_greedy} greedy frames answered before the other edge's one"
+    assert len(rest) == (20 - answered_greedy) * REPLY_SIZE
+    assert ticks_during >= 1, "the loop's periodic work (watchdog, reports) waited for a queue of frames"
+
+
+def test_a_client_that_stops_mid_frame_is_dropped(slow_server, monkeypatch):
+    import backend_app.server as server_module
+
+    monkeypatch.setattr(server_module, "STALL_S", 0.3)
+    server, _ticks = slow_server
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(encode_frame_header(1, 1, PixelFormat.RGB888, 64, 48) + bytes(100))
+        assert recv_exactly(sock, 1) == b""  # closed by the server within its sweep
+    assert server.counters.dropped_clients == 1
+
+
+def test_connections_beyond_the_limit_are_refused_and_the_rest_served(slow_server, monkeypatch):
+    import backend_app.server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 3)
+    server, _ticks = slow_server
+    held = [socket.create_connection(server.address, timeout=5) for _ in range(3)]
+    try:
+        with socket.create_connection(server.address, timeout=5) as extra:
+            assert recv_exactly(extra, 1) == b""
+        frame = encode_frame_header(9, 1, PixelFormat.RGB888, 64, 48) + bytes(64 * 48 * 3)
+        held[0].sendall(frame)
+        assert parse_reply_into(recv_exactly(held[0], REPLY_SIZE), np.zeros((17, 3), np.float32)).seq == 9
+    finally:
+        for s in held:
+            s.close()
