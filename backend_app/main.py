@@ -2,79 +2,125 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 from functools import partial
 from pathlib import Path
+from typing import IO
+
+import numpy as np
 
 from backend_app.server import InferenceServer
 from lalelu.config import Config
-from lalelu.engines import engine_from_config
+from lalelu.engines import GPU_ENGINES, engine_from_config
 from lalelu.gestures.consumer import gesture_consumer, request_reload
+from lalelu.gpu_clock import SmClockSampler
 from lalelu.inference import PoseEstimator
-from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
+from lalelu.realtime import freeze_gc, pin_to_cpus, short_gil_handoff, try_sched_fifo
+from lalelu.reporter import Reporter
 from lalelu.sdnotify import Watchdog, notify
-from lalelu.timing import summarize_ns
+from lalelu.timing import backend_summary, warm_up_reports, write_jsonl
 
 log = logging.getLogger("lalelu.backend")
 
 
+def _log_report(rows: np.ndarray, counters: dict[str, int], out: IO[str] | None) -> None:
+    """Runs on the reporter thread."""
+    s = backend_summary(rows)
+    log.info(
+        "frames %d | served p50 %.2f p99 %.2f ms (engine p50 %.2f p99 %.2f) | counters %s",
+        counters["frames"],
+        s["served"].get("p50", 0),
+        s["served"].get("p99", 0),
+        s["engine"].get("p50", 0),
+        s["engine"].get("p99", 0),
+        counters,
+    )
+    if out is not None:
+        write_jsonl(rows, out)
+
+
 def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = None) -> dict:
     affinity = pin_to_cpus(cfg.backend.cpus)  # before the engine starts its threads, so they inherit it
-    engine = engine_from_config(cfg.engine)
-    consumer_factory = None
-    if cfg.output.where == "backend" and cfg.output.kind != "none":
-        consumer_factory = partial(gesture_consumer, cfg.output)
-    server = InferenceServer(
-        PoseEstimator(engine),
-        cfg.backend.listen_host,
-        cfg.backend.port,
-        cfg.backend.max_payload,
-        tuple(cfg.backend.allow),
-        consumer_factory,
-    )
-    fifo = try_sched_fifo(cfg.backend.fifo_priority) if cfg.backend.sched_fifo else False
-    log.info(
-        "backend %s on %s:%d, engine %s (input %s %s), CPUs %s, SCHED_FIFO %s",
-        server.address[0],
-        *server.address,
-        engine.name,
-        engine.input.shape,
-        engine.input.dtype,
-        affinity,
-        fifo,
-    )
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    signal.signal(signal.SIGINT, lambda *_: server.stop())
-    signal.signal(signal.SIGHUP, lambda *_: request_reload(server.consumer))  # `systemctl reload`
-    if ready_file is not None:  # written whole, then renamed: a reader never sees half of it
-        partial_file = ready_file.with_name(ready_file.name + ".part")
-        partial_file.write_text(
-            json.dumps(
-                {"host": server.address[0], "port": server.address[1], "cpus": affinity, "sched_fifo": fifo}
-            )
+    with contextlib.ExitStack() as stack:
+        engine = engine_from_config(cfg.engine)
+        stack.callback(engine.close)
+        gpu_clock = SmClockSampler() if cfg.engine.kind in GPU_ENGINES else None
+        if gpu_clock is not None:
+            stack.callback(gpu_clock.close)
+        consumer_factory = None
+        if cfg.output.where == "backend" and cfg.output.kind != "none":
+            consumer_factory = partial(gesture_consumer, cfg.output)
+        server = InferenceServer(
+            PoseEstimator(engine),
+            cfg.backend.listen_host,
+            cfg.backend.port,
+            cfg.backend.max_payload,
+            tuple(cfg.backend.allow),
+            consumer_factory,
+            gpu_clock,
         )
-        partial_file.replace(ready_file)
-    freeze_gc()
-
-    def report(srv: InferenceServer) -> None:
-        infer = summarize_ns(srv.telemetry.recent()[-1000:]["backend_infer_ns"])
+        telemetry = stack.enter_context(open(cfg.backend.telemetry, "w")) if cfg.backend.telemetry else None
+        reporter = stack.enter_context(Reporter())  # closed before the file: its writes are done first
+        fifo = try_sched_fifo(cfg.backend.fifo_priority) if cfg.backend.sched_fifo else False
         log.info(
-            "frames %d, infer p50 %.2f ms p99 %.2f ms, counters %s",
-            srv.counters.frames,
-            infer.get("p50", 0),
-            infer.get("p99", 0),
-            srv.counters.as_dict(),
+            "backend %s on %s:%d, engine %s (input %s %s), CPUs %s, SCHED_FIFO %s",
+            server.address[0],
+            *server.address,
+            engine.name,
+            engine.input.shape,
+            engine.input.dtype,
+            affinity,
+            fifo,
         )
+        signal.signal(signal.SIGTERM, lambda *_: server.stop())
+        signal.signal(signal.SIGINT, lambda *_: server.stop())
+        signal.signal(signal.SIGHUP, lambda *_: request_reload(server.consumer))  # `systemctl reload`
+        if ready_file is not None:  # written whole, then renamed: a reader never sees half of it
+            partial_file = ready_file.with_name(ready_file.name + ".part")
+            partial_file.write_text(
+                json.dumps(
+                    {
+                        "host": server.address[0],
+                        "port": server.address[1],
+                        "cpus": affinity,
+                        "sched_fifo": fifo,
+                    }
+                )
+            )
+            partial_file.replace(ready_file)
+        warm_up_reports()  # its first run would stall the loop
+        freeze_gc()
+        short_gil_handoff()
+        written = 0
 
-    watchdog = Watchdog()
-    notify("READY=1")
-    server.serve(seconds, on_tick=report, tick_s=5.0, watchdog=watchdog)
-    notify("STOPPING=1")
-    watchdog.close()
-    engine.close()
-    rows = server.telemetry.recent()
-    summary = {"counters": server.counters.as_dict(), "inference_ms": summarize_ns(rows["backend_infer_ns"])}
+        def report(srv: InferenceServer) -> None:
+            # On the loop: copy the new rows (microseconds); the reporter thread does the rest.
+            nonlocal written
+            end = srv.telemetry.count
+            reporter.submit(
+                _log_report, srv.telemetry.rows_between(written, end), srv.counters.as_dict(), telemetry
+            )
+            written = end
+
+        watchdog = stack.enter_context(contextlib.closing(Watchdog()))
+        notify("READY=1")
+        try:
+            server.serve(seconds, on_tick=report, tick_s=5.0, watchdog=watchdog)  # closes the server
+        finally:
+            notify("STOPPING=1")
+        if telemetry is not None:
+            reporter.submit(
+                write_jsonl, server.telemetry.rows_between(written, server.telemetry.count), telemetry
+            )
+        rows = server.telemetry.recent()
+        stages = backend_summary(rows)
+        summary = {
+            "counters": server.counters.as_dict(),
+            "inference_ms": stages["engine"],
+            "stages_ms": stages,
+        }
     log.info("backend stopped: %s", json.dumps(summary))
     return summary

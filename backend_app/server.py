@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import selectors
 import socket
 import time
@@ -31,9 +32,13 @@ from lalelu.protocol import (
     encode_reply_into,
     parse_frame_header,
 )
-from lalelu.timing import TelemetryRing
+from lalelu.timing import BACKEND_TELEMETRY_DTYPE, TelemetryRing
 
 log = logging.getLogger("lalelu.backend")
+
+
+class SmClockLike(Protocol):
+    mhz: int
 
 
 class PoseConsumerLike(Protocol):
@@ -71,6 +76,7 @@ class Connection:
     payload: bytearray = field(default_factory=bytearray)
     discard: bool = False  # reading the payload of a rejected frame only to stay framed
     recv_ns: int = 0
+    first_byte_ns: int = 0  # of the frame last completed
     begun_ns: int = 0  # when the first byte of the frame being read arrived; 0 between frames
     outbox: bytearray = field(default_factory=bytearray)
     last_log_ns: int = 0
@@ -87,6 +93,7 @@ class InferenceServer:
         max_payload: int,
         allow: tuple[str, ...] = (),
         consumer_factory: Callable[[int, int], PoseConsumerLike] | None = None,
+        gpu_clock: SmClockLike | None = None,
     ) -> None:
         self.consumer_factory = consumer_factory  # (width, height) -> consumer, when the sound leaves here
         self.consumer: PoseConsumerLike | None = None
@@ -94,7 +101,8 @@ class InferenceServer:
         self.max_payload = max_payload
         self.allow = set(allow)
         self.counters = Counters()
-        self.telemetry = TelemetryRing(8192)
+        self.telemetry = TelemetryRing(8192, BACKEND_TELEMETRY_DTYPE)
+        self.gpu_clock = gpu_clock
         self._sel = selectors.DefaultSelector()
         self._listener = socket.create_server((host, port), backlog=16, reuse_port=False)
         self._listener.setblocking(False)
@@ -104,32 +112,36 @@ class InferenceServer:
         self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._zeros = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._running = True
+        self._closed = False
         self._connections: dict[socket.socket, Connection] = {}
 
     def stop(self) -> None:
         self._running = False
 
     def serve(self, seconds: float = 0.0, on_tick=None, tick_s: float = 5.0, watchdog=None) -> None:
+        """Serve until stop() or `seconds`; closes the server (all notes off) however it ends."""
         end = time.monotonic() + seconds if seconds else float("inf")
         next_tick = next_sweep = time.monotonic() + tick_s
-        while self._running and time.monotonic() < end:
-            if watchdog is not None:
-                watchdog.kick()  # every pass: a pass handles at most one frame per edge
-            for key, mask in self._sel.select(timeout=0.2):
-                if key.data is None:
-                    self._accept()
-                elif mask & selectors.EVENT_READ:
-                    self._on_readable(key.data)
-                if key.data is not None and mask & selectors.EVENT_WRITE:
-                    self._flush(key.data)
-            now = time.monotonic()
-            if now >= next_sweep:
-                next_sweep = now + 1.0
-                self._drop_stalled()
-            if on_tick is not None and now >= next_tick:
-                next_tick += tick_s
-                on_tick(self)
-        self.close()
+        try:
+            while self._running and time.monotonic() < end:
+                if watchdog is not None:
+                    watchdog.kick()  # every pass: a pass handles at most one frame per edge
+                for key, mask in self._sel.select(timeout=0.2):
+                    if key.data is None:
+                        self._accept()
+                    elif mask & selectors.EVENT_READ:
+                        self._on_readable(key.data)
+                    if key.data is not None and mask & selectors.EVENT_WRITE:
+                        self._flush(key.data)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + 1.0
+                    self._drop_stalled()
+                if on_tick is not None and now >= next_tick:
+                    next_tick += tick_s
+                    on_tick(self)
+        finally:
+            self.close()
 
     def _drop_stalled(self) -> None:
         limit = now_ns() - int(STALL_S * 1e9)
@@ -139,6 +151,9 @@ class InferenceServer:
                 self._drop(conn, f"sent part of a frame, then nothing for {STALL_S:.0f} s")
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self.consumer is not None:
             self.consumer.close()  # all notes off
         for key in list(self._sel.get_map().values()):
@@ -222,7 +237,7 @@ class InferenceServer:
                     continue
             elif conn.got == len(conn.payload):
                 conn.recv_ns = now_ns()
-                conn.begun_ns = 0
+                conn.first_byte_ns, conn.begun_ns = conn.begun_ns, 0
                 self._on_payload(conn)
                 return
 
@@ -241,7 +256,7 @@ class InferenceServer:
             conn.discard = True
             self._size_payload(conn, length)
             if length == 0:
-                conn.begun_ns = 0
+                conn.first_byte_ns, conn.begun_ns = conn.begun_ns, 0
                 self._on_payload(conn)
             return
         conn.frame = frame
@@ -264,20 +279,34 @@ class InferenceServer:
         pixels = np.frombuffer(conn.payload, np.uint8).reshape(
             frame_shape(frame.pixel_format, frame.width, frame.height)
         )
+        before = resource.getrusage(resource.RUSAGE_THREAD)
         t0 = now_ns()
         status = Status.OK
+        est = self.estimator
         try:
-            self.estimator.estimate(pixels, frame.pixel_format, frame.width, frame.height, self._keypoints)
+            est.estimate(pixels, frame.pixel_format, frame.width, frame.height, self._keypoints)
         except Exception:  # an engine failure must not take down the other edges
             log.exception("inference failed for a frame from %s", conn.peer)
             status = Status.ENGINE_ERROR
         t1 = now_ns()
         self.counters.frames += 1
-        row = self.telemetry.next_row()
-        row["seq"], row["capture_ns"], row["sent_ns"] = frame.seq, frame.capture_ns, conn.recv_ns
-        row["backend_queue_ns"], row["backend_infer_ns"] = t0 - conn.recv_ns, t1 - t0
         self._send(conn, status, frame.seq, conn.recv_ns, t0, t1, self._keypoints)
-        row["backend_total_ns"] = now_ns() - conn.recv_ns
+        replied = now_ns()
+        after = resource.getrusage(resource.RUSAGE_THREAD)
+        row = self.telemetry.next_row()
+        row["seq"], row["capture_ns"] = frame.seq, frame.capture_ns
+        row["first_byte_ns"], row["received_ns"], row["replied_ns"] = (
+            conn.first_byte_ns,
+            conn.recv_ns,
+            replied,
+        )
+        row["pre_ns"], row["engine_ns"], row["post_ns"] = est.pre_ns, est.engine_ns, est.post_ns
+        row["device_ns"] = est.device_ns
+        row["involuntary_switches"] = after.ru_nivcsw - before.ru_nivcsw
+        row["voluntary_switches"] = after.ru_nvcsw - before.ru_nvcsw
+        row["minor_faults"] = after.ru_minflt - before.ru_minflt
+        row["major_faults"] = after.ru_majflt - before.ru_majflt
+        row["sm_mhz"] = self.gpu_clock.mhz if self.gpu_clock is not None else 0
         if self.consumer_factory is not None and status == Status.OK:
             if self.consumer is None:
                 self.consumer = self.consumer_factory(frame.width, frame.height)

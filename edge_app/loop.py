@@ -27,10 +27,11 @@ from lalelu.gestures.recording import PoseRecorder
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import Reply, Status
-from lalelu.realtime import freeze_gc, pin_to_cpus, try_sched_fifo
+from lalelu.realtime import freeze_gc, pin_to_cpus, short_gil_handoff, try_sched_fifo
+from lalelu.reporter import Reporter
 from lalelu.sdnotify import Watchdog, notify
 from lalelu.state import state_path, status_line, write_state
-from lalelu.timing import TelemetryRing, stage_summary, write_jsonl
+from lalelu.timing import TelemetryRing, stage_summary, warm_up_reports, write_jsonl
 
 log = logging.getLogger("lalelu.edge")
 
@@ -60,6 +61,7 @@ class EdgeLoop:
         self._written = 0
         self._telemetry_fh: IO[str] | None = None
         self._state_path = state_path(cfg.edge.state_file)
+        self._reporter: Reporter | None = None
         self._last_report = (time.monotonic(), 0)  # (when, frames captured): the fps of each report
 
     def stop(self) -> None:
@@ -189,7 +191,10 @@ class EdgeLoop:
             affinity,
             fifo,
         )
+        self._reporter = Reporter()
+        warm_up_reports()  # its first run would stall the loop
         freeze_gc()
+        short_gil_handoff()
         start = time.monotonic()
         end = start + cfg.edge.seconds if cfg.edge.seconds else float("inf")
         next_summary = start + cfg.edge.summary_interval_s if cfg.edge.summary_interval_s else float("inf")
@@ -229,59 +234,67 @@ class EdgeLoop:
             finally:
                 self.consumer.close()  # all notes off, whatever else failed
         summary = self.summary(first_seq or 0, end_seq, time.monotonic() - start)
-        self._flush_telemetry(end_seq)
+        self._reporter.close()  # its queued reports are written first
         if self._telemetry_fh is not None:
+            write_jsonl(self.telemetry.answered_between(self._written, end_seq), self._telemetry_fh)
             self._telemetry_fh.close()
         return summary
 
-    def _flush_telemetry(self, end_seq: int) -> None:
-        if self._telemetry_fh is None:
-            return
-        write_jsonl(self.telemetry.answered_between(self._written, end_seq), self._telemetry_fh)
-        self._written = end_seq
-
     def _report(self, first_seq: int, end_seq: int) -> None:
+        """On the loop: copy what the report needs (microseconds); the reporter thread does the rest."""
         # Replies come in frame order: every frame before the last answered one is answered or lost.
         # Later ones may be in flight and are written with the next report.
         done = self._answered_end
-        s = stage_summary(self.telemetry.answered_between(max(first_seq, done - 500), done))
-        self._publish_state(s)
+        recent = self.telemetry.answered_between(max(first_seq, done - 500), done)
+        new = self.telemetry.answered_between(self._written, done) if self._telemetry_fh is not None else None
+        self._written = done
+        now, captured = time.monotonic(), self.sent + self.source.dropped
+        then, captured_then = self._last_report
+        self._last_report = (now, captured)
+        counts = {
+            "mode": self.mode(),
+            "fps": (captured - captured_then) / max(now - then, 1e-9),
+            "frames": self.sent,
+            "poses": self.received,
+            "dropped": self.source.dropped,
+            "hits": getattr(self.consumer, "hits", 0),
+            "backend_losses": self.backend_losses,
+        }
+        assert self._reporter is not None
+        self._reporter.submit(self._write_report, recent, new, counts)
+
+    def _write_report(self, recent: np.ndarray, new: np.ndarray | None, counts: dict) -> None:
+        """On the reporter thread: the log line, systemd's STATUS=, the state file, the telemetry rows."""
+        s = stage_summary(recent)
         log.info(
             "frames %d, poses %d, dropped %d | total p50 %.2f p99 %.2f ms | infer p50 %.2f ms | "
             "overhead p50 %.2f p99 %.2f ms",
-            self.sent,
-            self.received,
-            self.source.dropped,
+            counts["frames"],
+            counts["poses"],
+            counts["dropped"],
             s["total"].get("p50", 0),
             s["total"].get("p99", 0),
             s["inference"].get("p50", 0),
             s["overhead"].get("p50", 0),
             s["overhead"].get("p99", 0),
         )
-        self._flush_telemetry(done)
+        self._publish_state(s, counts)
+        if new is not None and self._telemetry_fh is not None:
+            write_jsonl(new, self._telemetry_fh)
 
     def mode(self) -> str:
         if not self.cfg.edge.backend:
             return "local"
         return "remote" if self._link is not None else "local, reconnecting"
 
-    def _publish_state(self, s: dict) -> None:
+    def _publish_state(self, s: dict, counts: dict) -> None:
         """Every summary: the state file `lalelu check` reads and systemd's STATUS= line."""
-        now, captured = time.monotonic(), self.sent + self.source.dropped
-        then, captured_then = self._last_report
-        self._last_report = (now, captured)
         state = {
-            "mode": self.mode(),
+            **counts,
             "backend": self.cfg.edge.backend,
-            "fps": (captured - captured_then) / max(now - then, 1e-9),
             "fps_wanted": self.source.fps,
-            "frames": self.sent,
-            "poses": self.received,
-            "dropped": self.source.dropped,
             "latency_p50_ms": s["total"].get("p50", 0.0),
             "latency_p99_ms": s["total"].get("p99", 0.0),
-            "hits": getattr(self.consumer, "hits", 0),
-            "backend_losses": self.backend_losses,
             "summary_interval_s": self.cfg.edge.summary_interval_s,
             "pid": os.getpid(),
         }

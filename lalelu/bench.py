@@ -14,6 +14,7 @@ events (torch-cuda) report device-side figures beside the host-side ones (what t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -26,7 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lalelu.clock import sleep_until_ns
+from lalelu.engines import GPU_ENGINES
 from lalelu.errors import LaleluError
+from lalelu.gpu_clock import nvml_sm_clock
 from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, online_cpus, read_kernel_value
 from lalelu.timing import summarize_ns
 
@@ -98,9 +102,18 @@ def machine_facts() -> dict:
 
 
 def run_single(
-    engine_name: str, model: str, threads: int, config: str, cpu: int, warmup: int, n: int, progress: bool
+    engine_name: str,
+    model: str,
+    threads: int,
+    config: str,
+    cpu: int,
+    warmup: int,
+    n: int,
+    progress: bool,
+    pace_hz: float = 0.0,
 ) -> dict:
-    """One configuration in this process."""
+    """One configuration in this process; `pace_hz` > 0 waits for the next period between frames the way
+    the live loop waits for the camera (back-to-back hides what the idle gaps do to clocks and caches)."""
     from lalelu.realtime import freeze_gc, try_sched_fifo
 
     words = check_config(engine_name, config)
@@ -156,20 +169,30 @@ def run_single(
     freeze_gc()
     times = np.zeros(n, np.int64)
     device_ns = np.zeros(n, np.int64)
+    sm_mhz = np.zeros(n, np.int64)
+    sm_clock = nvml_sm_clock() if engine_name in GPU_ENGINES else None
     step = max(1, n // 10)
+    period_ns = int(1e9 / pace_hz) if pace_hz else 0
+    next_ns = time.monotonic_ns()
     for i in range(n):
         fill()
+        if period_ns:
+            next_ns += period_ns
+            sleep_until_ns(next_ns)
         t0 = time.perf_counter_ns()
         infer()
         times[i] = time.perf_counter_ns() - t0
         if device_ms is not None:
             device_ns[i] = int(device_ms() * 1e6)  # read after the timed region
+        if sm_clock is not None:
+            sm_mhz[i] = sm_clock()
         if progress and i % step == step - 1:
             print(f"\r  {config}: {100 * (i + 1) // n:3d} %", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
     result = {
-        "config": config,
+        "config": f"{config}@{pace_hz:g}Hz" if pace_hz else config,
+        "pace_hz": pace_hz,
         "first_ms": first / 1e6,
         "stats_ms": summarize_ns(times),
         "sched_fifo": fifo,
@@ -181,6 +204,13 @@ def run_single(
     if device_ms is not None:
         result["device_stats_ms"] = summarize_ns(device_ns)
         result["device_samples_ns"] = device_ns.tolist()
+    if sm_clock is not None:
+        result["sm_mhz"] = {
+            "min": int(sm_mhz.min()),
+            "p50": float(np.median(sm_mhz)),
+            "max": int(sm_mhz.max()),
+        }
+        result["sm_mhz_samples"] = sm_mhz.tolist()
     return result
 
 
@@ -193,6 +223,7 @@ def run_bench(
     warmup: int,
     n: int,
     quiet: bool = False,
+    pace_hz: float = 0.0,
 ) -> dict:
     for c in configs:
         check_config(engine_name, c)
@@ -200,32 +231,33 @@ def run_bench(
     if cpu not in online:
         raise LaleluError(f"--cpu-affinity {cpu}: this host's CPUs are {sorted(online)}; choose one of them")
     results = []
-    for threads in threads_list:
-        for config in configs:
-            cmd = [
-                sys.executable,
-                "-m",
-                "lalelu.bench",
-                engine_name,
-                model,
-                str(threads),
-                config,
-                str(cpu),
-                str(warmup),
-                str(n),
-                "0" if quiet else "1",
-            ]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-            if r.returncode != 0:
-                raise LaleluError(f"benchmark {config} with {threads} threads failed:\n{r.stderr[-2000:]}")
-            if not quiet:
-                sys.stderr.write(
-                    r.stderr.replace("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n", "")
-                )
-            results.append(json.loads(r.stdout.splitlines()[-1]))
+    paces = (0.0, pace_hz) if pace_hz else (0.0,)
+    for threads, config, pace in itertools.product(threads_list, configs, paces):
+        cmd = [
+            sys.executable,
+            "-m",
+            "lalelu.bench",
+            engine_name,
+            model,
+            str(threads),
+            config,
+            str(cpu),
+            str(warmup),
+            str(n),
+            "0" if quiet else "1",
+            str(pace),
+        ]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if r.returncode != 0:
+            raise LaleluError(f"benchmark {config} with {threads} threads failed:\n{r.stderr[-2000:]}")
+        if not quiet:
+            sys.stderr.write(
+                r.stderr.replace("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n", "")
+            )
+        results.append(json.loads(r.stdout.splitlines()[-1]))
     return {
         "machine": machine_facts(),
-        "method": {"warmup": warmup, "n": n, "cpu_affinity": cpu},
+        "method": {"warmup": warmup, "n": n, "cpu_affinity": cpu, "pace_hz": pace_hz},
         "results": results,
     }
 
@@ -234,7 +266,7 @@ def format_table(report: dict) -> str:
     """Host-side rows (what the app waits for) and, for engines timed with CUDA events, device-side rows."""
     head = (
         f"{'engine':<11} {'thr':>3} {'config':<18} {'side':<6} {'first':>8} {'mean':>7} {'std':>7} "
-        f"{'min':>7} {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7} {'vs 1st':>7}"
+        f"{'min':>7} {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7} {'vs 1st':>7} {'SM MHz':>9}"
     )
     lines = [head, "-" * len(head)]
     base: dict[int, float] = {}
@@ -244,21 +276,24 @@ def format_table(report: dict) -> str:
         sides = [("host", r["stats_ms"])] + (
             [("device", r["device_stats_ms"])] if "device_stats_ms" in r else []
         )
+        clock = r.get("sm_mhz")
+        clock_text = f"{clock['min']:>4}-{clock['max']:<4}" if clock else ""
         for side, s in sides:
             ratio = s["mean"] / base[r["threads"]] if side == "host" else float("nan")
             lines.append(
                 f"{r['engine']:<11} {r['threads']:>3} {r['config']:<18} {side:<6} {r['first_ms']:>8.2f} "
                 f"{s['mean']:>7.3f} {s['std']:>7.3f} {s['min']:>7.3f} {s['p50']:>7.3f} {s['p99']:>7.3f} "
-                f"{s['p99.9']:>7.3f} {s['max']:>7.3f} {ratio:>7.3f}"
+                f"{s['p99.9']:>7.3f} {s['max']:>7.3f} {ratio:>7.3f} {clock_text if side == 'host' else '':>9}"
             )
     lines.append(
         "(milliseconds; host = infer() as the app sees it, device = CUDA events around the GPU work; "
-        "'vs 1st' = host mean / host mean of the first configuration at the same thread count)"
+        "'vs 1st' = host mean / host mean of the first configuration at the same thread count; "
+        "'@N Hz' = paced like a camera at N frames per second; SM MHz = the GPU's clock, lowest-highest)"
     )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    eng, mdl, thr, cfg, core, wu, count, prog = sys.argv[1:9]
-    res = run_single(eng, mdl, int(thr), cfg, int(core), int(wu), int(count), prog == "1")
+    eng, mdl, thr, cfg, core, wu, count, prog, pace = sys.argv[1:10]
+    res = run_single(eng, mdl, int(thr), cfg, int(core), int(wu), int(count), prog == "1", float(pace))
     print(json.dumps(res))

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--port", type=int, help="override [backend] port (0 = any free port)")
     backend.add_argument("--seconds", type=float, default=0.0, help="stop after this long")
     backend.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
+    backend.add_argument("--telemetry", help="write per-frame stage telemetry as JSON lines to this file")
 
     pose = sub.add_parser("pose", help="run the model on one image and print the keypoints")
     _common(pose)
@@ -90,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_CONFIGS_OTHER}; torch-cuda: {DEFAULT_CONFIGS['torch-cuda']})",
     )
     bench.add_argument("--sched-fifo", action="store_true", help="shorthand: add pinned+fifo to --configs")
+    bench.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        metavar="FPS",
+        help="also run each configuration paced at FPS frames per second, as a camera feeds the live loop",
+    )
     bench.add_argument("--warmup", type=int, default=50)
     bench.add_argument("--n", type=int, default=500)
     bench.add_argument("--json", type=Path, help="write results with machine facts and all samples here")
@@ -98,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--from-telemetry",
         type=Path,
-        help="instead of benchmarking, summarize (and --plot) a `lalelu edge --telemetry` file",
+        nargs="+",
+        metavar="FILE",
+        help="instead of benchmarking, summarize (and --plot) a `lalelu edge --telemetry` file, a "
+        "`lalelu backend --telemetry` file, or both",
     )
 
     conv = sub.add_parser("convert", help="MoveNet to ONNX (checked), a TensorRT engine, or TF-TRT")
@@ -113,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", type=Path, help="demo configuration (default: the bundled demo.toml)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar or logs, only the JSON line")
     demo.add_argument("--fps", type=float, help="camera rate (default: the demo configuration's, 100)")
+    demo.add_argument(
+        "--telemetry",
+        type=Path,
+        metavar="DIR",
+        help="write both apps' per-frame telemetry here (edge.jsonl, backend.jsonl) for bench --from-telemetry",
+    )
 
     soak = sub.add_parser("soak", help="edge + backend for a long time: lost frames, memory growth, drift")
     soak.add_argument("--minutes", type=float, default=30.0)
@@ -154,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         from backend_app.main import run_backend
 
         cfg = _config(args, "backend")
-        cfg = override(cfg, "backend", listen_host=args.host, port=args.port)
+        cfg = override(cfg, "backend", listen_host=args.host, port=args.port, telemetry=args.telemetry)
         run_backend(cfg, args.seconds, args.ready_file)
         return 0
     if args.command == "pose":
@@ -181,12 +198,13 @@ def _run(args: argparse.Namespace) -> int:
         from lalelu.bench import format_table, run_bench
 
         if args.from_telemetry:
-            from lalelu.plots import load_telemetry, plot_telemetry, telemetry_table
+            from lalelu.plots import plot_telemetry, split_telemetry, telemetry_table
 
-            rows = load_telemetry(args.from_telemetry)
-            print(telemetry_table(rows))
+            edge_rows, backend_rows = split_telemetry(args.from_telemetry)
+            print(telemetry_table(edge_rows, backend_rows))
             if args.plot:
-                print(f"plot: {plot_telemetry(rows, args.plot / (args.from_telemetry.stem + '.png'))}")
+                out = args.plot / (args.from_telemetry[0].stem + ".png")
+                print(f"plot: {plot_telemetry(edge_rows, backend_rows, out)}")
             return 0
 
         chosen = args.configs or DEFAULT_CONFIGS.get(args.engine, DEFAULT_CONFIGS_OTHER)
@@ -197,8 +215,20 @@ def _run(args: argparse.Namespace) -> int:
             threads = [int(t) for t in args.threads.split(",") if t]
         except ValueError:
             raise LaleluError(f"--threads {args.threads!r}: give thread counts like 1,2") from None
+        if not 0 <= args.pace <= 10_000:
+            raise LaleluError(
+                f"--pace {args.pace:g}: give frames per second between 1 and 10000 (0 = not paced)"
+            )
         report = run_bench(
-            args.engine, args.model, threads, configs, args.cpu_affinity, args.warmup, args.n, args.quiet
+            args.engine,
+            args.model,
+            threads,
+            configs,
+            args.cpu_affinity,
+            args.warmup,
+            args.n,
+            args.quiet,
+            args.pace,
         )
         print(format_table(report))
         if args.json:
@@ -249,7 +279,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from lalelu.demo import run_demo
 
-        print(json.dumps(run_demo(args.seconds, args.config, quiet=args.quiet, fps=args.fps)))
+        print(json.dumps(run_demo(args.seconds, args.config, args.quiet, args.fps, args.telemetry)))
         return 0
     return 2
 

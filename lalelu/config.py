@@ -59,6 +59,9 @@ class BackendConfig:
     fifo_priority: int = field(default=50, metadata=_rule(1, 99))
     max_payload: int = field(default=1920 * 1080 * 3, metadata=_rule(1024, 64 * 1024 * 1024))
     allow: list[str] = field(default_factory=list, metadata=_rule(doc="client IPs allowed; empty = any"))
+    telemetry: str = field(
+        default="", metadata=_rule(doc="JSON-lines file for per-frame stage telemetry of the backend")
+    )
 
 
 @dataclass(frozen=True)

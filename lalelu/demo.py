@@ -37,7 +37,12 @@ def wait_until_ready(backend: subprocess.Popen, ready: Path, timeout_s: float = 
 
 @contextlib.contextmanager
 def backend_and_edge(
-    config: Path, seconds: float, workdir: Path, quiet: bool, edge_args: tuple[str, ...] = ()
+    config: Path,
+    seconds: float,
+    workdir: Path,
+    quiet: bool,
+    edge_args: tuple[str, ...] = (),
+    backend_args: tuple[str, ...] = (),
 ) -> Iterator[tuple[subprocess.Popen, subprocess.Popen, Path]]:
     """A backend on a free port and an edge sending to it for `seconds`: (backend, edge, edge summary file).
     Quiet: their logs go to backend.log and edge.log in `workdir` (a pipe nobody reads would fill up and
@@ -51,7 +56,9 @@ def backend_and_edge(
             return logs.enter_context(open(workdir / f"{name}.log", "wb")) if quiet else None
 
         backend = subprocess.Popen(
-            lalelu_command("backend", "--config", str(config), "--port", "0", "--ready-file", str(ready)),
+            lalelu_command(
+                "backend", "--config", str(config), "--port", "0", "--ready-file", str(ready), *backend_args
+            ),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=stderr("backend"),
@@ -105,11 +112,27 @@ def progress(label: str, done: float, total: float) -> None:
     print(f"\r{label} [{bar:<30}] {min(done, total):5.1f}/{total:.0f} s", end="", file=sys.stderr, flush=True)
 
 
-def run_demo(seconds: float, config: Path | None, quiet: bool = False, fps: float | None = None) -> dict:
+def run_demo(
+    seconds: float,
+    config: Path | None,
+    quiet: bool = False,
+    fps: float | None = None,
+    telemetry: Path | None = None,
+) -> dict:
+    """`telemetry`: a folder for edge.jsonl and backend.jsonl, the per-frame rows of both."""
     config = config or DEMO_CONFIG
     with tempfile.TemporaryDirectory(prefix="lalelu-demo-") as tmp:
-        edge_args = ("--fps", str(fps)) if fps else ()
-        with backend_and_edge(config, seconds, Path(tmp), quiet, edge_args) as (_, edge, summary_file):
+        edge_args: tuple[str, ...] = ("--fps", str(fps)) if fps else ()
+        backend_args: tuple[str, ...] = ()
+        if telemetry is not None:
+            telemetry.mkdir(parents=True, exist_ok=True)
+            edge_args += ("--telemetry", str(telemetry / "edge.jsonl"))
+            backend_args += ("--telemetry", str(telemetry / "backend.jsonl"))
+        with backend_and_edge(config, seconds, Path(tmp), quiet, edge_args, backend_args) as (
+            _,
+            edge,
+            summary_file,
+        ):
             start = time.monotonic()
             while edge.poll() is None:
                 if not quiet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lalelu.clock import now_ns
 from lalelu.engines import PoseEngine
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.preprocess import Letterbox
@@ -15,6 +16,10 @@ class PoseEstimator:
         self.engine = engine
         self._letterboxes: dict[tuple[int, int, int], Letterbox] = {}
         self._model_out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
+        self._device_ms = getattr(engine, "last_device_ms", None)
+        # the last frame's stages (ns), for telemetry
+        self.pre_ns = self.engine_ns = self.post_ns = 0
+        self.device_ns = -1
 
     def letterbox(self, fmt: PixelFormat, width: int, height: int) -> Letterbox:
         key = (int(fmt), width, height)
@@ -28,7 +33,15 @@ class PoseEstimator:
 
     def estimate(self, frame: np.ndarray, fmt: PixelFormat, width: int, height: int, out: np.ndarray) -> None:
         """Write (17, 3) rows (x, y, score) in the frame's pixels into `out`."""
+        t0 = now_ns()
         lb = self.letterbox(fmt, width, height)
         lb(frame)
+        t1 = now_ns()
         self.engine.infer(self._model_out)
+        t2 = now_ns()
         lb.to_frame(self._model_out, out)
+        t3 = now_ns()
+        self.pre_ns, self.engine_ns, self.post_ns = t1 - t0, t2 - t1, t3 - t2
+        if self._device_ms is not None:
+            ms = self._device_ms()
+            self.device_ns = int(ms * 1e6) if ms == ms else -1  # NaN: the engine ran off the GPU

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.errors import LaleluError
-from lalelu.timing import TELEMETRY_DTYPE, stage_summary
+from lalelu.timing import (
+    BACKEND_TELEMETRY_DTYPE,
+    TELEMETRY_DTYPE,
+    backend_summary,
+    slow_frames,
+    stage_summary,
+)
 
 
 def _pyplot():
@@ -69,37 +75,135 @@ def plot_bench(report: dict, out_dir: Path) -> list[Path]:
 
 
 def load_telemetry(path: Path) -> np.ndarray:
+    """An edge's (`lalelu edge --telemetry`) or a backend's (`lalelu backend --telemetry`) JSON lines, as
+    rows of TELEMETRY_DTYPE or BACKEND_TELEMETRY_DTYPE: the first line's fields tell which."""
     rows = []
+    dtype = TELEMETRY_DTYPE
     try:
         with open(path) as fh:
             for n, line in enumerate(fh, 1):
                 try:
                     d = json.loads(line)
-                    rows.append(tuple(int(d[k]) for k in TELEMETRY_DTYPE.names or ()))
-                except (ValueError, KeyError) as exc:
+                    if n == 1 and "engine_ns" in d:
+                        dtype = BACKEND_TELEMETRY_DTYPE
+                    rows.append(tuple(int(d[k]) for k in dtype.names or ()))
+                except (ValueError, KeyError, TypeError) as exc:
                     raise LaleluError(
                         f"{path}:{n} is not a telemetry line ({exc}); write one with "
-                        "`lalelu edge --telemetry FILE`"
+                        "`lalelu edge --telemetry FILE` or `lalelu backend --telemetry FILE`"
                     ) from exc
     except OSError as exc:
         raise LaleluError(f"cannot read telemetry {path}: {exc.strerror}") from exc
     if not rows:
         raise LaleluError(f"{path} holds no telemetry")
-    return np.array(rows, dtype=TELEMETRY_DTYPE)
+    return np.array(rows, dtype=dtype)
 
 
-def plot_telemetry(rows: np.ndarray, out: Path) -> Path:
-    total = (rows["pose_ns"] - rows["capture_ns"]) / 1e6
-    infer = rows["backend_infer_ns"] / 1e6
-    return plot_series(
-        {"total": total, "inference": infer, "overhead": total - infer}, "live telemetry per stage", out
-    )
+def split_telemetry(paths: list[Path]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(edge rows, backend rows) from one or two files, either order."""
+    edge = backend = None
+    for path in paths:
+        rows = load_telemetry(path)
+        if rows.dtype == BACKEND_TELEMETRY_DTYPE:
+            backend = rows
+        else:
+            edge = rows
+    return edge, backend
 
 
-def telemetry_table(rows: np.ndarray) -> str:
-    s = stage_summary(rows)
-    lines = [f"{'stage':<16} {'p50':>8} {'p99':>8} {'max':>8}  (ms, {rows.size} frames)"]
+def plot_telemetry(
+    edge: np.ndarray | None, backend: np.ndarray | None, out: Path, frames: int = 1000
+) -> Path:
+    """The original project's graph: `frames` consecutive live frames (the last ones: warm, steady),
+    inference and total per frame; below, the backend's stages and the GPU clock of the same frames."""
+    plt = _pyplot()
+    panels = 1 + (backend is not None) + (backend is not None and bool(backend["sm_mhz"].any()))
+    fig, axes = plt.subplots(panels, 1, figsize=(11, 3.2 * panels), sharex=False, squeeze=False)
+    ax = axes[0][0]
+    if edge is not None:
+        e = edge[-frames:]
+        total = (e["pose_ns"] - e["capture_ns"]) / 1e6
+        ax.plot(
+            total,
+            lw=0.7,
+            label=f"total, capture -> pose (p50 {np.median(total):.2f}, p99 {np.percentile(total, 99):.2f}, max {total.max():.2f})",
+        )
+        infer = e["backend_infer_ns"] / 1e6
+        ax.plot(
+            infer, lw=0.7, label=f"inference (p50 {np.median(infer):.2f}, p99 {np.percentile(infer, 99):.2f})"
+        )
+        ax.set_title(f"{e.size} consecutive live frames")
+    ax.set_ylabel("ms")
+    ax.set_xlabel("frame")
+    ax.legend(loc="upper right", fontsize=8)
+    if backend is not None:
+        b = backend[-frames:]
+        ax = axes[1][0]
+        stages = {
+            "receive": b["received_ns"] - b["first_byte_ns"],
+            "preprocess": b["pre_ns"],
+            "engine (host)": b["engine_ns"],
+            "map back": b["post_ns"],
+            "served": b["replied_ns"] - b["received_ns"],
+        }
+        if (b["device_ns"] >= 0).any():
+            stages["engine (GPU)"] = np.where(b["device_ns"] >= 0, b["device_ns"], 0)
+        for name, ns in stages.items():
+            ms = ns / 1e6
+            ax.plot(ms, lw=0.6, label=f"{name} (p50 {np.median(ms):.3f}, p99 {np.percentile(ms, 99):.3f})")
+        ax.set_ylabel("ms")
+        ax.set_xlabel("frame (backend)")
+        ax.set_title("backend stages per frame")
+        ax.legend(loc="upper right", fontsize=8)
+        if panels == 3:
+            ax = axes[2][0]
+            ax.plot(b["sm_mhz"], lw=0.7, color="tab:red", label="GPU SM clock (MHz)")
+            ax.plot(
+                b["involuntary_switches"] * 100, lw=0.7, color="tab:gray", label="involuntary switches x100"
+            )
+            ax.set_xlabel("frame (backend)")
+            ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _stage_lines(title: str, stages: dict[str, dict[str, float]], n: int) -> list[str]:
+    lines = [f"{title:<16} {'p50':>8} {'p99':>8} {'max':>8}  (ms, {n} frames)"]
     lines += [
-        f"{k:<16} {v['p50']:>8.3f} {v['p99']:>8.3f} {v['max']:>8.3f}" for k, v in s.items() if v.get("n")
+        f"{k:<16} {v['p50']:>8.3f} {v['p99']:>8.3f} {v['max']:>8.3f}" for k, v in stages.items() if v.get("n")
     ]
+    return lines
+
+
+def telemetry_table(edge: np.ndarray | None, backend: np.ndarray | None = None) -> str:
+    lines: list[str] = []
+    if edge is not None:
+        lines += _stage_lines("edge stage", stage_summary(edge), edge.size)
+    if backend is not None:
+        lines += ([""] if lines else []) + _stage_lines(
+            "backend stage", backend_summary(backend), backend.size
+        )
+        slow = slow_frames(backend)
+        lines.append("")
+        lines.append(
+            f"{'frames':<16} {'n':>6} {'served':>8} {'engine':>8} {'GPU':>8} {'invol.sw':>9} {'vol.sw':>8} "
+            f"{'minflt':>7} {'SM MHz':>7}"
+        )
+        for name in ("slow", "others"):
+            g = slow[name]
+            if g["frames"]:
+                lines.append(
+                    f"{name + ' (>2x p50)' if name == 'slow' else name:<16} {g['frames']:>6} {g['served_p50_ms']:>8.3f} "
+                    f"{g['engine_p50_ms']:>8.3f} {g.get('device_p50_ms', float('nan')):>8.3f} "
+                    f"{g['involuntary_switches']:>9.2f} {g['voluntary_switches']:>8.2f} {g['minor_faults']:>7.2f} "
+                    f"{g['sm_mhz']:>7.0f}"
+                )
+        if "clusters" in slow:
+            c = slow["clusters"]
+            lines.append(
+                f"slow frames come in {c['count']} clusters, {c['median_gap_s']:.2f} s apart (median)"
+            )
     return "\n".join(lines)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from collections.abc import Sequence
 from typing import IO
 
@@ -43,11 +45,33 @@ TELEMETRY_DTYPE = np.dtype(
 )
 
 
+# One row per frame the backend served; times are the backend's CLOCK_MONOTONIC ns. The counts are what
+# happened to the serving thread during this frame (first byte to reply): what explains a slow one.
+BACKEND_TELEMETRY_DTYPE = np.dtype(
+    [
+        ("seq", np.int64),
+        ("capture_ns", np.int64),  # the frame's camera timestamp (edge clock), to join with the edge's rows
+        ("first_byte_ns", np.int64),  # the frame's first byte read from the socket
+        ("received_ns", np.int64),  # its last byte read
+        ("pre_ns", np.int64),  # duration: colour conversion + letterbox into the engine's input
+        ("engine_ns", np.int64),  # duration: the engine as the host waits for it
+        ("device_ns", np.int64),  # duration: the engine's GPU work (CUDA events); -1 where not measured
+        ("post_ns", np.int64),  # duration: keypoints mapped back to frame pixels
+        ("replied_ns", np.int64),  # the reply handed to the socket
+        ("involuntary_switches", np.int32),  # preempted (another thread or an interrupt took the CPU)
+        ("voluntary_switches", np.int32),  # blocked (waiting for the GPU, the socket)
+        ("minor_faults", np.int32),
+        ("major_faults", np.int32),
+        ("sm_mhz", np.int32),  # the GPU's SM clock, last sample (NVML, every 10 ms); 0 without a GPU
+    ]
+)
+
+
 class TelemetryRing:
     """Fixed-size ring of per-frame records; writing a row allocates nothing."""
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self.rows = np.zeros(capacity, dtype=TELEMETRY_DTYPE)
+    def __init__(self, capacity: int = 4096, dtype: np.dtype = TELEMETRY_DTYPE) -> None:
+        self.rows = np.zeros(capacity, dtype=dtype)
         # np.zeros gets untouched pages from the kernel: each would fault (and grow RSS) the first time a
         # frame's row lands on it, in the hot loop, for minutes. Touch them all now.
         self.rows.fill(0)
@@ -82,9 +106,13 @@ class TelemetryRing:
 
 
 def write_jsonl(rows: np.ndarray, fh: IO[str]) -> None:
-    """Telemetry rows as JSON lines, one object per frame (what `lalelu bench --from-telemetry` reads)."""
-    for r in rows:
-        fh.write(json.dumps({name: int(r[name]) for name in TELEMETRY_DTYPE.names or ()}) + "\n")
+    """Telemetry rows as JSON lines, one object per frame (what `lalelu bench --from-telemetry` reads).
+    Run from a helper thread, it hands the interpreter lock back every 16 rows (see reporter.py)."""
+    names = rows.dtype.names or ()
+    for i, r in enumerate(rows.tolist()):
+        fh.write(json.dumps(dict(zip(names, r, strict=True))) + "\n")
+        if i % 16 == 15:
+            time.sleep(0)  # releases the lock: a real-time thread waiting for it runs now
     fh.flush()
 
 
@@ -100,3 +128,66 @@ def stage_summary(rows: np.ndarray) -> dict[str, dict[str, float]]:
         "inference": summarize_ns(infer),
         "overhead": summarize_ns(total - infer),
     }
+
+
+def backend_summary(rows: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per-stage latency of backend telemetry rows (BACKEND_TELEMETRY_DTYPE)."""
+    return {
+        "receive": summarize_ns(rows["received_ns"] - rows["first_byte_ns"]),
+        "preprocess": summarize_ns(rows["pre_ns"]),
+        "engine": summarize_ns(rows["engine_ns"]),
+        "engine_device": summarize_ns(rows["device_ns"][rows["device_ns"] >= 0]),
+        "map_back": summarize_ns(rows["post_ns"]),
+        "served": summarize_ns(rows["replied_ns"] - rows["received_ns"]),
+    }
+
+
+def slow_frames(rows: np.ndarray, factor: float = 2.0) -> dict[str, dict[str, float]]:
+    """What the backend's slow frames (served > factor x median) had that the others did not: the mean
+    context switches, page faults and GPU clock of each group, and how far apart slow frames come."""
+    served = rows["replied_ns"] - rows["received_ns"]
+    slow = served > factor * np.median(served) if served.size else np.zeros(0, bool)
+    out: dict[str, dict[str, float]] = {}
+    for name, pick in (("slow", slow), ("others", ~slow)):
+        group = rows[pick]
+        out[name] = {"frames": int(group.size)}
+        if group.size:
+            out[name].update(
+                {
+                    k: float(group[k].mean())
+                    for k in (
+                        "involuntary_switches",
+                        "voluntary_switches",
+                        "minor_faults",
+                        "major_faults",
+                        "sm_mhz",
+                    )
+                }
+            )
+            out[name]["served_p50_ms"] = float(np.median(served[pick])) / NS_PER_MS
+            out[name]["engine_p50_ms"] = float(np.median(group["engine_ns"])) / NS_PER_MS
+            if (group["device_ns"] >= 0).any():
+                out[name]["device_p50_ms"] = (
+                    float(np.median(group["device_ns"][group["device_ns"] >= 0])) / NS_PER_MS
+                )
+    starts = rows["received_ns"][slow]
+    if starts.size > 1:
+        gaps = np.diff(starts) / 1e9
+        runs = gaps[gaps > 0.1]  # slow frames closer than 0.1 s belong to one cluster
+        out["clusters"] = {
+            "count": int(runs.size + 1),
+            "median_gap_s": float(np.median(runs)) if runs.size else 0.0,
+        }
+    return out
+
+
+def warm_up_reports() -> None:
+    """Run the report path once at start-up. Its first run costs tens of milliseconds (np.percentile
+    imports numpy.ma on first use), and a helper thread doing that holds the interpreter lock long enough
+    to stall the real-time loop: measured on the H100 demo as one 42-54 ms stall at the first report."""
+    for dtype in (TELEMETRY_DTYPE, BACKEND_TELEMETRY_DTYPE):
+        rows = np.zeros(8, dtype)
+        rows["replied_ns" if dtype is BACKEND_TELEMETRY_DTYPE else "pose_ns"] = np.arange(8)
+        (backend_summary if dtype is BACKEND_TELEMETRY_DTYPE else stage_summary)(rows)
+        write_jsonl(rows, io.StringIO())
+    slow_frames(np.zeros(8, BACKEND_TELEMETRY_DTYPE))

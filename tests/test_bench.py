@@ -76,7 +76,7 @@ def test_live_telemetry_is_summarized_and_plotted(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("stage") and any(x.startswith("inference") for x in lines)
+    assert lines[0].startswith("edge stage") and any(x.startswith("inference") for x in lines)
     n_frames = len(telemetry.read_text().splitlines())
     assert f"{n_frames} frames" in lines[0] and n_frames >= 40
     assert (tmp_path / "live.png").stat().st_size > 10_000

@@ -205,6 +205,8 @@ class SlowEstimator:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.pre_ns = self.engine_ns = self.post_ns = 0
+        self.device_ns = -1
 
     def estimate(self, pixels, fmt, width, height, out) -> None:
         time.sleep(self.seconds)

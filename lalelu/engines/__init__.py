@@ -11,6 +11,7 @@ from lalelu.config import EngineConfig
 from lalelu.errors import ModelError
 
 ENGINE_NAMES = ("litert", "tf-savedmodel", "tensorrt", "torch-cuda")
+GPU_ENGINES = ("tf-savedmodel", "tensorrt", "torch-cuda")  # their telemetry samples the GPU's clock
 BUNDLED_MODEL = (
     Path(__file__).resolve().parent.parent / "models" / "movenet_singlepose_lightning_int8_4.tflite"
 )
