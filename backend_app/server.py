@@ -22,7 +22,6 @@ import numpy as np
 from lalelu.clock import now_ns
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.preprocess import frame_shape
 from lalelu.protocol import (
     FRAME_HEADER,
     REPLY_SIZE,
@@ -73,7 +72,9 @@ class Connection:
     header: bytearray = field(default_factory=lambda: bytearray(FRAME_HEADER.size))
     got: int = 0
     frame: FrameHeader | None = None
-    payload: bytearray = field(default_factory=bytearray)
+    payload: memoryview = field(default_factory=lambda: memoryview(bytearray()))  # flat bytes being read
+    pixels: np.ndarray | None = None  # the frame buffer `payload` views, shaped; None while discarding
+    geometry: tuple[int, int, int] = (0, 0, 0)  # (format, width, height) `pixels` was made for
     discard: bool = False  # reading the payload of a rejected frame only to stay framed
     recv_ns: int = 0
     first_byte_ns: int = 0  # of the frame last completed
@@ -215,7 +216,7 @@ class InferenceServer:
                 if conn.frame is None and not conn.discard:
                     n = conn.sock.recv_into(memoryview(conn.header)[conn.got :])
                 else:
-                    n = conn.sock.recv_into(memoryview(conn.payload)[conn.got :])
+                    n = conn.sock.recv_into(conn.payload[conn.got :])
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -254,18 +255,18 @@ class InferenceServer:
             self.counters.bad_frames += 1
             conn.frame = FrameHeader(seq, 0, 0, 0, 0, length)  # type: ignore[arg-type]
             conn.discard = True
-            self._size_payload(conn, length)
+            if len(conn.payload) != length or conn.pixels is not None:
+                conn.payload, conn.pixels, conn.geometry = memoryview(bytearray(length)), None, (0, 0, 0)
             if length == 0:
                 conn.first_byte_ns, conn.begun_ns = conn.begun_ns, 0
                 self._on_payload(conn)
             return
         conn.frame = frame
-        self._size_payload(conn, frame.payload_len)
-
-    @staticmethod
-    def _size_payload(conn: Connection, length: int) -> None:
-        if len(conn.payload) != length:
-            conn.payload = bytearray(length)  # once per geometry; bounded by max_payload
+        geometry = (int(frame.pixel_format), frame.width, frame.height)
+        if conn.pixels is None or conn.geometry != geometry:
+            # once per geometry and connection, bounded by max_payload; pinned memory for a GPU engine
+            conn.pixels = self.estimator.frame_buffer(frame.pixel_format, frame.width, frame.height)
+            conn.payload, conn.geometry = conn.pixels.reshape(-1).data, geometry
 
     def _on_payload(self, conn: Connection) -> None:
         frame = conn.frame
@@ -276,9 +277,8 @@ class InferenceServer:
             conn.discard = False
             self._send(conn, Status.BAD_FRAME, frame.seq, conn.recv_ns, 0, 0, self._zeros)
             return
-        pixels = np.frombuffer(conn.payload, np.uint8).reshape(
-            frame_shape(frame.pixel_format, frame.width, frame.height)
-        )
+        pixels = conn.pixels
+        assert pixels is not None
         before = resource.getrusage(resource.RUSAGE_THREAD)
         t0 = now_ns()
         status = Status.OK

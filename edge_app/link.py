@@ -57,6 +57,7 @@ class BackendLink:
         on_reply: Callable[[Reply], None],
         max_in_flight: int,
         reply_timeout_s: float,
+        latency_budget_ms: float = 0.0,
     ) -> None:
         self.sock = sock
         self.sock.settimeout(None)
@@ -64,8 +65,12 @@ class BackendLink:
         self._on_reply = on_reply
         self._slots = threading.Semaphore(max_in_flight)
         self._reply_timeout_s = reply_timeout_s
+        self._budget_ns = int(latency_budget_ms * 1e6)
+        self._service_ns = 0  # the backend's time per frame, smoothed (receiver thread writes it)
+        self._sent_at = [0] * max_in_flight  # monotonic ns of each frame in flight, by send count
         self.sent = 0
         self.replies = 0
+        self.skipped = 0
         self.error: str = ""
         self._closed = False
         self._rx = threading.Thread(target=self._receive, name="lalelu-rx", daemon=True)
@@ -73,8 +78,15 @@ class BackendLink:
 
     def send(
         self, seq: int, capture_ns: int, fmt: PixelFormat, width: int, height: int, frame: np.ndarray
-    ) -> None:
+    ) -> bool:
+        """Send a frame; False when it was skipped for the latency budget (the next one will go)."""
+        if self.error:
+            raise BackendUnavailable(f"the backend at {self.address} went away: {self.error}")
+        if self._budget_ns and self._over_budget():
+            self.skipped += 1
+            return False
         # A full pipe waits for a reply, but only so long: a hung backend must not stall the camera loop.
+        # With a budget, a frame reaches here only when a slot is free.
         if not self._slots.acquire(timeout=self._reply_timeout_s):
             raise BackendUnavailable(
                 f"the backend at {self.address} answered nothing for {self._reply_timeout_s:g} s"
@@ -82,11 +94,29 @@ class BackendLink:
         if self.error:
             raise BackendUnavailable(f"the backend at {self.address} went away: {self.error}")
         header = encode_frame_header(seq, capture_ns, fmt, width, height, frame.nbytes)
+        self._sent_at[self.sent % len(self._sent_at)] = time.monotonic_ns()
         try:
             self.sock.sendmsg([header, frame.data.cast("B")])
         except OSError as exc:
             raise BackendUnavailable(f"sending to the backend at {self.address} failed: {exc}") from exc
         self.sent += 1
+        return True
+
+    def _over_budget(self) -> bool:
+        """Would a frame sent now wait past the budget behind those in flight? Before the first reply the
+        backend's pace is unknown: one frame at a time. A frame in flight for longer than reply_timeout_s
+        means a hung backend (BackendUnavailable)."""
+        in_flight = self.sent - self.replies
+        if in_flight <= 0:
+            return False
+        oldest = self._sent_at[self.replies % len(self._sent_at)]
+        if time.monotonic_ns() - oldest >= self._reply_timeout_s * 1e9:
+            raise BackendUnavailable(
+                f"the backend at {self.address} answered nothing for {self._reply_timeout_s:g} s"
+            )
+        if in_flight >= len(self._sent_at) or not self._service_ns:
+            return True
+        return in_flight * self._service_ns > self._budget_ns
 
     def _receive(self) -> None:
         buf = bytearray(REPLY_SIZE)
@@ -101,6 +131,8 @@ class BackendLink:
                         raise ConnectionError("connection closed by the backend")
                     got += n
                 reply = parse_reply_into(buf, keypoints)
+                served = reply.send_ns - reply.recv_ns  # the backend's clock, a duration: no clock sync
+                self._service_ns += (served - self._service_ns) // 8 if self._service_ns else served
                 self.replies += 1
                 self._slots.release()
                 self._on_reply(reply)

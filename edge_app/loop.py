@@ -55,6 +55,7 @@ class EdgeLoop:
         self.backend_losses = 0
         self.reconnects = 0
         self.frames_local = 0
+        self.skipped = 0  # for the latency budget
         self.lost_in_flight = 0
         self._answered_end = 0  # one past the last frame that got its pose
         self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
@@ -112,7 +113,9 @@ class EdgeLoop:
 
     def _new_link(self, sock: socket.socket) -> BackendLink:
         e = self.cfg.edge
-        return BackendLink(sock, e.backend, self._on_reply, e.max_in_flight, e.reply_timeout_s)
+        return BackendLink(
+            sock, e.backend, self._on_reply, e.max_in_flight, e.reply_timeout_s, e.latency_budget_ms
+        )
 
     def _to_local(self, why: str) -> None:
         """The backend is gone: end its link, silence the notes, play on with local poses, look for it."""
@@ -171,7 +174,8 @@ class EdgeLoop:
         row["seq"], row["capture_ns"], row["local"], row["pose_ns"] = seq, capture_ns, 0, 0
         row["sent_ns"] = now_ns()
         try:
-            link.send(seq, capture_ns, src.pixel_format, src.width, src.height, frame)
+            if not link.send(seq, capture_ns, src.pixel_format, src.width, src.height, frame):
+                self.skipped += 1  # the backend is behind: this frame would arrive too late to matter
         except BackendUnavailable as exc:
             self._to_local(str(exc))
             self._step_local(frame, capture_ns, seq)  # this frame is not lost: it is the first local one
@@ -315,9 +319,10 @@ class EdgeLoop:
         captured = self.sent + self.source.dropped
         pick = ("p50", "p99")
         return {
-            "frames_sent": self.sent,
+            "frames_sent": self.sent - self.skipped,
             "poses_received": self.received - self.bad_replies,
-            "frames_lost": captured - (self.received - self.bad_replies),
+            "frames_lost": captured - self.skipped - (self.received - self.bad_replies),
+            "frames_skipped": self.skipped,
             "frames_dropped_at_capture": self.source.dropped,
             "fps": round(self.sent / elapsed_s, 2) if elapsed_s > 0 else 0.0,
             "latency_ms": {k: round(s["total"].get(k, 0.0), 3) for k in pick},

@@ -84,6 +84,15 @@ class EdgeConfig:
     reconnect_max_s: float = field(
         default=4.0, metadata=_rule(0.1, 600, doc="the reconnect backoff doubles from 0.25 s up to this")
     )
+    latency_budget_ms: float = field(
+        default=20.0,
+        metadata=_rule(
+            0.0,
+            10_000,
+            doc="a frame that would wait longer than this behind frames in flight is skipped, not queued "
+            "(the freshest frame wins); 0 = queue every frame",
+        ),
+    )
     state_file: str = field(
         default="",
         metadata=_rule(

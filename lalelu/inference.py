@@ -7,7 +7,7 @@ import numpy as np
 from lalelu.clock import now_ns
 from lalelu.engines import PoseEngine
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.preprocess import Letterbox
+from lalelu.preprocess import Letterbox, LetterboxGeometry, frame_shape
 from lalelu.protocol import PixelFormat
 
 
@@ -17,6 +17,9 @@ class PoseEstimator:
         self._letterboxes: dict[tuple[int, int, int], Letterbox] = {}
         self._model_out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._device_ms = getattr(engine, "last_device_ms", None)
+        # an engine that letterboxes on its own device takes the raw frame (torch-cuda)
+        self._infer_frame = getattr(engine, "infer_frame", None)
+        self._geometries: dict[tuple[int, int], LetterboxGeometry] = {}
         # the last frame's stages (ns), for telemetry
         self.pre_ns = self.engine_ns = self.post_ns = 0
         self.device_ns = -1
@@ -31,8 +34,18 @@ class PoseEstimator:
             lb = self._letterboxes[key] = Letterbox(width, height, fmt, self.engine.input)
         return lb
 
+    def frame_buffer(self, fmt: PixelFormat, width: int, height: int) -> np.ndarray:
+        """Where a frame of this geometry should be received: the engine's pinned memory where it has it."""
+        make = getattr(self.engine, "frame_buffer", None)
+        if make is not None:
+            return make(fmt, width, height)
+        return np.empty(frame_shape(fmt, width, height), np.uint8)
+
     def estimate(self, frame: np.ndarray, fmt: PixelFormat, width: int, height: int, out: np.ndarray) -> None:
         """Write (17, 3) rows (x, y, score) in the frame's pixels into `out`."""
+        if self._infer_frame is not None:
+            self._estimate_on_device(frame, fmt, width, height, out)
+            return
         t0 = now_ns()
         lb = self.letterbox(fmt, width, height)
         lb(frame)
@@ -45,3 +58,22 @@ class PoseEstimator:
         if self._device_ms is not None:
             ms = self._device_ms()
             self.device_ns = int(ms * 1e6) if ms == ms else -1  # NaN: the engine ran off the GPU
+
+    def _estimate_on_device(
+        self, frame: np.ndarray, fmt: PixelFormat, width: int, height: int, out: np.ndarray
+    ) -> None:
+        geometry = self._geometries.get((width, height))
+        if geometry is None:
+            if len(self._geometries) > 64:
+                self._geometries.clear()
+            in_h, in_w = self.engine.input.shape[:2]
+            geometry = self._geometries[(width, height)] = LetterboxGeometry(width, height, in_w, in_h)
+        t1 = now_ns()
+        self._infer_frame(frame, fmt, width, height, self._model_out)  # type: ignore[misc]
+        t2 = now_ns()
+        geometry.to_frame(self._model_out, out)
+        t3 = now_ns()
+        self.pre_ns, self.engine_ns, self.post_ns = 0, t2 - t1, t3 - t2  # colour and letterbox: in the engine
+        if self._device_ms is not None:
+            ms = self._device_ms()
+            self.device_ns = int(ms * 1e6) if ms == ms else -1

@@ -14,18 +14,31 @@ from lalelu.protocol import PixelFormat
 cv2.setNumThreads(1)
 
 
-class Letterbox:
-    """Resize a frame of fixed geometry into a model input of fixed geometry, keeping the aspect ratio."""
+class LetterboxGeometry:
+    """Where a frame lands in the model's input: scaled by `scale` to new_w x new_h, offset by the pads."""
 
-    def __init__(self, frame_w: int, frame_h: int, fmt: PixelFormat, dst: np.ndarray) -> None:
-        in_h, in_w = dst.shape[:2]
-        self.frame_w, self.frame_h, self.fmt = frame_w, frame_h, fmt
+    def __init__(self, frame_w: int, frame_h: int, in_w: int, in_h: int) -> None:
+        self.frame_w, self.frame_h, self.in_w, self.in_h = frame_w, frame_h, in_w, in_h
         self.scale = min(in_w / frame_w, in_h / frame_h)
         self.new_w = max(1, round(frame_w * self.scale))
         self.new_h = max(1, round(frame_h * self.scale))
         self.pad_x = (in_w - self.new_w) // 2
         self.pad_y = (in_h - self.new_h) // 2
-        self.in_w, self.in_h = in_w, in_h
+
+    def to_frame(self, model_out: np.ndarray, out: np.ndarray) -> None:
+        """Model output rows (y, x, score) normalized to the input -> rows (x, y, score) in frame pixels."""
+        out[:, 0] = (model_out[:, 1] * self.in_w - self.pad_x) / self.scale
+        out[:, 1] = (model_out[:, 0] * self.in_h - self.pad_y) / self.scale
+        out[:, 2] = model_out[:, 2]
+
+
+class Letterbox(LetterboxGeometry):
+    """Resize a frame of fixed geometry into a model input of fixed geometry, keeping the aspect ratio."""
+
+    def __init__(self, frame_w: int, frame_h: int, fmt: PixelFormat, dst: np.ndarray) -> None:
+        in_h, in_w = dst.shape[:2]
+        super().__init__(frame_w, frame_h, in_w, in_h)
+        self.fmt = fmt
         self.dst = dst
         # Resize into a uint8 canvas; a model wanting int32 gets one cast copy of 192x192x3.
         self._canvas = np.zeros((in_h, in_w, 3), np.uint8) if dst.dtype != np.uint8 else dst
@@ -42,12 +55,6 @@ class Letterbox:
         cv2.resize(src, (self.new_w, self.new_h), dst=self._roi, interpolation=self._interp)
         if self._canvas is not self.dst:
             np.copyto(self.dst, self._canvas, casting="unsafe")
-
-    def to_frame(self, model_out: np.ndarray, out: np.ndarray) -> None:
-        """Model output rows (y, x, score) normalized to the input -> rows (x, y, score) in frame pixels."""
-        out[:, 0] = (model_out[:, 1] * self.in_w - self.pad_x) / self.scale
-        out[:, 1] = (model_out[:, 0] * self.in_h - self.pad_y) / self.scale
-        out[:, 2] = model_out[:, 2]
 
 
 def frame_shape(fmt: PixelFormat, width: int, height: int) -> tuple[int, ...]:

@@ -27,10 +27,15 @@ def make_engine(strike: dict | None = None, controls: list[dict] | None = None, 
     return engine, hits, ctrl
 
 
-def drum(engine, seconds: float, y_of_t, x: float = 100.0, score_of_t=lambda t: 0.9, kp: int = WRIST) -> None:
+def drum(
+    engine, seconds: float, y_of_t, x: float = 100.0, score_of_t=lambda t: 0.9, kp: int = WRIST, keep=None
+) -> None:
+    """`keep(i)` False: frame i never reaches the engine (skipped for the latency budget, lost)."""
     poses = np.zeros((17, 3), np.float32)
     poses[:, 2] = 0.9
     for i in range(int(seconds * FPS)):
+        if keep is not None and not keep(i):
+            continue
         t = i / FPS
         poses[kp] = (x, y_of_t(t) * H, score_of_t(t))
         engine.update(i * FRAME_NS, poses)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from backend_app.server import InferenceServer
 from lalelu.inference import PoseEstimator
+from lalelu.preprocess import frame_shape
 from lalelu.protocol import (
     FRAME_HEADER,
     REPLY_SIZE,
@@ -208,6 +209,9 @@ class SlowEstimator:
         self.pre_ns = self.engine_ns = self.post_ns = 0
         self.device_ns = -1
 
+    def frame_buffer(self, fmt, width, height):
+        return np.empty(frame_shape(fmt, width, height), np.uint8)
+
     def estimate(self, pixels, fmt, width, height, out) -> None:
         time.sleep(self.seconds)
         out[:] = 0
@@ -279,3 +283,55 @@ def test_connections_beyond_the_limit_are_refused_and_the_rest_served(slow_serve
     finally:
         for s in held:
             s.close()
+
+
+def _stream_through_link(server, budget_ms: float, frames: int = 40, fps: float = 100.0):
+    from edge_app.link import BackendLink
+
+    replies: list[int] = []
+    link = BackendLink(
+        socket.create_connection(server.address, timeout=5),
+        "test",
+        lambda r: replies.append(r.seq),
+        max_in_flight=4,
+        reply_timeout_s=5.0,
+        latency_budget_ms=budget_ms,
+    )
+    frame = np.zeros((48, 64, 3), np.uint8)
+    sent = []
+    for seq in range(frames):
+        if link.send(seq, 1, PixelFormat.RGB888, 64, 48, frame):
+            sent.append(seq)
+        time.sleep(1 / fps)
+    link.in_flight_done(5.0)
+    link.close()
+    return link, sent, replies
+
+
+def test_latency_budget_skips_frames_that_would_queue(slow_server):
+    """A backend slower than the camera (50 ms a frame at 100 fps): with a 20 ms budget the edge keeps one
+    frame in flight and skips the rest, so no frame waits behind another; without one, frames queue."""
+    server, _ticks = slow_server
+    link, sent, replies = _stream_through_link(server, budget_ms=20.0)
+    assert link.skipped == 40 - len(sent) > 20
+    assert replies == sent  # every frame sent was answered, in order
+    queued, queued_sent, _ = _stream_through_link(server, budget_ms=0.0, frames=12)
+    assert queued.skipped == 0 and len(queued_sent) == 12
+
+
+def test_latency_budget_still_notices_a_hung_backend(slow_server):
+    from edge_app.link import BackendLink, BackendUnavailable
+
+    server, _ticks = slow_server
+    server.estimator.seconds = 1.0  # hangs, as far as a 0.2 s reply timeout can tell
+    link = BackendLink(
+        socket.create_connection(server.address, timeout=5), "test", lambda r: None, 4, 0.2, 20.0
+    )
+    frame = np.zeros((48, 64, 3), np.uint8)
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=r"answered nothing for 0\.2 s"):
+        for seq in range(500):
+            link.send(seq, 1, PixelFormat.RGB888, 64, 48, frame)
+            time.sleep(0.01)
+    assert time.monotonic() - start < 3.0  # not after the 500 frames (5 s)
+    link.close()

@@ -104,3 +104,38 @@ def test_keypoints_match_the_tflite_model_on_real_photos(cpu_engine, litert_engi
     for name, (rx, ry) in REFERENCE.items():
         x, y, score = kp[KEYPOINT_INDEX[name]]
         assert np.hypot(x - rx, y - ry) <= 15 and score > 0.1, name
+
+
+@pytest.mark.parametrize("fmt_name", ["RGB888", "YUV420"])
+def test_raw_frames_letterboxed_in_the_engine_match_the_cpu_path(cpu_engine, astronaut, fmt_name):
+    """The GPU path (colour conversion and letterbox as tensor operations, the raw frame from a buffer of
+    the engine's) gives the keypoints of the cv2 path, here run on the CPU with the same network."""
+    import cv2
+
+    from lalelu.inference import PoseEstimator
+    from lalelu.protocol import PixelFormat
+
+    fmt = PixelFormat[fmt_name]
+
+    class CpuLetterboxOnly:  # the same engine seen without infer_frame: cv2 letterbox on the host
+        def __init__(self, engine):
+            self.engine = engine
+            self.input = engine.input
+            self.name = engine.name
+
+        def infer(self, out):
+            self.engine.infer(out)
+
+    for w, h in ((320, 240), (640, 480), (256, 512)):
+        rgb = cv2.resize(astronaut, (w, h), interpolation=cv2.INTER_AREA)
+        frame = rgb if fmt == PixelFormat.RGB888 else cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+        on_device = PoseEstimator(cpu_engine)
+        buffer = on_device.frame_buffer(fmt, w, h)
+        buffer[:] = frame
+        got = np.zeros((17, 3), np.float32)
+        on_device.estimate(buffer, fmt, w, h, got)
+        want = np.zeros((17, 3), np.float32)
+        PoseEstimator(CpuLetterboxOnly(cpu_engine)).estimate(frame, fmt, w, h, want)  # type: ignore[arg-type]
+        assert np.abs(got[:, :2] - want[:, :2]).max() <= 0.05 * max(w, h) / 192, (w, h)
+        assert np.abs(got[:, 2] - want[:, 2]).max() <= 0.02, (w, h)
+        assert (got[:, 2] > 0.3).sum() >= 6  # a person was found, not two empty results agreeing

@@ -1,0 +1,70 @@
+"""Colour conversion and letterbox as tensor operations, so a GPU engine takes the camera's raw frame.
+
+The CPU path (preprocess.Letterbox) is cv2: I420 -> RGB (BT.601, limited range), then INTER_AREA when
+shrinking, INTER_LINEAR when enlarging, into a zeroed canvas. Here the same arithmetic: the resize is two
+small weight matrices (rows, then columns), each row holding cv2's weights for one output pixel and the
+padding rows zero, so one `A_h @ img @ A_w^T` per channel resizes and letterboxes at once. Inside a CUDA
+graph it is three kernels; the result matches cv2 to rounding (tests/test_torch_engine.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lalelu.preprocess import LetterboxGeometry
+from lalelu.protocol import PixelFormat
+
+
+def resize_weights(src: int, dst: int, pad: int, size: int) -> np.ndarray:
+    """(size, src) float64: output pixel pad+i gets source weights of cv2's resize to `dst` pixels."""
+    w = np.zeros((size, src))
+    s = src / dst
+    for i in range(dst):
+        row = w[pad + i]
+        if s >= 1:  # INTER_AREA: the mean over the output pixel's footprint [i*s, (i+1)*s)
+            lo, hi = i * s, (i + 1) * s
+            for j in range(int(np.floor(lo)), min(src, int(np.ceil(hi)))):
+                row[j] = (min(hi, j + 1) - max(lo, j)) / s
+        else:  # INTER_LINEAR with half-pixel centres, edges clamped
+            x = max((i + 0.5) * s - 0.5, 0.0)
+            j = min(int(np.floor(x)), src - 1)
+            f = x - j
+            row[j] += 1 - f
+            row[min(j + 1, src - 1)] += f
+    return w
+
+
+class TorchLetterbox:
+    """Raw frame (device uint8, as the camera sent it) -> the model's (1, in_h, in_w, 3) input tensor."""
+
+    def __init__(self, fmt: PixelFormat, geometry: LetterboxGeometry, device: torch.device) -> None:
+        g = geometry
+        self.fmt = fmt
+        self.rows = torch.from_numpy(resize_weights(g.frame_h, g.new_h, g.pad_y, g.in_h)).float().to(device)
+        self.cols_t = (
+            torch.from_numpy(resize_weights(g.frame_w, g.new_w, g.pad_x, g.in_w).T.copy()).float().to(device)
+        )
+        self.w, self.h = g.frame_w, g.frame_h
+
+    def rgb(self, raw: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) float RGB in 0..255."""
+        if self.fmt == PixelFormat.RGB888:
+            return raw.view(self.h, self.w, 3).permute(2, 0, 1).float()
+        h, w = self.h, self.w
+        flat = raw.view(-1)
+        y = flat[: h * w].view(h, w).float()
+        u = flat[h * w : h * w * 5 // 4].view(h // 2, w // 2).float()
+        v = flat[h * w * 5 // 4 :].view(h // 2, w // 2).float()
+        u = u.repeat_interleave(2, 0).repeat_interleave(2, 1) - 128.0
+        v = v.repeat_interleave(2, 0).repeat_interleave(2, 1) - 128.0
+        c = (y - 16.0).clamp_(min=0.0) * 1.164
+        r = c + 1.596 * v
+        g = c - 0.813 * v - 0.391 * u
+        b = c + 2.018 * u
+        return torch.stack((r, g, b)).clamp_(0.0, 255.0).round_()
+
+    def __call__(self, raw: torch.Tensor, out: torch.Tensor) -> None:
+        """Write the letterboxed frame into `out` (1, in_h, in_w, 3), in out's dtype."""
+        resized = self.rows @ self.rgb(raw) @ self.cols_t  # (3, in_h, in_w)
+        out[0].copy_(resized.round_().clamp_(0.0, 255.0).permute(1, 2, 0))
