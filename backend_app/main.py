@@ -18,6 +18,7 @@ from lalelu.engines import GPU_ENGINES, engine_from_config
 from lalelu.gestures.consumer import gesture_consumer, request_reload
 from lalelu.gpu_clock import SmClockSampler
 from lalelu.inference import PoseEstimator
+from lalelu.protocol import PixelFormat
 from lalelu.realtime import freeze_gc, pin_to_cpus, short_gil_handoff, try_sched_fifo
 from lalelu.reporter import Reporter
 from lalelu.sdnotify import Watchdog, notify
@@ -47,14 +48,22 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
     with contextlib.ExitStack() as stack:
         engine = engine_from_config(cfg.engine)
         stack.callback(engine.close)
-        gpu_clock = SmClockSampler() if cfg.engine.kind in GPU_ENGINES else None
+        period_s = cfg.backend.gpu_clock_period_ms / 1000
+        gpu_clock = SmClockSampler(period_s=period_s) if cfg.engine.kind in GPU_ENGINES and period_s else None
         if gpu_clock is not None:
             stack.callback(gpu_clock.close)
         consumer_factory = None
         if cfg.output.where == "backend" and cfg.output.kind != "none":
             consumer_factory = partial(gesture_consumer, cfg.output)
+        estimator = PoseEstimator(engine)
+        # The camera's geometry, where this file names it: its first frame then costs no set-up (a GPU
+        # engine captures a CUDA graph per geometry: 30-35 ms on the H100, paid here instead).
+        cam = cfg.camera
+        estimator.prepare(
+            PixelFormat.YUV420 if cam.pixel_format == "yuv420" else PixelFormat.RGB888, cam.width, cam.height
+        )
         server = InferenceServer(
-            PoseEstimator(engine),
+            estimator,
             cfg.backend.listen_host,
             cfg.backend.port,
             cfg.backend.max_payload,

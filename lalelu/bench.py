@@ -111,6 +111,7 @@ def run_single(
     n: int,
     progress: bool,
     pace_hz: float = 0.0,
+    gpu_clock: bool = True,
 ) -> dict:
     """One configuration in this process; `pace_hz` > 0 waits for the next period between frames the way
     the live loop waits for the camera (back-to-back hides what the idle gaps do to clocks and caches)."""
@@ -170,7 +171,7 @@ def run_single(
     times = np.zeros(n, np.int64)
     device_ns = np.zeros(n, np.int64)
     sm_mhz = np.zeros(n, np.int64)
-    sm_clock = nvml_sm_clock() if engine_name in GPU_ENGINES else None
+    sm_clock = nvml_sm_clock() if engine_name in GPU_ENGINES and gpu_clock else None
     step = max(1, n // 10)
     period_ns = int(1e9 / pace_hz) if pace_hz else 0
     next_ns = time.monotonic_ns()
@@ -224,6 +225,7 @@ def run_bench(
     n: int,
     quiet: bool = False,
     pace_hz: float = 0.0,
+    gpu_clock: bool = True,
 ) -> dict:
     for c in configs:
         check_config(engine_name, c)
@@ -246,6 +248,7 @@ def run_bench(
             str(n),
             "0" if quiet else "1",
             str(pace),
+            "1" if gpu_clock else "0",
         ]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if r.returncode != 0:
@@ -257,7 +260,7 @@ def run_bench(
         results.append(json.loads(r.stdout.splitlines()[-1]))
     return {
         "machine": machine_facts(),
-        "method": {"warmup": warmup, "n": n, "cpu_affinity": cpu, "pace_hz": pace_hz},
+        "method": {"warmup": warmup, "n": n, "cpu_affinity": cpu, "pace_hz": pace_hz, "gpu_clock": gpu_clock},
         "results": results,
     }
 
@@ -294,6 +297,8 @@ def format_table(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    eng, mdl, thr, cfg, core, wu, count, prog, pace = sys.argv[1:10]
-    res = run_single(eng, mdl, int(thr), cfg, int(core), int(wu), int(count), prog == "1", float(pace))
+    eng, mdl, thr, cfg, core, wu, count, prog, pace, clock = sys.argv[1:11]
+    res = run_single(
+        eng, mdl, int(thr), cfg, int(core), int(wu), int(count), prog == "1", float(pace), clock == "1"
+    )
     print(json.dumps(res))

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FPS",
         help="also run each configuration paced at FPS frames per second, as a camera feeds the live loop",
     )
+    bench.add_argument(
+        "--no-gpu-clock",
+        action="store_true",
+        help="do not read the GPU's SM clock after each inference (an NVML query, outside the timed region)",
+    )
     bench.add_argument("--warmup", type=int, default=50)
     bench.add_argument("--n", type=int, default=500)
     bench.add_argument("--json", type=Path, help="write results with machine facts and all samples here")
@@ -229,6 +234,7 @@ def _run(args: argparse.Namespace) -> int:
             args.n,
             args.quiet,
             args.pace,
+            not args.no_gpu_clock,
         )
         print(format_table(report))
         if args.json:

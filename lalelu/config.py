@@ -62,6 +62,9 @@ class BackendConfig:
     telemetry: str = field(
         default="", metadata=_rule(doc="JSON-lines file for per-frame stage telemetry of the backend")
     )
+    gpu_clock_period_ms: float = field(
+        default=50.0, metadata=_rule(0.0, 10_000, doc="how often the GPU's SM clock is sampled; 0 = never")
+    )
 
 
 @dataclass(frozen=True)

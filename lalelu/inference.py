@@ -34,6 +34,12 @@ class PoseEstimator:
             lb = self._letterboxes[key] = Letterbox(width, height, fmt, self.engine.input)
         return lb
 
+    def prepare(self, fmt: PixelFormat, width: int, height: int) -> None:
+        """Set up for frames of this geometry now rather than at the first one."""
+        buffer = self.frame_buffer(fmt, width, height)
+        buffer[:] = 0
+        self.estimate(buffer, fmt, width, height, np.zeros((NUM_KEYPOINTS, 3), np.float32))
+
     def frame_buffer(self, fmt: PixelFormat, width: int, height: int) -> np.ndarray:
         """Where a frame of this geometry should be received: the engine's pinned memory where it has it."""
         make = getattr(self.engine, "frame_buffer", None)

@@ -133,7 +133,9 @@ class TorchCudaEngine(WarmUpByInfer):
         t = self._torch.empty(
             payload_size(fmt, width, height), dtype=self._torch.uint8, pin_memory=self.device.type == "cuda"
         )
-        array = t.numpy().reshape(frame_shape(fmt, width, height))
+        array = t.numpy().reshape(frame_shape(fmt, width, height))  # holds t: memory outlives the dict
+        if len(self._pinned) >= 4 * MAX_GEOMETRIES:  # connections come and go; forget the oldest buffer
+            del self._pinned[next(iter(self._pinned))]
         self._pinned[array.ctypes.data] = t
         return array
 
