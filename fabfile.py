@@ -305,11 +305,12 @@ def logs(c, group="all", hosts="", inventory="", lines=100):
         "hosts": "comma-separated inventory names instead of a group",
         "config": "configuration path on the hosts (default /etc/lalelu/<role>.toml, as Ansible writes it)",
         "max_p99_ms": "the live latency's p99 limit",
+        "min_fps_ratio": "the share of the configured camera rate that counts as ready",
         "frames": "frames of the live latency measurement",
         "inventory": "Ansible inventory (default ansible/inventory/hosts.yml)",
     }
 )
-def check(c, group="all", hosts="", inventory="", config="", max_p99_ms=50.0, frames=50):
+def check(c, group="all", hosts="", inventory="", config="", max_p99_ms=50.0, min_fps_ratio=0.9, frames=50):
     """`lalelu check` on every host: each host's go/no-go table, then one line per host; exit 1 unless all are ready."""
     verdicts: dict[str, str] = {}
     for host in select(inventory, group, hosts):
@@ -331,6 +332,8 @@ def check(c, group="all", hosts="", inventory="", config="", max_p99_ms=50.0, fr
                     str(int(frames)),
                     "--max-p99-ms",
                     str(float(max_p99_ms)),
+                    "--min-fps-ratio",
+                    str(float(min_fps_ratio)),
                 ],
                 hide=False,
             )

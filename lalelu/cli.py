@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--backend", help="override [edge] backend (HOST:PORT; '' = local inference)")
     check.add_argument("--frames", type=int, default=50, help="frames of the live latency measurement")
     check.add_argument("--max-p99-ms", type=float, default=50.0, help="the live latency's p99 limit")
+    check.add_argument(
+        "--min-fps-ratio",
+        type=float,
+        default=0.9,
+        help="the share of [camera] fps the camera must reach (default 0.9)",
+    )
     return parser
 
 
@@ -271,7 +277,11 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _config(args, args.role)
         if args.backend is not None:
             cfg = override(cfg, "edge", backend=args.backend)
-        checks = run_checks(cfg, args.role, args.frames, args.max_p99_ms)
+        if not 0 < args.min_fps_ratio <= 1:
+            raise LaleluError(
+                f"--min-fps-ratio {args.min_fps_ratio:g}: give a share between 0 and 1, e.g. 0.9"
+            )
+        checks = run_checks(cfg, args.role, args.frames, args.max_p99_ms, args.min_fps_ratio)
         print(format_checks(checks))
         return 1 if any(c.verdict == NO_GO for c in checks) else 0
     if args.command == "soak":

@@ -132,7 +132,9 @@ def test_second_run_changes_nothing_on_either(rig):
 def test_fab_over_the_inventory(rig):
     inv = rig.inventory
     wait_for("the edge on the backend", lambda: mode(rig.pi) == "remote", 300)
-    r = fab(inv, "check", "--max-p99-ms", "10000", "--frames", "5")
+    # emulated machines (TCG, 8 vCPUs on 2 cores): seconds per frame, and the Pi's own check takes CPU
+    # from its edge while it runs; what is tested here is the wiring, not the speed
+    r = fab(inv, "check", "--max-p99-ms", "30000", "--min-fps-ratio", "0.5", "--frames", "5")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.rstrip().splitlines()[-2:] == ["pi-vm  READY", "pc-vm  READY"], r.stdout
     assert f"go     inference      on the backend {BACKEND_ADDRESS}:7600" in r.stdout
@@ -174,7 +176,9 @@ def test_a_stopped_backend_is_not_ready_and_the_edge_plays_locally(rig):
     pi, pc, inv = rig.pi, rig.pc, rig.inventory
     pc.ssh("sudo systemctl stop lalelu-backend")
     wait_for("the edge local", lambda: mode(pi).startswith("local"), 120)
-    r = fab(inv, "check", "--max-p99-ms", "10000", "--frames", "5")
+    # emulated machines (TCG, 8 vCPUs on 2 cores): seconds per frame, and the Pi's own check takes CPU
+    # from its edge while it runs; what is tested here is the wiring, not the speed
+    r = fab(inv, "check", "--max-p99-ms", "30000", "--min-fps-ratio", "0.5", "--frames", "5")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "pc-vm  NOT READY" in r.stdout and "pi-vm  READY" in r.stdout, r.stdout
     assert (
