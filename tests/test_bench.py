@@ -94,3 +94,47 @@ def test_from_telemetry_rejects_other_files(tmp_path):
 def test_bench_refuses_unknown_configurations():
     with pytest.raises(LaleluError, match="unknown configuration 'fast'"):
         run_bench("litert", "", [1], ["fast"], 0, 1, 1, quiet=True)
+
+
+def test_paced_runs_beside_back_to_back():
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    report = run_bench("litert", "", [1], ["plain"], cpu, 2, 30, quiet=True, pace_hz=50.0)
+    configs = [r["config"] for r in report["results"]]
+    assert configs == ["plain", "plain@50Hz"]
+    paced = report["results"][1]
+    assert paced["pace_hz"] == 50.0 and paced["stats_ms"]["n"] == 30
+    assert "@N Hz' = paced" in format_table(report)
+
+
+def test_demo_telemetry_of_both_apps_is_joined_and_explained(tmp_path):
+    tel = tmp_path / "tel"
+    r = subprocess.run(
+        lalelu_cmd("demo", "--seconds", "3", "--fps", "30", "--quiet", "--telemetry", str(tel)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    backend_rows = [json.loads(line) for line in (tel / "backend.jsonl").read_text().splitlines()]
+    assert len(backend_rows) >= 40
+    first = backend_rows[0]
+    assert first["device_ns"] == -1 and first["sm_mhz"] == 0  # LiteRT on a CPU: no GPU fields
+    assert first["first_byte_ns"] <= first["received_ns"] < first["replied_ns"]
+    assert first["pre_ns"] > 0 and first["engine_ns"] > 0
+    r = subprocess.run(
+        lalelu_cmd(
+            "bench",
+            "--from-telemetry",
+            str(tel / "backend.jsonl"),
+            str(tel / "edge.jsonl"),
+            "--plot",
+            str(tmp_path),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "edge stage" in r.stdout and "backend stage" in r.stdout
+    assert any(line.startswith("others ") for line in r.stdout.splitlines())
+    assert (tmp_path / "backend.png").stat().st_size > 10_000
