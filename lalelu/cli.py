@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from lalelu import __version__
 from lalelu.bench import DEFAULT_CONFIGS, DEFAULT_CONFIGS_OTHER
 from lalelu.config import Config, load_config, override
 from lalelu.engines import ENGINE_NAMES
@@ -26,7 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="comma-separated CPUs to pin to",
     )
     p.add_argument("--no-fifo", action="store_true", help="do not ask for SCHED_FIFO")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug lines too")
 
 
 def _config(args: argparse.Namespace, role: str) -> Config:
@@ -39,6 +40,7 @@ def _config(args: argparse.Namespace, role: str) -> Config:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lalelu", description="lalelu drums: gesture-controlled percussion")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     edge = sub.add_parser("edge", help="capture frames, get poses (backend or local), play")
@@ -49,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit when the backend is lost instead of inferring locally",
     )
-    edge.add_argument("--source", choices=("still", "replay", "v4l2", "picamera2"))
-    edge.add_argument("--fps", type=float)
+    edge.add_argument(
+        "--source", choices=("still", "replay", "v4l2", "picamera2"), help="override [camera] source"
+    )
+    edge.add_argument("--fps", type=float, help="override [camera] fps")
     edge.add_argument("--seconds", type=float, help="stop after this long (default: run until stopped)")
     edge.add_argument("--telemetry", help="write per-frame telemetry as JSON lines to this file")
     edge.add_argument("--summary-json", type=Path, help="write the final summary (with all stages) here")
@@ -60,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--output", choices=("log", "midi", "osc", "none"), help="override [output] kind")
 
     replay = sub.add_parser("replay", help="run a recorded pose stream through a mapping and print the hits")
-    replay.add_argument("recording", type=Path)
+    replay.add_argument("recording", type=Path, help="a .npz written by `lalelu edge --record`")
     replay.add_argument("--mapping", default="", help="mapping TOML path or bundled name (default two-hands)")
 
     backend = sub.add_parser("backend", help="the inference server")
@@ -73,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pose = sub.add_parser("pose", help="run the model on one image and print the keypoints")
     _common(pose)
-    pose.add_argument("image", type=Path)
+    pose.add_argument("image", type=Path, help="a photo (PNG or JPEG) with one person in it")
     pose.add_argument("--json", action="store_true", help="print JSON (the default prints a table)")
     pose.add_argument("--out", type=Path, help="write the image with the skeleton drawn")
 
     bench = sub.add_parser("bench", help="inference benchmark, configurations side by side")
-    bench.add_argument("--engine", default="litert", choices=ENGINE_NAMES)
+    bench.add_argument("--engine", default="litert", choices=ENGINE_NAMES, help="the pose engine to time")
     bench.add_argument(
         "--model", default="", help="model path (default: the bundled Lightning int8; torch-cuda: an .onnx)"
     )
@@ -103,10 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not read the GPU's SM clock after each inference (an NVML query, outside the timed region)",
     )
-    bench.add_argument("--warmup", type=int, default=50)
-    bench.add_argument("--n", type=int, default=500)
+    bench.add_argument("--warmup", type=int, default=50, help="untimed inferences first")
+    bench.add_argument("--n", type=int, default=500, help="timed inferences per configuration")
     bench.add_argument("--json", type=Path, help="write results with machine facts and all samples here")
-    bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--quiet", action="store_true", help="no progress, only the table")
     bench.add_argument("--plot", type=Path, help="write histogram + timeline PNGs into this folder")
     bench.add_argument(
         "--from-telemetry",
@@ -119,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     conv = sub.add_parser("convert", help="MoveNet to ONNX (checked), a TensorRT engine, or TF-TRT")
     conv.add_argument("source", type=Path, help="a TF2 SavedModel directory or a .tflite file")
-    conv.add_argument("--to", choices=("onnx", "tensorrt", "tf-trt"), default="onnx")
+    conv.add_argument("--to", choices=("onnx", "tensorrt", "tf-trt"), default="onnx", help="what to make")
     conv.add_argument("--out", type=Path, help="where the artifact goes (default: beside the source)")
     conv.add_argument("--fp16", action="store_true", help="TensorRT / TF-TRT in half precision")
-    conv.add_argument("--opset", type=int, default=17)
+    conv.add_argument("--opset", type=int, default=17, help="ONNX opset of the converted model")
 
     demo = sub.add_parser("demo", help="backend + edge on this machine with the bundled model and photo")
-    demo.add_argument("--seconds", type=float, default=10.0)
+    demo.add_argument("--seconds", type=float, default=10.0, help="how long the edge plays")
     demo.add_argument("--config", type=Path, help="demo configuration (default: the bundled demo.toml)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar or logs, only the JSON line")
     demo.add_argument("--fps", type=float, help="camera rate (default: the demo configuration's, 100)")
@@ -137,17 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     soak = sub.add_parser("soak", help="edge + backend for a long time: lost frames, memory growth, drift")
-    soak.add_argument("--minutes", type=float, default=30.0)
+    soak.add_argument("--minutes", type=float, default=30.0, help="how long both apps run")
     soak.add_argument("--config", type=Path, help="configuration of both (default: the bundled demo.toml)")
     soak.add_argument("--fps", type=float, help="camera rate (default: the configuration's)")
     soak.add_argument("--interval-s", type=float, default=60.0, help="width of one row of the report")
     soak.add_argument("--sample-s", type=float, default=5.0, help="how often resident memory is read")
     soak.add_argument("--json", type=Path, help="write the report (with every memory sample) here")
-    soak.add_argument("--quiet", action="store_true")
+    soak.add_argument("--quiet", action="store_true", help="no progress, only the report")
 
     check = sub.add_parser("check", help="preflight: go / no-go table for this host; exit 1 on no-go")
     _common(check)
-    check.add_argument("--role", choices=("edge", "backend"), default="edge")
+    check.add_argument("--role", choices=("edge", "backend"), default="edge", help="which app this host runs")
     check.add_argument("--backend", help="override [edge] backend (HOST:PORT; '' = local inference)")
     check.add_argument("--frames", type=int, default=50, help="frames of the live latency measurement")
     check.add_argument("--max-p99-ms", type=float, default=50.0, help="the live latency's p99 limit")

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 import time
 
 import psutil
@@ -193,3 +194,11 @@ def test_backend_serves_only_the_clients_in_its_allow_list(tmp_path):
             backend.stop()
         if not served:
             assert "refused 127.0.0.1" in (tmp_path / "backend.log").read_text()
+
+
+def test_version_and_python_dash_m():
+    from lalelu import __version__
+
+    for cmd in (lalelu_cmd("--version"), [sys.executable, "-m", "lalelu", "--version"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.strip() == f"lalelu {__version__}", r

@@ -1,7 +1,7 @@
 """A real photo moved along a known trajectory: the built-in input of the demo and the tests.
 
-The photo (the bundled astronaut from scikit-image, or any image given as [camera] path) is scaled to fill `still_scale` of the frame height
-and its vertical offset follows amplitude * height * sin(2 pi t / period), t = seq / fps, so every
+The photo (the bundled astronaut from scikit-image, or any image given as [camera] path) is scaled to fit
+the frame, centred, and its vertical offset follows amplitude * height * sin(2 pi t / period), t = seq / fps, so every
 frame's true position is known.
 """
 

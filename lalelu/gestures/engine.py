@@ -63,7 +63,6 @@ class GestureEngine:
         self.on_hit, self.on_control = on_hit, on_control
         self._strikes = [(s, _StrikeState(mapping)) for s in mapping.strikes]
         self._controls = [(c, _ControlState()) for c in mapping.controls]
-        self.hits = 0
 
     def update(self, t_ns: int, keypoints: np.ndarray) -> None:
         """keypoints: (17, 3) rows (x, y, score) in frame pixels."""
@@ -159,7 +158,6 @@ class GestureEngine:
                 note = z.note
                 break
         st.armed, st.ready, st.peak, st.hit = False, False, 0.0, True
-        self.hits += 1
         self.on_hit(Hit(t_ns, s.name, note, velocity, early))
 
     def _update_control(self, c: Control, cs: _ControlState, t_ns: int, xn: float, yn: float) -> None:

@@ -212,7 +212,7 @@ def load_mapping(path: Path) -> Mapping:
         data = tomllib.loads(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(
-            f"cannot read mapping {path}: {exc.strerror}; check --mapping / [gestures] mapping"
+            f"cannot read mapping {path}: {exc.strerror}; check --mapping / [output] mapping"
         ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc

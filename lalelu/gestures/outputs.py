@@ -118,9 +118,6 @@ class OscOutput:
 
 
 class LogOutput:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, int, int]] = []
-
     def note_on(self, channel: int, note: int, velocity: int, name: str) -> None:
         log.info("hit %s: note %d velocity %d", name, note, velocity)
 
