@@ -109,7 +109,6 @@ def run_single(
     cpu: int,
     warmup: int,
     n: int,
-    progress: bool,
     pace_hz: float = 0.0,
     gpu_clock: bool = True,
 ) -> dict:
@@ -172,7 +171,6 @@ def run_single(
     device_ns = np.zeros(n, np.int64)
     sm_mhz = np.zeros(n, np.int64)
     sm_clock = nvml_sm_clock() if engine_name in GPU_ENGINES and gpu_clock else None
-    step = max(1, n // 10)
     period_ns = int(1e9 / pace_hz) if pace_hz else 0
     next_ns = time.monotonic_ns()
     for i in range(n):
@@ -187,10 +185,6 @@ def run_single(
             device_ns[i] = int(device_ms() * 1e6)  # read after the timed region
         if sm_clock is not None:
             sm_mhz[i] = sm_clock()
-        if progress and i % step == step - 1:
-            print(f"\r  {config}: {100 * (i + 1) // n:3d} %", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
     result = {
         "config": f"{config}@{pace_hz:g}Hz" if pace_hz else config,
         "pace_hz": pace_hz,
@@ -233,8 +227,12 @@ def run_bench(
     if cpu not in online:
         raise LaleluError(f"--cpu-affinity {cpu}: this host's CPUs are {sorted(online)}; choose one of them")
     results = []
+    from tqdm import tqdm
+
     paces = (0.0, pace_hz) if pace_hz else (0.0,)
-    for threads, config, pace in itertools.product(threads_list, configs, paces):
+    runs = list(itertools.product(threads_list, configs, paces))
+    # one step per configuration (each runs in a child); off when quiet or not on a terminal
+    for threads, config, pace in tqdm(runs, desc="bench", unit="config", disable=True if quiet else None):
         cmd = [
             sys.executable,
             "-m",
@@ -246,7 +244,6 @@ def run_bench(
             str(cpu),
             str(warmup),
             str(n),
-            "0" if quiet else "1",
             str(pace),
             "1" if gpu_clock else "0",
         ]
@@ -297,8 +294,6 @@ def format_table(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    eng, mdl, thr, cfg, core, wu, count, prog, pace, clock = sys.argv[1:11]
-    res = run_single(
-        eng, mdl, int(thr), cfg, int(core), int(wu), int(count), prog == "1", float(pace), clock == "1"
-    )
+    eng, mdl, thr, cfg, core, wu, count, pace, clock = sys.argv[1:10]
+    res = run_single(eng, mdl, int(thr), cfg, int(core), int(wu), int(count), float(pace), clock == "1")
     print(json.dumps(res))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lalelu.config import load_config
@@ -107,9 +107,21 @@ def log_tail(workdir: Path, name: str, lines: int = 5) -> str:
     return "; its log ends: " + " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def progress(label: str, done: float, total: float) -> None:
-    bar = "#" * int(30 * min(done, total) / total)
-    print(f"\r{label} [{bar:<30}] {min(done, total):5.1f}/{total:.0f} s", end="", file=sys.stderr, flush=True)
+@contextlib.contextmanager
+def progress(label: str, total_s: float, quiet: bool) -> Iterator[Callable[[float], None]]:
+    """A progress bar of `total_s` seconds on stderr (tqdm), updated with the seconds done; off when quiet
+    and whenever stderr is not a terminal (a log file or a pipe gets no carriage-return bars)."""
+    from tqdm import tqdm
+
+    with tqdm(
+        total=round(total_s, 1), desc=label, unit="s", disable=True if quiet else None, file=sys.stderr
+    ) as bar:
+
+        def update(done_s: float) -> None:
+            bar.n = round(min(done_s, total_s), 1)
+            bar.refresh()
+
+        yield update
 
 
 def run_demo(
@@ -134,12 +146,10 @@ def run_demo(
             summary_file,
         ):
             start = time.monotonic()
-            while edge.poll() is None:
-                if not quiet:
-                    progress("demo", time.monotonic() - start, seconds)
-                time.sleep(0.25)
-            if not quiet:
-                print(file=sys.stderr)
+            with progress("demo", seconds, quiet) as update:
+                while edge.poll() is None:
+                    update(time.monotonic() - start)
+                    time.sleep(0.25)
             if edge.returncode != 0:
                 raise LaleluError(
                     f"the demo's edge exited with code {edge.returncode}{log_tail(Path(tmp), 'edge')}"

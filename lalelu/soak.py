@@ -7,7 +7,6 @@ and latency drift (p50/p99 per minute). The default is 30 minutes; tests run it 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,8 @@ def rss_mb(pid: int) -> float:
 
 
 def per_interval(rows: np.ndarray, fps: float, interval_s: float) -> list[dict]:
-    """Poses, missing frames and latency per interval, frames placed by their sequence number."""
+    """Poses, missing frames (lost or skipped for the latency budget) and latency per interval, frames
+    placed by their sequence number."""
     seq = rows["seq"]
     seq0 = int(seq.min())
     frames_per_bin = max(1, round(fps * interval_s))
@@ -108,16 +108,14 @@ def run_soak(
         with backend_and_edge(config, seconds, Path(tmp), quiet, edge_args) as (backend, edge, summary_file):
             start = time.monotonic()
             next_sample = start
-            while edge.poll() is None:
-                now = time.monotonic()
-                if now >= next_sample:
-                    samples.append((now - start, rss_mb(backend.pid), rss_mb(edge.pid)))
-                    next_sample += sample_s
-                    if not quiet:
-                        progress("soak", now - start, seconds)
-                time.sleep(0.1)
-            if not quiet:
-                print(file=sys.stderr)
+            with progress("soak", seconds, quiet) as update:
+                while edge.poll() is None:
+                    now = time.monotonic()
+                    if now >= next_sample:
+                        samples.append((now - start, rss_mb(backend.pid), rss_mb(edge.pid)))
+                        next_sample += sample_s
+                        update(now - start)
+                    time.sleep(0.1)
             if edge.returncode != 0:
                 raise LaleluError(
                     f"the soak's edge exited with code {edge.returncode}{log_tail(Path(tmp), 'edge')}"
@@ -150,7 +148,8 @@ def format_soak(report: dict) -> str:
     lines = [
         f"soak: {report['minutes']:g} min at {report['fps']:g} fps, {report['config']}",
         f"frames sent {e['frames_sent']}, poses {e['poses_received']}, lost {e['frames_lost']} "
-        f"(dropped at capture {e['frames_dropped_at_capture']}), backend losses {e['backend_losses']}",
+        f"(dropped at capture {e['frames_dropped_at_capture']}), skipped for the latency budget "
+        f"{e.get('frames_skipped', 0)}, backend losses {e['backend_losses']}",
         f"{'interval':>8} {'poses':>7} {'missing':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}",
     ]
     for b in report["intervals"]:
