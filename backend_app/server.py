@@ -51,6 +51,8 @@ class PoseConsumerLike(Protocol):
 MAX_OUTBOX = 64 * REPLY_SIZE  # an edge that stops reading is dropped rather than buffered forever
 MAX_CONNECTIONS = 32  # an edge holds one; more means a client that leaks them
 STALL_S = 5.0  # a frame begun and not finished for this long is from a dead or hostile client
+IDLE_S = 10.0  # an edge sends frames many times a second; a connection silent this long is dead
+ROOM_AFTER_S = 1.0  # when full, a connection silent this long gives its place to a new one
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Connection:
     discard: bool = False  # reading the payload of a rejected frame only to stay framed
     recv_ns: int = 0
     first_byte_ns: int = 0  # of the frame last completed
+    last_byte_ns: int = field(default_factory=now_ns)  # connected or last read: what idleness counts from
     begun_ns: int = 0  # when the first byte of the frame being read arrived; 0 between frames
     outbox: bytearray = field(default_factory=bytearray)
     last_log_ns: int = 0
@@ -114,6 +117,8 @@ class InferenceServer:
         self._zeros = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._running = True
         self._closed = False
+        self._last_warning_ns = 0
+        self._suppressed = 0
         self._connections: dict[socket.socket, Connection] = {}
 
     def stop(self) -> None:
@@ -130,6 +135,8 @@ class InferenceServer:
                 for key, mask in self._sel.select(timeout=0.2):
                     if key.data is None:
                         self._accept()
+                    elif key.data.sock.fileno() < 0:
+                        continue  # closed earlier in this pass
                     elif mask & selectors.EVENT_READ:
                         self._on_readable(key.data)
                     if key.data is not None and mask & selectors.EVENT_WRITE:
@@ -145,11 +152,26 @@ class InferenceServer:
             self.close()
 
     def _drop_stalled(self) -> None:
-        limit = now_ns() - int(STALL_S * 1e9)
+        now = now_ns()
         for conn in list(self._connections.values()):
-            if conn.begun_ns and conn.begun_ns < limit:
+            if conn.begun_ns and conn.begun_ns < now - STALL_S * 1e9:
                 self.counters.dropped_clients += 1
-                self._drop(conn, f"sent part of a frame, then nothing for {STALL_S:.0f} s")
+                self._drop(conn, f"sent part of a frame, then nothing for {STALL_S:g} s")
+            elif conn.last_byte_ns < now - IDLE_S * 1e9:
+                self.counters.dropped_clients += 1
+                self._drop(conn, f"sent nothing for {IDLE_S:g} s")
+
+    def _make_room(self, why: str) -> bool:
+        """Close the connection silent the longest, if silent for ROOM_AFTER_S: an edge that plays is never
+        silent that long, so idle clients cannot keep a real one out."""
+        if not self._connections:
+            return False
+        quietest = min(self._connections.values(), key=lambda c: c.last_byte_ns)
+        if quietest.last_byte_ns > now_ns() - ROOM_AFTER_S * 1e9:
+            return False
+        self.counters.dropped_clients += 1
+        self._drop(quietest, f"silent, and its place was needed ({why})")
+        return True
 
     def close(self) -> None:
         if self._closed:
@@ -167,16 +189,19 @@ class InferenceServer:
             sock, addr = self._listener.accept()
         except (BlockingIOError, ConnectionAbortedError):
             return
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: out of descriptors or memory, not fatal
+            self._rate_limited_warning(f"cannot accept a connection: {exc.strerror or exc}")
+            if not self._make_room(exc.strerror or str(exc)):
+                time.sleep(0.01)  # the listener stays readable: do not spin on it
+            return
         peer = f"{addr[0]}:{addr[1]}"
         if self.allow and addr[0] not in self.allow:
-            log.warning("refused %s: not in [backend] allow", peer)
+            self._rate_limited_warning(f"refused {peer}: not in [backend] allow")
             sock.close()
             return
-        if len(self._connections) >= MAX_CONNECTIONS:
-            log.warning(
-                "refused %s: %d connections open already (the most this backend serves)",
-                peer,
-                MAX_CONNECTIONS,
+        if len(self._connections) >= MAX_CONNECTIONS and not self._make_room(f"{MAX_CONNECTIONS} open"):
+            self._rate_limited_warning(
+                f"refused {peer}: {MAX_CONNECTIONS} connections open already, all of them active"
             )
             sock.close()
             return
@@ -188,7 +213,18 @@ class InferenceServer:
         self._connections[sock] = conn
         self._sel.register(sock, selectors.EVENT_READ, conn)
 
+    def _rate_limited_warning(self, message: str) -> None:
+        t = now_ns()
+        if t - self._last_warning_ns > 1_000_000_000:
+            more = f" (+{self._suppressed} more since the last)" if self._suppressed else ""
+            log.warning("%s%s", message, more)
+            self._last_warning_ns, self._suppressed = t, 0
+        else:
+            self._suppressed += 1
+
     def _drop(self, conn: Connection, why: str) -> None:
+        if conn.sock.fileno() < 0:
+            return  # dropped earlier in this pass (made room for another); its event came with the batch
         log.info("edge %s disconnected: %s", conn.peer, why)
         if conn.plays and self.consumer is not None:
             self.consumer.all_notes_off()  # its poses stopped: no note-off would ever come
@@ -225,8 +261,9 @@ class InferenceServer:
             if n == 0:
                 self._drop(conn, "closed by the edge")
                 return
+            conn.last_byte_ns = now_ns()
             if not conn.begun_ns:
-                conn.begun_ns = now_ns()
+                conn.begun_ns = conn.last_byte_ns
             conn.got += n
             if conn.frame is None and not conn.discard:
                 if conn.got < FRAME_HEADER.size:

@@ -73,7 +73,14 @@ def run_local_edge(
 
 
 class Backend:
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, max_files: int = 0) -> None:
+        """`max_files`: the process's open-file limit (RLIMIT_NOFILE), to run it out of descriptors."""
+        import resource
+
+        def limit() -> None:
+            if max_files:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+
         self.ready = tmp / f"ready-{time.monotonic_ns()}.json"
         self.log = open(tmp / "backend.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -81,6 +88,7 @@ class Backend:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            preexec_fn=limit,
         )
         deadline = time.monotonic() + 60
         while not self.ready.exists():

@@ -335,3 +335,43 @@ def test_latency_budget_still_notices_a_hung_backend(slow_server):
             time.sleep(0.01)
     assert time.monotonic() - start < 3.0  # not after the 500 frames (5 s)
     link.close()
+
+
+def test_idle_clients_give_their_place_to_an_edge_and_time_out(slow_server, monkeypatch):
+    import backend_app.server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(server_module, "ROOM_AFTER_S", 0.2)
+    monkeypatch.setattr(server_module, "IDLE_S", 2.0)
+    server, _ticks = slow_server
+    idle = [socket.create_connection(server.address, timeout=5) for _ in range(4)]  # the backend is full
+    time.sleep(0.4)
+
+    def closed_by_server(s: socket.socket) -> bool:
+        s.setblocking(False)
+        try:
+            return s.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        finally:
+            s.settimeout(5)
+
+    out = np.zeros((17, 3), np.float32)
+    try:
+        with socket.create_connection(server.address, timeout=5) as edge:
+            seq = 0
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:  # an edge plays: a frame every 0.3 s keeps it from idling out
+                edge.sendall(encode_frame_header(seq, 1, PixelFormat.RGB888, 64, 48) + bytes(64 * 48 * 3))
+                assert parse_reply_into(recv_exactly(edge, REPLY_SIZE), out).seq == seq
+                closed = sum(closed_by_server(s) for s in idle)
+                if seq == 0:
+                    assert closed == 1  # one idle client made room for the edge
+                if closed == len(idle):
+                    break  # the others timed out after IDLE_S, the edge is still served
+                seq += 1
+                time.sleep(0.3)
+            assert closed == len(idle) and seq >= 5
+    finally:
+        for s in idle:
+            s.close()
