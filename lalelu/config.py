@@ -48,6 +48,13 @@ class CameraConfig:
     )
     still_period_s: float = field(default=1.0, metadata=_rule(0.05, 60))
     still_amplitude: float = field(default=0.15, metadata=_rule(0.0, 0.5))
+    v4l2_fourcc: str = field(
+        default="MJPG",
+        metadata=_rule(
+            choices=("MJPG", "YUYV"),
+            doc="v4l2: what the webcam sends; USB webcams reach > 30 fps only with MJPG",
+        ),
+    )
 
 
 @dataclass(frozen=True)

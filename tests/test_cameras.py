@@ -85,6 +85,8 @@ class _Request:
 
     def make_array(self, name):
         w, h = self.cam.config["lores"]["size"]
+        if self.cam.config["lores"]["format"] == "YUV420":
+            return padded_i420(self.cam.image, 64)
         return np.full((h, w, 3), 128, np.uint8)
 
     def get_metadata(self):
@@ -94,11 +96,36 @@ class _Request:
         pass
 
 
+def padded_i420(packed, align):
+    """What the ISP hands out: each plane's rows padded to a stride aligned to `align` bytes (garbage 255)."""
+    h = packed.shape[0] * 2 // 3
+    w = packed.shape[1]
+    stride = -(-w // align) * align
+    out = np.full((h * 3 // 2, stride), 255, np.uint8)
+    flat = out.reshape(-1)
+    out[:h, :w] = packed[:h]
+    chroma = packed.reshape(-1)[h * w :].reshape(2, h // 2, w // 2)
+    for plane in range(2):
+        start = h * stride + plane * (h // 2) * (stride // 2)
+        rows = flat[start : start + (h // 2) * (stride // 2)].reshape(h // 2, stride // 2)
+        rows[:, : w // 2] = chroma[plane]
+    return out
+
+
 class Picamera2:
+    # as picamera2 lists an IMX708's modes (a Camera Module 3): the 120 fps one is binned and cropped
+    sensor_modes = [
+        {"size": (1536, 864), "fps": 120.13, "bit_depth": 10},
+        {"size": (2304, 1296), "fps": 56.03, "bit_depth": 10},
+        {"size": (4608, 2592), "fps": 14.35, "bit_depth": 10},
+    ]
+
     def __init__(self):
         self.frames = 0
+        self.image = None  # packed I420 the sensor "sees"; the test sets it
 
     def create_video_configuration(self, **kwargs):
+        assert kwargs["sensor"]["output_size"] in [m["size"] for m in self.sensor_modes]
         return kwargs
 
     def configure(self, config):
@@ -147,3 +174,105 @@ def test_a_camera_that_goes_silent_ends_the_edge_with_a_clear_error(tmp_path):
     assert r.returncode == 2, err  # non-zero: systemd's Restart= starts the service again
     assert "the Pi camera delivered no frame for 1 s" in err and "systemd restarts" in err
     assert "Traceback" not in err
+
+
+def _fake_picamera2(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    (tmp_path / "picamera2.py").write_text(FAKE_PICAMERA2)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    return importlib.import_module("picamera2")
+
+
+@pytest.mark.parametrize("width,height", [(320, 240), (200, 150), (330, 248)])
+def test_picamera2_lores_rows_padded_by_stride_arrive_packed(tmp_path, monkeypatch, astronaut, width, height):
+    """A width off the ISP's 64-byte alignment pads every row of every plane; the frame must come out as
+    packed I420 (a plain slice of the padded array would shift the chroma rows)."""
+    import cv2
+
+    fake = _fake_picamera2(tmp_path, monkeypatch)
+    packed = cv2.cvtColor(cv2.resize(astronaut, (width, height)), cv2.COLOR_RGB2YUV_I420)
+    cam_image = packed.copy()
+    original = fake.Picamera2.__init__
+
+    def init(self):
+        original(self)
+        self.image = cam_image
+
+    monkeypatch.setattr(fake.Picamera2, "__init__", init)
+    src = open_source(
+        CameraConfig(source="picamera2", width=width, height=height, fps=100, pixel_format="yuv420")
+    )
+    try:
+        frame, _t, _seq = src.read()
+    finally:
+        src.close()
+    np.testing.assert_array_equal(frame, packed)
+
+
+def test_picamera2_sensor_mode_is_the_largest_fast_enough():
+    from edge_app.cameras.picam import choose_sensor_mode
+
+    modes = [
+        {"size": (1536, 864), "fps": 120.13, "bit_depth": 10},
+        {"size": (2304, 1296), "fps": 56.03, "bit_depth": 10},
+        {"size": (4608, 2592), "fps": 14.35, "bit_depth": 10},
+    ]
+    assert choose_sensor_mode(modes, 100)["size"] == (1536, 864)
+    assert choose_sensor_mode(modes, 50)["size"] == (2304, 1296)
+    with pytest.raises(CameraError, match="at most 120 fps"):
+        choose_sensor_mode(modes, 200)
+
+
+class FakeCapture:
+    """Stands in for cv2.VideoCapture on V4L2: records what is set, hands out frames with the driver's
+    buffer timestamps (CAP_PROP_POS_MSEC), frames 3 and 4 of every 10 dropped by the camera."""
+
+    def __init__(self, device, api):
+        import cv2
+
+        self.cv2 = cv2
+        self.sets: list[tuple[int, float]] = []
+        self.n = 0
+        self.t_ms = 5000.0
+
+    def isOpened(self):
+        return True
+
+    def set(self, prop, value):
+        self.sets.append((prop, value))
+        return True
+
+    def get(self, prop):
+        cv2 = self.cv2
+        values = {cv2.CAP_PROP_FRAME_WIDTH: 320, cv2.CAP_PROP_FRAME_HEIGHT: 240, cv2.CAP_PROP_FPS: 100.0}
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            return self.t_ms
+        return values.get(prop, 0)
+
+    def read(self):
+        self.n += 1
+        self.t_ms += 10.0 if self.n % 10 != 5 else 30.0  # two frames lost before every 5th of ten
+        return True, np.zeros((240, 320, 3), np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_v4l2_uses_the_drivers_timestamps_asks_for_mjpg_and_counts_drops(monkeypatch):
+    import cv2
+
+    import edge_app.cameras.v4l2 as v4l2
+
+    monkeypatch.setattr(v4l2.cv2, "VideoCapture", FakeCapture)
+    src = v4l2.V4L2Source(CameraConfig(source="v4l2", width=320, height=240, fps=100))
+    stamps = [src.read()[1] for _ in range(20)]
+    assert stamps[0] == 5010 * 1_000_000  # the driver's time of the frame, not the time read() returned
+    assert src.dropped == 4  # two gaps of two frames
+    props = [p for p, _ in src._cap.sets]
+    assert props[0] == cv2.CAP_PROP_FOURCC and props.index(cv2.CAP_PROP_FOURCC) < props.index(
+        cv2.CAP_PROP_FRAME_WIDTH
+    )
+    assert src._cap.sets[0][1] == cv2.VideoWriter.fourcc(*"MJPG")
