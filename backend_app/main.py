@@ -19,10 +19,9 @@ from lalelu.gestures.consumer import gesture_consumer, request_reload
 from lalelu.gpu_clock import SmClockSampler
 from lalelu.inference import PoseEstimator
 from lalelu.protocol import PixelFormat
-from lalelu.realtime import freeze_gc, pin_to_cpus, short_gil_handoff, try_sched_fifo
 from lalelu.reporter import Reporter
-from lalelu.sdnotify import Watchdog, notify
-from lalelu.timing import backend_summary, warm_up_reports, write_jsonl
+from lalelu.service import RealtimeService
+from lalelu.timing import backend_summary, write_jsonl
 
 log = logging.getLogger("lalelu.backend")
 
@@ -44,8 +43,9 @@ def _log_report(rows: np.ndarray, counters: dict[str, int], out: IO[str] | None)
 
 
 def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = None) -> dict:
-    affinity = pin_to_cpus(cfg.backend.cpus)  # before the engine starts its threads, so they inherit it
+    b = cfg.backend
     with contextlib.ExitStack() as stack:
+        service = stack.enter_context(RealtimeService(b.cpus, b.sched_fifo, b.fifo_priority))
         engine = engine_from_config(cfg.engine)
         stack.callback(engine.close)
         period_s = cfg.backend.gpu_clock_period_ms / 1000
@@ -73,7 +73,8 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
         )
         telemetry = stack.enter_context(open(cfg.backend.telemetry, "w")) if cfg.backend.telemetry else None
         reporter = stack.enter_context(Reporter())  # closed before the file: its writes are done first
-        fifo = try_sched_fifo(cfg.backend.fifo_priority) if cfg.backend.sched_fifo else False
+        service.go_realtime()
+        affinity, fifo = service.affinity, service.fifo
         log.info(
             "backend %s on %s:%d, engine %s (input %s %s), CPUs %s, SCHED_FIFO %s",
             server.address[0],
@@ -100,9 +101,6 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
                 )
             )
             partial_file.replace(ready_file)
-        warm_up_reports()  # its first run would stall the loop
-        freeze_gc()
-        short_gil_handoff()
         written = 0
 
         def report(srv: InferenceServer) -> None:
@@ -114,12 +112,8 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
             )
             written = end
 
-        watchdog = stack.enter_context(contextlib.closing(Watchdog()))
-        notify("READY=1")
-        try:
-            server.serve(seconds, on_tick=report, tick_s=5.0, watchdog=watchdog)  # closes the server
-        finally:
-            notify("STOPPING=1")
+        service.ready()
+        server.serve(seconds, on_tick=report, tick_s=5.0, watchdog=service.watchdog)  # closes the server
         if telemetry is not None:
             reporter.submit(
                 write_jsonl, server.telemetry.rows_between(written, server.telemetry.count), telemetry

@@ -68,6 +68,7 @@ class BackendLink:
         self._budget_ns = int(latency_budget_ms * 1e6)
         self._service_ns = 0  # the backend's time per frame, smoothed (receiver thread writes it)
         self._sent_at = [0] * max_in_flight  # monotonic ns of each frame in flight, by send count
+        self._last_reply_ns = 0  # monotonic ns of the last reply (receiver thread writes it)
         self.sent = 0
         self.replies = 0
         self.skipped = 0
@@ -104,13 +105,13 @@ class BackendLink:
 
     def _over_budget(self) -> bool:
         """Would a frame sent now wait past the budget behind those in flight? Before the first reply the
-        backend's pace is unknown: one frame at a time. A frame in flight for longer than reply_timeout_s
-        means a hung backend (BackendUnavailable)."""
+        backend's pace is unknown: one frame at a time. A backend that answered nothing for reply_timeout_s
+        while frames were in flight is hung (BackendUnavailable); a slow one that keeps answering is not."""
         in_flight = self.sent - self.replies
         if in_flight <= 0:
             return False
         oldest = self._sent_at[self.replies % len(self._sent_at)]
-        if time.monotonic_ns() - oldest >= self._reply_timeout_s * 1e9:
+        if time.monotonic_ns() - max(oldest, self._last_reply_ns) >= self._reply_timeout_s * 1e9:
             raise BackendUnavailable(
                 f"the backend at {self.address} answered nothing for {self._reply_timeout_s:g} s"
             )
@@ -133,6 +134,7 @@ class BackendLink:
                 reply = parse_reply_into(buf, keypoints)
                 served = reply.send_ns - reply.recv_ns  # the backend's clock, a duration: no clock sync
                 self._service_ns += (served - self._service_ns) // 8 if self._service_ns else served
+                self._last_reply_ns = time.monotonic_ns()
                 self.replies += 1
                 self._slots.release()
                 self._on_reply(reply)

@@ -27,11 +27,11 @@ from lalelu.gestures.recording import PoseRecorder
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import Reply, Status
-from lalelu.realtime import freeze_gc, pin_to_cpus, short_gil_handoff, try_sched_fifo
 from lalelu.reporter import Reporter
-from lalelu.sdnotify import Watchdog, notify
+from lalelu.sdnotify import notify
+from lalelu.service import RealtimeService
 from lalelu.state import state_path, status_line, write_state
-from lalelu.timing import TelemetryRing, stage_summary, warm_up_reports, write_jsonl
+from lalelu.timing import TelemetryRing, stage_summary, write_jsonl
 
 log = logging.getLogger("lalelu.edge")
 
@@ -181,10 +181,15 @@ class EdgeLoop:
             self._step_local(frame, capture_ns, seq)  # this frame is not lost: it is the first local one
 
     def run(self) -> dict:
+        e = self.cfg.edge
+        with RealtimeService(e.cpus, e.sched_fifo, e.fifo_priority) as service:
+            self._open()
+            service.go_realtime()
+            return self._run(service)
+
+    def _run(self, service: RealtimeService) -> dict:
         cfg = self.cfg
-        affinity = pin_to_cpus(cfg.edge.cpus)
-        self._open()
-        fifo = try_sched_fifo(cfg.edge.fifo_priority) if cfg.edge.sched_fifo else False
+        affinity, fifo = service.affinity, service.fifo
         log.info(
             "edge: %s %dx%d %s at %.0f fps, CPUs %s, SCHED_FIFO %s",
             cfg.camera.source,
@@ -196,17 +201,14 @@ class EdgeLoop:
             fifo,
         )
         self._reporter = Reporter()
-        warm_up_reports()  # its first run would stall the loop
-        freeze_gc()
-        short_gil_handoff()
         start = time.monotonic()
         end = start + cfg.edge.seconds if cfg.edge.seconds else float("inf")
         next_summary = start + cfg.edge.summary_interval_s if cfg.edge.summary_interval_s else float("inf")
         first_seq = None
         end_seq = 0  # one past the last frame's number; frames dropped at capture leave holes before it
         src = self.source
-        watchdog = Watchdog()
-        notify("READY=1")
+        service.ready()
+        watchdog = service.watchdog
         try:
             while not self._stop.is_set():
                 watchdog.kick()  # a camera that stops delivering stops the kicks: systemd restarts us
@@ -227,7 +229,6 @@ class EdgeLoop:
                 if now >= end:
                     break
         finally:
-            watchdog.close()
             if self._reconnector is not None:
                 self._reconnector.close()
             if self._link is not None:

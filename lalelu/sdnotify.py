@@ -42,6 +42,13 @@ class Watchdog:
         )
         self._next = 0.0
 
+    @classmethod
+    def disabled(cls) -> Watchdog:
+        """One that does nothing: before the service is ready."""
+        dog = cls.__new__(cls)
+        dog.interval_s, dog._addr, dog._sock, dog._next = 0.0, None, None, 0.0
+        return dog
+
     def kick(self) -> None:
         if self._sock is None:
             return
