@@ -15,7 +15,7 @@ import numpy as np
 from backend_app.server import InferenceServer
 from lalelu.config import Config
 from lalelu.engines import GPU_ENGINES, engine_from_config
-from lalelu.gestures.consumer import gesture_consumer, request_reload
+from lalelu.gestures.consumer import pose_consumer, request_reload, sound_leaves_here
 from lalelu.gpu_clock import SmClockSampler
 from lalelu.inference import PoseEstimator
 from lalelu.protocol import PixelFormat
@@ -53,8 +53,8 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
         if gpu_clock is not None:
             stack.callback(gpu_clock.close)
         consumer_factory = None
-        if cfg.output.where == "backend" and cfg.output.kind != "none":
-            consumer_factory = partial(gesture_consumer, cfg.output)
+        if sound_leaves_here(cfg, "backend"):  # made at the first frame: its size is the edge's
+            consumer_factory = partial(pose_consumer, cfg, "backend")
         estimator = PoseEstimator(engine)
         # The camera's geometry, where this file names it: its first frame then costs no set-up (a GPU
         # engine captures a CUDA graph per geometry: 30-35 ms on the H100, paid here instead).

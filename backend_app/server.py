@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from lalelu.clock import now_ns
+from lalelu.gestures.consumer import PoseConsumer
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.protocol import (
@@ -38,14 +39,6 @@ log = logging.getLogger("lalelu.backend")
 
 class SmClockLike(Protocol):
     mhz: int
-
-
-class PoseConsumerLike(Protocol):
-    def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None: ...
-
-    def all_notes_off(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 MAX_OUTBOX = 64 * REPLY_SIZE  # an edge that stops reading is dropped rather than buffered forever
@@ -96,11 +89,11 @@ class InferenceServer:
         port: int,
         max_payload: int,
         allow: tuple[str, ...] = (),
-        consumer_factory: Callable[[int, int], PoseConsumerLike] | None = None,
+        consumer_factory: Callable[[int, int], PoseConsumer] | None = None,
         gpu_clock: SmClockLike | None = None,
     ) -> None:
         self.consumer_factory = consumer_factory  # (width, height) -> consumer, when the sound leaves here
-        self.consumer: PoseConsumerLike | None = None
+        self.consumer: PoseConsumer | None = None
         self.estimator = estimator
         self.max_payload = max_payload
         self.allow = set(allow)

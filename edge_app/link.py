@@ -20,6 +20,7 @@ from lalelu.protocol import (
     Reply,
     encode_frame_header,
     parse_reply_into,
+    split_address,
 )
 
 log = logging.getLogger("lalelu.edge")
@@ -29,15 +30,13 @@ class BackendUnavailable(LaleluError):
     pass
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host, int(port)
-
-
 def connect_backend(address: str, timeout_s: float) -> socket.socket:
     """A connected TCP socket to the backend (blocking, no delay), or BackendUnavailable."""
     try:
-        sock = socket.create_connection(split_address(address), timeout=timeout_s)
+        host_port = split_address(address)
+        if host_port is None:
+            raise OSError(f"{address!r} is not HOST:PORT")
+        sock = socket.create_connection(host_port, timeout=timeout_s)
     except OSError as exc:
         raise BackendUnavailable(
             f"cannot reach the backend at {address} ({exc.strerror or exc}): is `lalelu backend` running "

@@ -16,13 +16,12 @@ from typing import IO
 import numpy as np
 
 from edge_app.cameras import FrameSource, open_source
-from edge_app.consumers import LogConsumer, PoseConsumer
 from edge_app.failover import Reconnector
 from edge_app.link import BackendLink, BackendUnavailable, connect_backend
 from lalelu.clock import now_ns
 from lalelu.config import Config
 from lalelu.engines import engine_from_config
-from lalelu.gestures.consumer import gesture_consumer, request_reload
+from lalelu.gestures.consumer import PoseConsumer, pose_consumer, request_reload
 from lalelu.gestures.recording import PoseRecorder
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
@@ -42,7 +41,7 @@ class EdgeLoop:
     ) -> None:
         self.cfg = cfg
         self.source = source or open_source(cfg.camera)
-        self.consumer = consumer or make_consumer(cfg, self.source.width, self.source.height)
+        self.consumer = consumer or pose_consumer(cfg, "edge", self.source.width, self.source.height)
         self.telemetry = TelemetryRing(1 << 16)
         self.sent = 0
         self.received = 0
@@ -336,12 +335,6 @@ class EdgeLoop:
             "frames_lost_with_backend": self.lost_in_flight,
             "stages_ms": s,
         }
-
-
-def make_consumer(cfg: Config, width: int, height: int) -> PoseConsumer:
-    if cfg.output.where == "edge" and cfg.output.kind != "none":
-        return gesture_consumer(cfg.output, width, height)
-    return LogConsumer()
 
 
 def run_edge(cfg: Config, summary_json: Path | None = None, record: Path | None = None) -> dict:

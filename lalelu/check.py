@@ -17,8 +17,9 @@ import numpy as np
 
 from lalelu.config import Config
 from lalelu.errors import LaleluError
+from lalelu.gestures.consumer import sound_leaves_here
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.protocol import PixelFormat, encode_frame_header, round_trip
+from lalelu.protocol import PixelFormat, encode_frame_header, round_trip, split_address
 from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, cpu_list, read_kernel_value
 from lalelu.state import SERVICE_STATE, read_state, state_path
 from lalelu.timing import summarize_ns
@@ -230,15 +231,16 @@ def check_output(cfg: Config) -> Check:
 
 
 def check_backend(address: str, frames: int, p99_limit_ms: float) -> list[Check]:
-    from edge_app.link import split_address
-
     w, h = 320, 240
     frame = np.full((h, w, 3), 90, np.uint8).tobytes()
     out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
     rtts = np.zeros(frames, np.int64)
     try:
         # a backend slower than the limit allows is reported as slow below, not as unreachable here
-        with socket.create_connection(split_address(address), timeout=max(5.0, p99_limit_ms / 1000)) as sock:
+        host_port = split_address(address)
+        if host_port is None:
+            raise ValueError(f"{address!r} is not HOST:PORT")
+        with socket.create_connection(host_port, timeout=max(5.0, p99_limit_ms / 1000)) as sock:
             for i in range(frames):
                 t0 = time.perf_counter_ns()
                 reply = round_trip(sock, encode_frame_header(i, 1, PixelFormat.RGB888, w, h), frame, out)
@@ -311,7 +313,7 @@ def run_checks(
             checks += check_local_model(cfg, frames, p99_limit_ms)
     else:
         checks += check_local_model(cfg, frames, p99_limit_ms)
-    if cfg.output.where == role and cfg.output.kind != "none":
+    if sound_leaves_here(cfg, role):
         checks.append(check_output(cfg))
     return checks
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lalelu.errors import ConfigError
+from lalelu.protocol import split_address
 
 
 def _rule(
@@ -207,13 +208,11 @@ def config_from_dict(data: dict[str, Any], origin: str = "configuration") -> Con
 
 def validate(cfg: Config, origin: str = "configuration") -> None:
     """Checks across keys."""
-    if cfg.edge.backend:
-        host, sep, port = cfg.edge.backend.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(
-                f'{origin}: [edge] backend = {cfg.edge.backend!r} must be HOST:PORT (e.g. "192.168.1.10:7600"), '
-                "or empty to infer on the edge"
-            )
+    if cfg.edge.backend and split_address(cfg.edge.backend) is None:
+        raise ConfigError(
+            f'{origin}: [edge] backend = {cfg.edge.backend!r} must be HOST:PORT (e.g. "192.168.1.10:7600"), '
+            "or empty to infer on the edge"
+        )
     for client in cfg.backend.allow:
         try:
             ipaddress.ip_address(client)

@@ -43,6 +43,14 @@ class Status(enum.IntEnum):
     ENGINE_ERROR = 2
 
 
+def split_address(address: str) -> tuple[str, int] | None:
+    """ "HOST:PORT" -> (host, port); None when it is not one (IPv6 hosts in brackets keep them)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 def payload_size(fmt: PixelFormat, width: int, height: int) -> int:
     if fmt == PixelFormat.RGB888:
         return width * height * 3

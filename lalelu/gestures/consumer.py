@@ -1,6 +1,6 @@
-"""The pose consumer that plays: gesture engine + output + note-off scheduling + mapping reload.
-
-It runs wherever the sound leaves (edge or backend), the same code in both.
+"""Pose consumers: what an app does with each pose. The one interface, and the one factory that decides
+where the sound leaves (`pose_consumer`): the consumer that plays (gesture engine + output + note-off
+scheduling + mapping reload) runs on the edge or on the backend, the same code in both.
 """
 
 from __future__ import annotations
@@ -8,18 +8,63 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from lalelu.clock import now_ns
-from lalelu.config import OutputConfig
+from lalelu.config import Config, OutputConfig
 from lalelu.errors import ConfigError
 from lalelu.gestures.engine import GestureEngine, Hit
 from lalelu.gestures.mapping import Control, Mapping, load_mapping
 from lalelu.gestures.outputs import LogOutput, MidiOutput, OscOutput, SoundOutput
+from lalelu.keypoints import KEYPOINT_NAMES
 
 log = logging.getLogger("lalelu.gestures")
 MAX_SOUNDING = 128
+
+
+class PoseConsumer(Protocol):
+    def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
+        """Called once per frame, in frame order, with (17, 3) rows (x, y, score) in frame pixels."""
+
+    def all_notes_off(self) -> None:
+        """End every sounding note now (the pose stream has a hole: a note-off may never come)."""
+
+    def close(self) -> None: ...
+
+
+class LogConsumer:
+    """Where no sound leaves: logs the nose every `every` poses (debug level: nothing is formatted
+    unless asked for)."""
+
+    def __init__(self, every: int = 100) -> None:
+        self.every = every
+        self.poses = 0
+
+    def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
+        self.poses += 1
+        if self.poses % self.every == 0 and log.isEnabledFor(logging.DEBUG):
+            x, y, s = keypoints[0]
+            log.debug("frame %d: %s at (%.1f, %.1f) score %.2f", seq, KEYPOINT_NAMES[0], x, y, s)
+
+    def all_notes_off(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def sound_leaves_here(cfg: Config, role: str) -> bool:
+    """Whether the app of `role` ("edge" or "backend") plays the sound: [output] where, unless kind none."""
+    return cfg.output.where == role and cfg.output.kind != "none"
+
+
+def pose_consumer(cfg: Config, role: str, width: int, height: int) -> PoseConsumer:
+    """The consumer of `role`'s poses: the one that plays where the sound leaves, else one that logs."""
+    if sound_leaves_here(cfg, role):
+        return gesture_consumer(cfg.output, width, height)
+    return LogConsumer()
 
 
 class GestureConsumer:
