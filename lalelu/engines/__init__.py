@@ -9,6 +9,7 @@ import numpy as np
 
 from lalelu.config import EngineConfig
 from lalelu.errors import ModelError
+from lalelu.keypoints import NUM_KEYPOINTS
 
 ENGINE_NAMES = ("litert", "tf-savedmodel", "tensorrt", "torch-cuda")
 GPU_ENGINES = ("tf-savedmodel", "tensorrt", "torch-cuda")  # their telemetry samples the GPU's clock
@@ -97,13 +98,13 @@ class WarmUpByInfer:
     """Engines warm up by running `n` inferences on whatever their input buffer holds."""
 
     def warm_up(self, n: int = 10) -> None:
-        out = np.empty((17, 3), np.float32)
+        out = np.empty((NUM_KEYPOINTS, 3), np.float32)
         for _ in range(n):
             self.infer(out)  # type: ignore[attr-defined]
 
 
 def check_output_shape(shape: tuple[int, ...], path: Path) -> None:
-    if tuple(shape)[-2:] != (17, 3):
+    if tuple(shape)[-2:] != (NUM_KEYPOINTS, 3):
         raise ModelError(
             f"{path} outputs shape {tuple(shape)}, not [1, 1, 17, 3]: this is not a MoveNet single-pose model"
         )

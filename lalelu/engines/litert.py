@@ -8,6 +8,7 @@ import numpy as np
 
 from lalelu.engines import WarmUpByInfer, check_model_path, check_output_shape
 from lalelu.errors import ModelError
+from lalelu.keypoints import NUM_KEYPOINTS
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
@@ -51,7 +52,7 @@ class LiteRTEngine(WarmUpByInfer):
     def infer(self, out: np.ndarray) -> None:
         self._it.set_tensor(self._in_index, self._batched)
         self._it.invoke()
-        out[:] = self._it.get_tensor(self._out_index).reshape(17, 3)
+        out[:] = self._it.get_tensor(self._out_index).reshape(NUM_KEYPOINTS, 3)
 
     def close(self) -> None:
         del self._it

@@ -13,6 +13,7 @@ import numpy as np
 
 from lalelu.engines import WarmUpByInfer, check_model_path, check_output_shape
 from lalelu.errors import ModelError
+from lalelu.keypoints import NUM_KEYPOINTS
 
 
 def _cuda_check(result: tuple) -> Any:
@@ -80,7 +81,7 @@ class TensorRTEngine(WarmUpByInfer):
             rt.cudaMemcpyAsync(self._out.ctypes.data, self._d_out, self._out.nbytes, d2h, self._stream)
         )
         _cuda_check(rt.cudaStreamSynchronize(self._stream))
-        out[:] = self._out.reshape(17, 3)
+        out[:] = self._out.reshape(NUM_KEYPOINTS, 3)
 
     def close(self) -> None:
         for ptr in (self._d_in, self._d_out):

@@ -16,6 +16,7 @@ import numpy as np
 
 from lalelu.engines import WarmUpByInfer, check_model_path
 from lalelu.errors import ModelError
+from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.preprocess import LetterboxGeometry, frame_shape
 from lalelu.protocol import PixelFormat, payload_size
 
@@ -82,13 +83,15 @@ class TorchCudaEngine(WarmUpByInfer):
         self._host_in = torch.zeros(shape, dtype=tdtype, pin_memory=on_gpu)
         self.input = self._host_in.numpy()  # the preprocessor writes straight into pinned memory
         self._dev_in = torch.zeros((1, *shape), dtype=tdtype, device=self.device)
-        self._host_out = torch.zeros((17, 3), dtype=torch.float32, pin_memory=on_gpu)
+        self._host_out = torch.zeros((NUM_KEYPOINTS, 3), dtype=torch.float32, pin_memory=on_gpu)
         self._out = self._host_out.numpy()
         with torch.inference_mode():
             heads = self._net(self._dev_in)
         sizes = [tuple(h.shape[1:]) for h in heads]
         grid = sizes[0][1:]
-        if [s[0] for s in sizes] != [1, 17, 34, 34] or any(s[1:] != grid for s in sizes):
+        if [s[0] for s in sizes] != [1, NUM_KEYPOINTS, 2 * NUM_KEYPOINTS, 2 * NUM_KEYPOINTS] or any(
+            s[1:] != grid for s in sizes
+        ):
             raise ModelError(f"{path}: head shapes {sizes} are not MoveNet's (1, 17, 34, 34 channels)")
         self._decode = MoveNetDecoder(grid[0], grid[1], self.device, constants)
         self._forward = self._network_and_decode

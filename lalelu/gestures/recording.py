@@ -15,6 +15,7 @@ import numpy as np
 from lalelu.errors import LaleluError
 from lalelu.gestures.engine import GestureEngine, Hit
 from lalelu.gestures.mapping import Mapping
+from lalelu.keypoints import NUM_KEYPOINTS
 
 CHUNK = 8192
 
@@ -31,7 +32,11 @@ class PoseRecorder:
     def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
         if self._n == CHUNK:  # one allocation every CHUNK frames (82 s at 100 fps)
             self._chunks.append(
-                (np.zeros(CHUNK, np.int64), np.zeros(CHUNK, np.int64), np.zeros((CHUNK, 17, 3), np.float32))
+                (
+                    np.zeros(CHUNK, np.int64),
+                    np.zeros(CHUNK, np.int64),
+                    np.zeros((CHUNK, NUM_KEYPOINTS, 3), np.float32),
+                )
             )
             self._n = 0
         seqs, times, kps = self._chunks[-1]
@@ -75,7 +80,7 @@ def load_recording(path: Path) -> dict[str, np.ndarray]:
         raise LaleluError(
             f"{path} is not a lalelu recording ({exc}); make one with `lalelu edge --record FILE`"
         ) from exc
-    if rec["keypoints"].ndim != 3 or rec["keypoints"].shape[1:] != (17, 3):
+    if rec["keypoints"].ndim != 3 or rec["keypoints"].shape[1:] != (NUM_KEYPOINTS, 3):
         raise LaleluError(f"{path}: keypoints have shape {rec['keypoints'].shape}, expected (N, 17, 3)")
     return rec
 
