@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--seconds", type=float, default=0.0, help="stop after this long")
     backend.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
     backend.add_argument("--telemetry", help="write per-frame stage telemetry as JSON lines to this file")
+    backend.add_argument(
+        "--summary-json", type=Path, help="write the final summary (counters, stages) here when stopped"
+    )
 
     pose = sub.add_parser("pose", help="run the model on one image and print the keypoints")
     _common(pose)
@@ -187,7 +190,9 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = _config(args, "backend")
         cfg = override(cfg, "backend", listen_host=args.host, port=args.port, telemetry=args.telemetry)
-        run_backend(cfg, args.seconds, args.ready_file)
+        summary = run_backend(cfg, args.seconds, args.ready_file)
+        if args.summary_json is not None:
+            args.summary_json.write_text(json.dumps(summary, indent=1))
         return 0
     if args.command == "pose":
         from lalelu.engines import engine_from_config

@@ -148,11 +148,21 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready.json"
+        summary_file = Path(tmp) / "backend-summary.json"
         log = open(Path(tmp) / "backend.log", "w+")  # noqa: SIM115
         # the real backend in its own process (its own GIL, its own memory to watch)
         backend = subprocess.Popen(
             lalelu_command(
-                "backend", "--port", "0", "--threads", "1", "--no-fifo", "--ready-file", str(ready)
+                "backend",
+                "--port",
+                "0",
+                "--threads",
+                "1",
+                "--no-fifo",
+                "--ready-file",
+                str(ready),
+                "--summary-json",
+                str(summary_file),
             ),
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -168,10 +178,8 @@ def main() -> int:
         finally:
             backend.terminate()
             backend.wait(10)
-        log.seek(0)
-        stopped = [line for line in log.read().splitlines() if "backend stopped:" in line]
-        if stopped:  # what the server itself parsed: bad packets, rejected frames, connections
-            result["server"] = json.loads(stopped[-1].split("backend stopped:", 1)[1])["counters"]
+        if summary_file.exists():  # what the server itself counted: bad packets, rejected frames, connections
+            result["server"] = json.loads(summary_file.read_text())["counters"]
         log.close()
     print(json.dumps(result))
     ok = result["backend_alive"] and not result["good_edge_errors"] and result["good_edge_answered"] > 0
