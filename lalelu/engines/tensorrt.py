@@ -14,6 +14,7 @@ import numpy as np
 from lalelu.engines import WarmUpByInfer, check_model_path, check_output_shape
 from lalelu.errors import ModelError
 from lalelu.keypoints import NUM_KEYPOINTS
+from lalelu.manifests import check_manifest, cuda_gpu_name
 
 
 def _cuda_check(result: tuple) -> Any:
@@ -39,13 +40,8 @@ class TensorRTEngine(WarmUpByInfer):
         self._cudart = cudart
         if int(cudart.cudaGetDeviceCount()[0]) != 0 or cudart.cudaGetDeviceCount()[1] == 0:
             raise ModelError("no CUDA GPU is visible: the tensorrt engine needs one; use --engine litert")
-        from lalelu.convert import check_manifest
-
-        err, props = cudart.cudaGetDeviceProperties(0)
-        gpu = props.name.decode().strip("\x00") if int(err) == 0 else ""
-        check_manifest(
-            path, gpu, trt.__version__
-        )  # an engine only runs on the GPU and TensorRT it was built for
+        # an engine only runs on the GPU and TensorRT it was built for
+        check_manifest(path, cuda_gpu_name(cudart), trt.__version__)
         logger = trt.Logger(trt.Logger.WARNING)
         engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
         if engine is None:
