@@ -90,12 +90,13 @@ class Backend:
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
             preexec_fn=limit,
         )
-        deadline = time.monotonic() + 60
-        while not self.ready.exists():
-            assert self.proc.poll() is None, (tmp / "backend.log").read_text()
-            assert time.monotonic() < deadline, "backend not ready in 60 s"
-            time.sleep(0.05)
-        info = json.loads(self.ready.read_text())
+        from lalelu.demo import wait_until_ready
+        from lalelu.errors import LaleluError
+
+        try:
+            info = wait_until_ready(self.proc, self.ready)
+        except LaleluError as exc:
+            pytest.fail(f"{exc}: {(tmp / 'backend.log').read_text()}")
         self.port: int = info["port"]
         self.address = f"127.0.0.1:{self.port}"
 
