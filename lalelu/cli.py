@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lalelu import __version__
 from lalelu.bench import DEFAULT_CONFIGS, DEFAULT_CONFIGS_OTHER
-from lalelu.config import Config, load_config, override
+from lalelu.config import CAMERA_SOURCES, OUTPUT_KINDS, Config, load_config, override
 from lalelu.engines import ENGINE_NAMES
 from lalelu.errors import LaleluError
 from lalelu.logs import error_line, setup_logging
@@ -51,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit when the backend is lost instead of inferring locally",
     )
-    edge.add_argument(
-        "--source", choices=("still", "replay", "v4l2", "picamera2"), help="override [camera] source"
-    )
+    edge.add_argument("--source", choices=CAMERA_SOURCES, help="override [camera] source")
     edge.add_argument("--fps", type=float, help="override [camera] fps")
     edge.add_argument("--seconds", type=float, help="stop after this long (default: run until stopped)")
     edge.add_argument("--telemetry", help="write per-frame telemetry as JSON lines to this file")
@@ -61,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--state-file", help="override [edge] state_file (JSON state at every summary)")
     edge.add_argument("--record", type=Path, help="record the pose stream to this .npz for `lalelu replay`")
     edge.add_argument("--mapping", help="override [output] mapping (a TOML path or a bundled name)")
-    edge.add_argument("--output", choices=("log", "midi", "osc", "none"), help="override [output] kind")
+    edge.add_argument("--output", choices=OUTPUT_KINDS, help="override [output] kind")
 
     replay = sub.add_parser("replay", help="run a recorded pose stream through a mapping and print the hits")
     replay.add_argument("recording", type=Path, help="a .npz written by `lalelu edge --record`")

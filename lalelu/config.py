@@ -12,6 +12,12 @@ from typing import Any
 from lalelu.errors import ConfigError
 from lalelu.protocol import split_address
 
+# The plug-in names, listed once: the configuration checks them, the CLI offers them, the factories
+# (engines.create_engine, edge_app.cameras.open_source, gestures.consumer.open_output) dispatch on them.
+ENGINE_KINDS = ("litert", "tf-savedmodel", "tensorrt", "torch-cuda")
+CAMERA_SOURCES = ("still", "replay", "v4l2", "picamera2")
+OUTPUT_KINDS = ("log", "midi", "osc", "none")
+
 
 def _rule(
     lo: float | None = None, hi: float | None = None, choices: tuple[Any, ...] = (), doc: str = ""
@@ -21,9 +27,7 @@ def _rule(
 
 @dataclass(frozen=True)
 class EngineConfig:
-    kind: str = field(
-        default="litert", metadata=_rule(choices=("litert", "tf-savedmodel", "tensorrt", "torch-cuda"))
-    )
+    kind: str = field(default="litert", metadata=_rule(choices=ENGINE_KINDS))
     model: str = field(default="", metadata=_rule(doc="path; empty = the bundled Lightning int8 model"))
     threads: int = field(default=2, metadata=_rule(1, 64))
     delegate: str = field(default="", metadata=_rule(choices=("", "edgetpu")))
@@ -37,7 +41,7 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    source: str = field(default="still", metadata=_rule(choices=("still", "replay", "v4l2", "picamera2")))
+    source: str = field(default="still", metadata=_rule(choices=CAMERA_SOURCES))
     width: int = field(default=320, metadata=_rule(16, 4096))
     height: int = field(default=240, metadata=_rule(16, 4096))
     fps: float = field(default=100.0, metadata=_rule(1, 1000))
@@ -115,7 +119,7 @@ class EdgeConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    kind: str = field(default="log", metadata=_rule(choices=("log", "midi", "osc", "none")))
+    kind: str = field(default="log", metadata=_rule(choices=OUTPUT_KINDS))
     where: str = field(default="edge", metadata=_rule(choices=("edge", "backend")))
     mapping: str = field(
         default="", metadata=_rule(doc="mapping TOML; empty = the bundled two-hands mapping")

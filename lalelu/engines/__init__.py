@@ -7,11 +7,11 @@ from typing import Protocol
 
 import numpy as np
 
-from lalelu.config import EngineConfig
+from lalelu.config import ENGINE_KINDS, EngineConfig
 from lalelu.errors import ModelError
 from lalelu.keypoints import NUM_KEYPOINTS
 
-ENGINE_NAMES = ("litert", "tf-savedmodel", "tensorrt", "torch-cuda")
+ENGINE_NAMES = ENGINE_KINDS
 GPU_ENGINES = ("tf-savedmodel", "tensorrt", "torch-cuda")  # their telemetry samples the GPU's clock
 BUNDLED_MODEL = (
     Path(__file__).resolve().parent.parent / "models" / "movenet_singlepose_lightning_int8_4.tflite"
