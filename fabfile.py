@@ -186,7 +186,7 @@ def bench(
     results="results",
 ):
     """Run `lalelu bench` on the chosen hosts, fetch the JSON, print one table, keep results and plots."""
-    from lalelu.bench import format_table
+    from lalelu_commands.bench import format_table
 
     out_dir = Path(results) / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def bench(
             res["host"] = host.name
         combined.append(report)
         try:
-            from lalelu.plots import plot_bench
+            from lalelu_commands.plots import plot_bench
 
             plot_bench(report, out_dir / host.name)
         except Exit:

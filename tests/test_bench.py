@@ -7,8 +7,8 @@ import subprocess
 import pytest
 from conftest import lalelu_cmd, run_local_edge
 
-from lalelu.bench import format_table, run_bench
 from lalelu.errors import LaleluError
+from lalelu_commands.bench import format_table, run_bench
 
 
 def test_bench_agrees_with_the_reference_loop():

@@ -11,10 +11,10 @@ from conftest import REFERENCE
 tf = pytest.importorskip("tensorflow", reason="needs tensorflow-cpu (installed by .ci/run)")
 pytest.importorskip("tf2onnx", reason="needs tf2onnx (installed by .ci/run)")
 
-from lalelu.convert import run_convert  # noqa: E402
 from lalelu.engines import BUNDLED_MODEL  # noqa: E402
 from lalelu.errors import LaleluError, ModelError  # noqa: E402
 from lalelu.manifests import check_manifest, write_manifest  # noqa: E402
+from lalelu_commands.convert import run_convert  # noqa: E402
 
 
 @pytest.fixture(scope="module")

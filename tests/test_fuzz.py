@@ -10,7 +10,7 @@ PACKETS = 100_000
 
 
 def test_backend_survives_100k_mutated_packets_and_keeps_serving_a_good_edge():
-    cmd = [sys.executable, "-m", "lalelu.fuzz", "--packets", str(PACKETS)]
+    cmd = [sys.executable, "-m", "lalelu_commands.fuzz", "--packets", str(PACKETS)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     result = json.loads(r.stdout.strip().splitlines()[-1])
     print("\nfuzz:", json.dumps(result))

@@ -7,7 +7,7 @@ from conftest import REFERENCE
 from lalelu.engines import create_engine
 from lalelu.errors import ModelError
 from lalelu.keypoints import KEYPOINT_INDEX
-from lalelu.pose_image import estimate_pose
+from lalelu_commands.pose_image import estimate_pose
 
 
 def test_engine_reports_model_metadata(litert_engine):

@@ -42,7 +42,7 @@ def test_savedmodel_engine_reads_size_and_dtype_from_the_model(thunder_like):
 
 
 def test_savedmodel_engine_with_letterbox(thunder_like, astronaut):
-    from lalelu.pose_image import estimate_pose
+    from lalelu_commands.pose_image import estimate_pose
 
     engine = create_engine("tf-savedmodel", thunder_like[0])
     kp = estimate_pose(engine, astronaut)

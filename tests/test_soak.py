@@ -8,8 +8,8 @@ import subprocess
 import numpy as np
 from conftest import lalelu_cmd
 
-from lalelu.soak import memory_growth, per_interval
 from lalelu.timing import TELEMETRY_DTYPE
+from lalelu_commands.soak import memory_growth, per_interval
 
 
 def test_per_interval_places_missing_frames_and_latency_in_their_interval():

@@ -14,7 +14,7 @@ from lalelu.engines import create_engine  # noqa: E402
 from lalelu.engines.torch_cuda import TorchCudaEngine  # noqa: E402
 from lalelu.errors import ModelError  # noqa: E402
 from lalelu.keypoints import KEYPOINT_INDEX  # noqa: E402
-from lalelu.pose_image import estimate_pose  # noqa: E402
+from lalelu_commands.pose_image import estimate_pose  # noqa: E402
 
 
 @pytest.fixture(scope="module")

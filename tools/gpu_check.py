@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lalelu.engines.torch_cuda import TorchCudaEngine
-from lalelu.pose_image import estimate_pose
+from lalelu_commands.pose_image import estimate_pose
 
 REFERENCE_NOSE = (227, 122)  # ../shared/models/README.md, on skimage.data.astronaut()
 

@@ -1,5 +1,5 @@
 """Hostile input for the backend: mutated and malformed packets against a live server, with a well-behaved
-edge beside them that must keep getting every answer. `python -m lalelu.fuzz --packets 100000`.
+edge beside them that must keep getting every answer. `python -m lalelu_commands.fuzz --packets 100000`.
 
 Mutations hit the fields a parser can get wrong (magic, version, pixel format, size, length), truncate,
 concatenate, or send plain garbage; the free-form fields (seq, timestamp) are left alone so that a
@@ -139,8 +139,8 @@ def main() -> int:
     import tempfile
     from pathlib import Path
 
-    from lalelu.demo import lalelu_command, wait_until_ready
     from lalelu.errors import LaleluError
+    from lalelu_commands.demo import lalelu_command, wait_until_ready
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=100_000)

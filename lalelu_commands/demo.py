@@ -12,15 +12,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import lalelu
 from lalelu.config import load_config
 from lalelu.errors import LaleluError
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "data" / "demo.toml"
+DEMO_CONFIG = Path(lalelu.__file__).resolve().parent / "data" / "demo.toml"
 
 
 def lalelu_command(*args: str) -> list[str]:
     """`lalelu ARGS` as a child process of this interpreter."""
-    return [sys.executable, "-m", "lalelu.cli", *args]
+    return [sys.executable, "-m", "lalelu_commands.cli", *args]
 
 
 def wait_until_ready(backend: subprocess.Popen, ready: Path, timeout_s: float = 60) -> dict:

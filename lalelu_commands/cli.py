@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 from lalelu import __version__
-from lalelu.bench import DEFAULT_CONFIGS, DEFAULT_CONFIGS_OTHER
 from lalelu.config import CAMERA_SOURCES, OUTPUT_KINDS, Config, load_config, override
 from lalelu.engines import ENGINE_NAMES
 from lalelu.errors import LaleluError
 from lalelu.logs import error_line, setup_logging
+from lalelu_commands.bench import DEFAULT_CONFIGS, DEFAULT_CONFIGS_OTHER
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -194,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "pose":
         from lalelu.engines import engine_from_config
-        from lalelu.pose_image import draw_skeleton, estimate_pose, keypoints_json, read_rgb
+        from lalelu_commands.pose_image import draw_skeleton, estimate_pose, keypoints_json, read_rgb
 
         cfg = _config(args, "edge")
         rgb = read_rgb(args.image)
@@ -213,10 +213,10 @@ def _run(args: argparse.Namespace) -> int:
                 raise LaleluError(f"cannot write {args.out}: use a .png or .jpg name in a writable folder")
         return 0
     if args.command == "bench":
-        from lalelu.bench import format_table, run_bench
+        from lalelu_commands.bench import format_table, run_bench
 
         if args.from_telemetry:
-            from lalelu.plots import plot_telemetry, split_telemetry, telemetry_table
+            from lalelu_commands.plots import plot_telemetry, split_telemetry, telemetry_table
 
             edge_rows, backend_rows = split_telemetry(args.from_telemetry)
             print(telemetry_table(edge_rows, backend_rows))
@@ -253,13 +253,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             args.json.write_text(json.dumps(report))
         if args.plot:
-            from lalelu.plots import plot_bench
+            from lalelu_commands.plots import plot_bench
 
             for path in plot_bench(report, args.plot):
                 print(f"plot: {path}")
         return 0
     if args.command == "convert":
-        from lalelu.convert import run_convert
+        from lalelu_commands.convert import run_convert
 
         result = run_convert(
             args.source, args.to, args.out, args.fp16, args.opset, log=lambda m: print(m, file=sys.stderr)
@@ -279,7 +279,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({"poses": len(rec["t_ns"]), "hits": len(hits)}))
         return 0
     if args.command == "check":
-        from lalelu.check import NO_GO, format_checks, run_checks
+        from lalelu_commands.check import NO_GO, format_checks, run_checks
 
         cfg = _config(args, args.role)
         if args.backend is not None:
@@ -292,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
         print(format_checks(checks))
         return 1 if any(c.verdict == NO_GO for c in checks) else 0
     if args.command == "soak":
-        from lalelu.soak import format_soak, run_soak
+        from lalelu_commands.soak import format_soak, run_soak
 
         report = run_soak(args.minutes, args.config, args.fps, args.interval_s, args.sample_s, args.quiet)
         print(format_soak(report))
@@ -300,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(report, indent=1))
         return 0
     if args.command == "demo":
-        from lalelu.demo import run_demo
+        from lalelu_commands.demo import run_demo
 
         print(json.dumps(run_demo(args.seconds, args.config, args.quiet, args.fps, args.telemetry)))
         return 0

@@ -236,7 +236,7 @@ def run_bench(
         cmd = [
             sys.executable,
             "-m",
-            "lalelu.bench",
+            "lalelu_commands.bench",
             engine_name,
             model,
             str(threads),

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lalelu.bench import machine_facts
 from lalelu.config import load_config
-from lalelu.demo import DEMO_CONFIG, backend_and_edge, log_tail, progress
 from lalelu.errors import LaleluError
-from lalelu.plots import load_telemetry
 from lalelu.timing import NS_PER_MS
+from lalelu_commands.bench import machine_facts
+from lalelu_commands.demo import DEMO_CONFIG, backend_and_edge, log_tail, progress
+from lalelu_commands.plots import load_telemetry
 
 
 def rss_mb(pid: int) -> float:
