@@ -638,6 +638,9 @@ VM_EDGE_CONFIG = {
         # the emulated backend takes 0.5-3 s a frame: the real rig's 0.15 s would call it hung
         "reply_timeout_s": 10.0,
         "max_in_flight": 2,
+        # every frame queued: at seconds per frame only a queue gives the gestures enough poses of each
+        # nod to play it (on real hardware the 20 ms budget skips frames that would arrive late instead)
+        "latency_budget_ms": 0,
     },
     "output": {"kind": "log", "where": "edge", "mapping": "demo-nod"},
 }
