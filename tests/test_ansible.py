@@ -36,10 +36,13 @@ PI_FSTAB = (
 ISO = (os.cpu_count() or 2) - 1
 GRUB_DEFAULT = 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("debootstrap"),
-    reason="needs root and debootstrap (tools/test installs it; CI runs as root)",
-)
+pytestmark = [
+    pytest.mark.process,  # runs ansible-playbook against debootstrapped roots
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not shutil.which("debootstrap"),
+        reason="needs root and debootstrap (tools/test installs it; CI runs as root)",
+    ),
+]
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

@@ -10,6 +10,8 @@ from conftest import lalelu_cmd, run_local_edge
 from lalelu.errors import LaleluError
 from lalelu_commands.bench import format_table, run_bench
 
+pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
+
 
 def test_bench_agrees_with_the_reference_loop():
     cpu = sorted(os.sched_getaffinity(0))[-1]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import lalelu_cmd
+
+pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 
 DEMO = "lalelu/data/demo.toml"
 

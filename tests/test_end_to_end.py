@@ -13,6 +13,8 @@ import psutil
 import pytest
 from conftest import Backend, free_port, lalelu_cmd, run_local_edge
 
+pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
+
 
 def test_edge_and_backend_processes(tmp_path):
     backend = Backend(tmp_path, "--cpus", "1")

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
+pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
+
 ROOT = Path(__file__).resolve().parent.parent
 FAB = str(Path(sys.executable).with_name("fab"))
 

@@ -6,6 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
+
 PACKETS = 100_000
 
 

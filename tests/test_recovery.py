@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from conftest import Backend, free_port, lalelu_cmd
 
+pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
+
 rtmidi = pytest.importorskip("rtmidi", reason="python-rtmidi is part of the dev extra")
 
 FPS = 50

@@ -3,7 +3,10 @@
 import json
 import subprocess
 
+import pytest
 from conftest import lalelu_cmd, run_local_edge
+
+pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 
 
 def test_record_then_replay_is_deterministic(tmp_path):

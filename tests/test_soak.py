@@ -6,10 +6,13 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 from conftest import lalelu_cmd
 
 from lalelu.timing import TELEMETRY_DTYPE
 from lalelu_commands.soak import memory_growth, per_interval
+
+pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 
 
 def test_per_interval_places_missing_frames_and_latency_in_their_interval():

@@ -13,6 +13,8 @@ from lalelu.gestures.consumer import GestureConsumer
 from lalelu.gestures.mapping import mapping_from_dict
 from lalelu.gestures.outputs import MidiOutput, OscOutput
 
+pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
+
 rtmidi = pytest.importorskip("rtmidi", reason="python-rtmidi is part of the dev extra")
 
 
