@@ -282,9 +282,9 @@ class EdgeLoop:
             s["overhead"].get("p50", 0),
             s["overhead"].get("p99", 0),
         )
-        self._publish_state(s, counts)
         if new is not None and self._telemetry_fh is not None:
-            write_jsonl(new, self._telemetry_fh)
+            write_jsonl(new, self._telemetry_fh)  # first: whoever sees the new state finds its frames
+        self._publish_state(s, counts)
 
     def mode(self) -> str:
         if not self.cfg.edge.backend:
