@@ -200,12 +200,13 @@ def test_edge_leaves_a_hung_backend_and_returns_when_it_answers_again(tmp_path):
     local = np.array([r["local"] for r in rows])
     first_local = int(np.argmax(local == 1))
     gap = int(seqs[first_local] - seqs[first_local - 1] - 1)
-    # The frames in flight, plus the camera frames that pass while the edge waits out the reply timeout.
+    # The frames in flight, plus the camera frames that pass while the edge waits out the reply timeout
+    # (skipped for the latency budget meanwhile: the backend is behind).
     bound = MAX_IN_FLIGHT + int(0.15 * FPS) + 3
     widest = int((np.diff(seqs) - 1).max())
     print(
-        f"\nhung backend: {gap} frames lost in flight, widest gap in the pose stream {widest} frames "
-        f"(bound {bound})"
+        f"\nhung backend: {summary['frames_lost_with_backend']} frames lost in flight, {gap} frames without "
+        f"a pose at the switch, widest gap in the pose stream {widest} frames (bound {bound})"
     )
-    assert gap <= MAX_IN_FLIGHT and widest <= bound
+    assert summary["frames_lost_with_backend"] <= MAX_IN_FLIGHT and gap <= bound and widest <= bound
     assert local[-1] == 0 and np.all(np.diff(seqs) > 0)
