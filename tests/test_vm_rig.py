@@ -68,7 +68,7 @@ def backend_frames(pc: vmlib.VM) -> int:
     lines = [
         ln for ln in journal(pc, "-u lalelu-backend").splitlines() if ln.startswith("lalelu.backend: frames ")
     ]
-    return int(lines[-1].split("frames ")[1].split(",")[0]) if lines else 0
+    return int(lines[-1].split()[2]) if lines else 0  # "lalelu.backend: frames N | served ..."
 
 
 def switch_to_local(pi: vmlib.VM, after_ns: int) -> dict:
