@@ -64,19 +64,32 @@ def check_cpus(cfg: Config, role: str) -> Check:
 
 
 def service_pid(role: str) -> tuple[int, str]:
-    """(MainPID, ActiveState) of lalelu-<role>; pid 0 when it is not running or there is no systemd."""
+    """(MainPID, ActiveState) of lalelu-<role>; pid 0 when it is not running or there is no systemd.
+    The state is "not-found" when no such unit is installed (a development machine)."""
     if shutil.which("systemctl") is None:
         return 0, "no systemd here"
     r = subprocess.run(
-        ["systemctl", "show", "-p", "MainPID", "-p", "ActiveState", "--value", f"lalelu-{role}"],
+        [
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "-p",
+            "ActiveState",
+            "-p",
+            "LoadState",
+            "--value",
+            f"lalelu-{role}",
+        ],
         capture_output=True,
         text=True,
         timeout=10,
     )
     fields = r.stdout.split()
-    if r.returncode != 0 or len(fields) < 2 or not fields[0].isdigit():
+    if r.returncode != 0 or len(fields) < 3 or not fields[0].isdigit():
         return 0, "unknown"
-    return int(fields[0]), fields[1]
+    pid, active, load = int(fields[0]), fields[1], fields[2]
+    return pid, active if load == "loaded" else load
 
 
 def live_from_state(
@@ -137,7 +150,9 @@ def check_service(role: str, pid: int, state: str) -> Check:
     """The systemd service of this role (`service_pid`): running, pinned and real-time?"""
     unit = f"lalelu-{role}"
     if not pid:
-        return Check("service", WARN, f"{unit} is not running ({state}): `systemctl start {unit}` to play")
+        # installed but stopped means this host does not play; no unit at all is a machine without one
+        verdict = WARN if state in ("not-found", "no systemd here", "unknown") else NO_GO
+        return Check("service", verdict, f"{unit} is not running ({state}): `systemctl start {unit}` to play")
     try:
         cpus = sorted(os.sched_getaffinity(pid))
         fifo = os.sched_getscheduler(pid) == os.SCHED_FIFO
@@ -300,7 +315,8 @@ def run_checks(
     if role == "edge" and pid:
         checks += check_running_edge(cfg, p99_limit_ms, min_fps_ratio)  # the camera is the service's now
         if cfg.edge.backend:
-            backend = check_backend(cfg.edge.backend, frames, p99_limit_ms)[0]
+            # one frame: the running edge's own latency is the live figure; this only asks "is it there"
+            backend = check_backend(cfg.edge.backend, 1, p99_limit_ms)[0]
             if backend.verdict == NO_GO and cfg.edge.fallback:
                 # the edge plays on its local model meanwhile: degraded, not silent
                 backend = Check("backend", WARN, backend.detail + " (the edge plays on its local model)")
