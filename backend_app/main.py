@@ -59,9 +59,7 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
         # The camera's geometry, where this file names it: its first frame then costs no set-up (a GPU
         # engine captures a CUDA graph per geometry: 30-35 ms on the H100, paid here instead).
         cam = cfg.camera
-        estimator.prepare(
-            PixelFormat.YUV420 if cam.pixel_format == "yuv420" else PixelFormat.RGB888, cam.width, cam.height
-        )
+        estimator.prepare(PixelFormat.named(cam.pixel_format), cam.width, cam.height)
         server = InferenceServer(
             estimator,
             cfg.backend.listen_host,

@@ -36,6 +36,11 @@ class PixelFormat(enum.IntEnum):
     RGB888 = 1  # packed R, G, B bytes, row-major
     YUV420 = 2  # planar I420: Y plane, then U and V at half resolution
 
+    @classmethod
+    def named(cls, name: str) -> PixelFormat:
+        """The format a configuration names ([camera] pixel_format: "rgb888" or "yuv420")."""
+        return cls[name.upper()]
+
 
 class Status(enum.IntEnum):
     OK = 0

@@ -62,7 +62,7 @@ BACKEND_TELEMETRY_DTYPE = np.dtype(
         ("voluntary_switches", np.int32),  # blocked (waiting for the GPU, the socket)
         ("minor_faults", np.int32),
         ("major_faults", np.int32),
-        ("sm_mhz", np.int32),  # the GPU's SM clock, last sample (NVML, every 10 ms); 0 without a GPU
+        ("sm_mhz", np.int32),  # the GPU's SM clock, sampled ([backend] gpu_clock_period_ms); 0: none
     ]
 )
 
@@ -185,9 +185,10 @@ def warm_up_reports() -> None:
     """Run the report path once at start-up. Its first run costs tens of milliseconds (np.percentile
     imports numpy.ma on first use), and a helper thread doing that holds the interpreter lock long enough
     to stall the real-time loop: measured on the H100 demo as one 42-54 ms stall at the first report."""
-    for dtype in (TELEMETRY_DTYPE, BACKEND_TELEMETRY_DTYPE):
-        rows = np.zeros(8, dtype)
-        rows["replied_ns" if dtype is BACKEND_TELEMETRY_DTYPE else "pose_ns"] = np.arange(8)
-        (backend_summary if dtype is BACKEND_TELEMETRY_DTYPE else stage_summary)(rows)
+    edge, backend = np.zeros(8, TELEMETRY_DTYPE), np.zeros(8, BACKEND_TELEMETRY_DTYPE)
+    edge["pose_ns"] = backend["replied_ns"] = np.arange(8)
+    stage_summary(edge)
+    backend_summary(backend)
+    slow_frames(backend)
+    for rows in (edge, backend):
         write_jsonl(rows, io.StringIO())
-    slow_frames(np.zeros(8, BACKEND_TELEMETRY_DTYPE))

@@ -34,7 +34,7 @@ def load_photo(path: str = "") -> np.ndarray:
 class StillSource:
     def __init__(self, cfg: CameraConfig, photo: np.ndarray | None = None) -> None:
         self.width, self.height, self.fps = cfg.width, cfg.height, cfg.fps
-        self.pixel_format = PixelFormat.YUV420 if cfg.pixel_format == "yuv420" else PixelFormat.RGB888
+        self.pixel_format = PixelFormat.named(cfg.pixel_format)
         photo = load_photo(cfg.path) if photo is None else photo
         scale = min(cfg.width / photo.shape[1], cfg.height / photo.shape[0])
         self.photo = cv2.resize(

@@ -10,6 +10,7 @@ fuse the small layers first (tens of seconds more at start, a quarter less GPU t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,7 @@ class TorchCudaEngine(WarmUpByInfer):
             self._start = torch.cuda.Event(enable_timing=True)
             self._done = torch.cuda.Event(enable_timing=True)
         if mode == "graph":
-            self._capture()
+            self._graph = self._capture(self._step)
 
     def _network_and_decode(self, x):
         c, h, r, o = [t.float() for t in self._net(x)]
@@ -118,18 +119,40 @@ class TorchCudaEngine(WarmUpByInfer):
         self._dev_in[0].copy_(self._host_in, non_blocking=True)
         self._host_out.copy_(self._forward(self._dev_in), non_blocking=True)
 
-    def _capture(self) -> None:
+    def _capture(self, step: Callable[[], None]):
+        """`step` captured as a CUDA graph, after warm-up runs on a side stream."""
         torch = self._torch
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side):
             for _ in range(3):  # cuDNN's benchmark and lazy allocations happen here, not during capture
-                self._step()
+                step()
         torch.cuda.current_stream().wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self._graph):
-            self._step()
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            step()
         torch.cuda.synchronize()
+        return graph
+
+    def _run(
+        self, step: Callable[[], None], graph, out: np.ndarray, copy_in: Callable[[], None] | None = None
+    ) -> None:
+        """One frame: `copy_in` (outside any graph), then the graph's replay or `step`, timed by CUDA
+        events on a GPU; the keypoints into `out`."""
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            self._start.record()
+        if copy_in is not None:
+            copy_in()
+        if graph is not None:
+            graph.replay()
+        else:
+            with self._torch.inference_mode():
+                step()
+        if on_gpu:
+            self._done.record()
+            self._done.synchronize()  # the one synchronization per frame
+        out[:] = self._out
 
     def frame_buffer(self, fmt: PixelFormat, width: int, height: int) -> np.ndarray:
         """A buffer for one raw frame (the socket reads into it), in pinned memory on a GPU."""
@@ -157,18 +180,7 @@ class TorchCudaEngine(WarmUpByInfer):
             letterbox(raw, self._dev_in)
             self._host_out.copy_(self._forward(self._dev_in), non_blocking=True)
 
-        graph = None
-        if self.mode == "graph":
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.inference_mode(), torch.cuda.stream(side):
-                for _ in range(3):
-                    step()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph):
-                step()
-            torch.cuda.synchronize()
+        graph = self._capture(step) if self.mode == "graph" else None
         state = self._frame_graphs[(int(fmt), width, height)] = (raw, step, graph)
         return state
 
@@ -182,34 +194,10 @@ class TorchCudaEngine(WarmUpByInfer):
         host = self._pinned.get(frame.ctypes.data)
         if host is None:  # not from frame_buffer: pageable memory, copied synchronously
             host = torch.from_numpy(np.ascontiguousarray(frame).reshape(-1))
-        on_gpu = self.device.type == "cuda"
-        if on_gpu:
-            self._start.record()
-        raw.copy_(host.view(-1), non_blocking=True)  # type: ignore[attr-defined]
-        if graph is not None:
-            graph.replay()
-        else:
-            with torch.inference_mode():
-                step()
-        if on_gpu:
-            self._done.record()
-            self._done.synchronize()
-        out[:] = self._out
+        self._run(step, graph, out, lambda: raw.copy_(host.view(-1), non_blocking=True))  # type: ignore[attr-defined]
 
     def infer(self, out: np.ndarray) -> None:
-        if self.device.type != "cuda":
-            with self._torch.inference_mode():
-                self._step()
-        else:
-            self._start.record()
-            if self._graph is not None:
-                self._graph.replay()
-            else:
-                with self._torch.inference_mode():
-                    self._step()
-            self._done.record()
-            self._done.synchronize()  # the one synchronization per frame
-        out[:] = self._out
+        self._run(self._step, self._graph, out)
 
     def last_device_ms(self) -> float:
         """GPU time of the last `infer` (copy in to copy out), from CUDA events; NaN off the GPU."""
