@@ -13,10 +13,10 @@ from lalelu.errors import ConfigError
 from lalelu.protocol import split_address
 
 # The plug-in names, listed once: the configuration checks them, the CLI offers them, the factories
-# (engines.create_engine, edge_app.cameras.open_source, gestures.consumer.open_output) dispatch on them.
+# (engines.create_engine, edge_app.cameras.open_source, output.open_output) dispatch on them.
 ENGINE_KINDS = ("litert", "tf-savedmodel", "tensorrt", "torch-cuda")
 CAMERA_SOURCES = ("still", "replay", "v4l2", "picamera2")
-OUTPUT_KINDS = ("log", "midi", "osc", "none")
+OUTPUT_KINDS = ("log", "midi", "osc", "synth", "none")
 
 
 def _rule(
@@ -132,6 +132,31 @@ class OutputConfig:
     osc_host: str = "127.0.0.1"
     osc_port: int = field(default=9000, metadata=_rule(1, 65535))
     osc_prefix: str = "/lalelu"
+    synth_soundfont: str = field(
+        default="",
+        metadata=_rule(
+            doc="a .sf2 General MIDI SoundFont; empty = Debian's (apt install timgm6mb-soundfont)"
+        ),
+    )
+    synth_driver: str = field(
+        default="auto",
+        metadata=_rule(
+            choices=("auto", "pipewire", "pulseaudio", "jack", "alsa"),
+            doc="the synth's audio output; auto tries pipewire, pulseaudio, jack, alsa in that order",
+        ),
+    )
+    synth_device: str = field(
+        default="", metadata=_rule(doc='ALSA device of the synth, e.g. "hw:1"; empty = default')
+    )
+    synth_sample_rate: int = field(default=48000, metadata=_rule(8000, 192000))
+    synth_period_size: int = field(
+        default=64,
+        metadata=_rule(
+            16, 8192, doc="audio frames per period: smaller is less latency, too small crackles (xruns)"
+        ),
+    )
+    synth_periods: int = field(default=2, metadata=_rule(2, 64, doc="periods in the audio buffer"))
+    synth_gain: float = field(default=1.0, metadata=_rule(0.0, 10.0, doc="FluidSynth's master gain"))
 
 
 @dataclass(frozen=True)

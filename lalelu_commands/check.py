@@ -235,7 +235,7 @@ def check_camera(cfg: Config, seconds: float = 1.0, min_fps_ratio: float = 0.9) 
 
 
 def check_output(cfg: Config) -> Check:
-    from lalelu.gestures.consumer import open_output
+    from lalelu.output import open_output
 
     try:
         out = open_output(cfg.output)

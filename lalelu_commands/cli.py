@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="run a recorded pose stream through a mapping and print the hits")
     replay.add_argument("recording", type=Path, help="a .npz written by `lalelu edge --record`")
     replay.add_argument("--mapping", default="", help="mapping TOML path or bundled name (default two-hands)")
+    replay.add_argument(
+        "--wav", type=Path, metavar="FILE", help="render the hits with the built-in synth to this WAV"
+    )
+    replay.add_argument(
+        "--config",
+        type=Path,
+        help="configuration whose [output] synth_* settings the WAV uses (default: built-in)",
+    )
 
     backend = sub.add_parser("backend", help="the inference server")
     _common(backend)
@@ -139,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="write both apps' per-frame telemetry here (edge.jsonl, backend.jsonl) for bench --from-telemetry",
+    )
+    demo.add_argument(
+        "--wav",
+        type=Path,
+        metavar="FILE",
+        help="render the hits it played with the built-in synth to this WAV and time their onsets",
     )
 
     soak = sub.add_parser("soak", help="edge + backend for a long time: lost frames, memory growth, drift")
@@ -270,13 +284,21 @@ def _run(args: argparse.Namespace) -> int:
         from lalelu.gestures.consumer import resolve_mapping
         from lalelu.gestures.mapping import load_mapping
         from lalelu.gestures.recording import hits_as_lines, load_recording, replay
+        from lalelu_commands.wav import clock_zero_ns
 
         rec = load_recording(args.recording)
-        hits = replay(rec, load_mapping(resolve_mapping(args.mapping)))
-        t0 = int(rec["t_ns"][0]) if len(rec["t_ns"]) else 0
+        mapping = load_mapping(resolve_mapping(args.mapping))
+        hits = replay(rec, mapping)
+        t0 = clock_zero_ns(rec)
         for line in hits_as_lines(hits, t0):
             print(line)
-        print(json.dumps({"poses": len(rec["t_ns"]), "hits": len(hits)}))
+        final: dict = {"poses": len(rec["t_ns"]), "hits": len(hits)}
+        if args.wav is not None:
+            from lalelu_commands.wav import onset_timing, write_session_wav
+
+            final["wav"] = write_session_wav(rec, hits, mapping, load_config(args.config), args.wav)
+            final["wav"]["timing"] = onset_timing(args.wav, hits, rec, None)
+        print(json.dumps(final))
         return 0
     if args.command == "check":
         from lalelu_commands.check import NO_GO, format_checks, run_checks
@@ -302,7 +324,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from lalelu_commands.demo import run_demo
 
-        print(json.dumps(run_demo(args.seconds, args.config, args.quiet, args.fps, args.telemetry)))
+        print(json.dumps(run_demo(args.seconds, args.config, args.quiet, args.fps, args.telemetry, args.wav)))
         return 0
     return 2
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lalelu
-from lalelu.config import load_config
+from lalelu.config import Config, load_config
 from lalelu.errors import LaleluError
 
 DEMO_CONFIG = Path(lalelu.__file__).resolve().parent / "data" / "demo.toml"
@@ -131,11 +131,17 @@ def run_demo(
     quiet: bool = False,
     fps: float | None = None,
     telemetry: Path | None = None,
+    wav: Path | None = None,
 ) -> dict:
-    """`telemetry`: a folder for edge.jsonl and backend.jsonl, the per-frame rows of both."""
+    """`telemetry`: a folder for edge.jsonl and backend.jsonl, the per-frame rows of both. `wav`: the
+    session's hits rendered by the built-in synth to this file, with their onsets timed."""
     config = config or DEMO_CONFIG
+    cfg = load_config(config)
     with tempfile.TemporaryDirectory(prefix="lalelu-demo-") as tmp:
         edge_args: tuple[str, ...] = ("--fps", str(fps)) if fps else ()
+        recording = Path(tmp) / "poses.npz"
+        if wav is not None:
+            edge_args += ("--record", str(recording))
         backend_args: tuple[str, ...] = ()
         if telemetry is not None:
             telemetry.mkdir(parents=True, exist_ok=True)
@@ -156,8 +162,14 @@ def run_demo(
                     f"the demo's edge exited with code {edge.returncode}{log_tail(Path(tmp), 'edge')}"
                 )
         summary = json.loads(summary_file.read_text())
-    result = {k: v for k, v in summary.items() if k != "stages_ms"}
-    cfg = load_config(config)
+        result = {k: v for k, v in summary.items() if k != "stages_ms"}
+        if wav is not None:
+            result["wav"] = session_wav(cfg, recording, wav)
+            if not quiet:
+                print(
+                    f"wav: {wav} ({result['wav']['hits']} hits, {result['wav']['seconds']} s)",
+                    file=sys.stderr,
+                )
     # The photo is lowest (the nod's impact) a quarter period after the start, then once a period. The
     # first turn is not played: a strike arms only once it has seen the nose at rest or moving back, and
     # the photo starts moving at full speed. A turn needs ~0.1 period of travel back to be told apart.
@@ -165,3 +177,20 @@ def run_demo(
     periods = captured / (fps or cfg.camera.fps) / cfg.camera.still_period_s
     result["hits_expected"] = max(0, int(periods - 0.35))
     return result
+
+
+def session_wav(cfg: Config, recording: Path, wav: Path) -> dict:
+    """The recorded session replayed through its mapping (the same hits it played: the gesture engine is
+    deterministic), rendered, and its onsets timed."""
+    from lalelu.gestures.consumer import resolve_mapping
+    from lalelu.gestures.mapping import load_mapping
+    from lalelu.gestures.recording import load_recording, replay
+    from lalelu_commands.wav import onset_timing, write_session_wav
+
+    rec = load_recording(recording)
+    mapping = load_mapping(resolve_mapping(cfg.output.mapping))
+    hits = replay(rec, mapping)
+    report = write_session_wav(rec, hits, mapping, cfg, wav)
+    still = cfg.camera.still_period_s if cfg.camera.source == "still" else None
+    report["timing"] = onset_timing(wav, hits, rec, still)
+    return report

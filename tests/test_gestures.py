@@ -148,7 +148,7 @@ def test_latency_rig_fires_on_every_midline_crossing():
 def test_mapping_reloads_on_request_and_keeps_the_old_one_when_broken(tmp_path):
     from lalelu.gestures.consumer import GestureConsumer
     from lalelu.gestures.mapping import load_mapping
-    from lalelu.gestures.outputs import LogOutput
+    from lalelu.output.log import LogOutput
 
     path = tmp_path / "m.toml"
     path.write_text('[[strike]]\nkeypoint = "right_wrist"\nnote = 38\n')

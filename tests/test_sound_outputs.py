@@ -11,7 +11,8 @@ from gesture_helpers import cosine_strokes, drum
 
 from lalelu.gestures.consumer import GestureConsumer
 from lalelu.gestures.mapping import mapping_from_dict
-from lalelu.gestures.outputs import MidiOutput, OscOutput
+from lalelu.output.midi import MidiOutput
+from lalelu.output.osc import OscOutput
 
 pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 

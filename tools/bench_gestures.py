@@ -20,8 +20,9 @@ import numpy as np
 
 from lalelu.gestures.consumer import GestureConsumer
 from lalelu.gestures.mapping import mapping_from_dict
-from lalelu.gestures.outputs import LogOutput, MidiOutput
 from lalelu.keypoints import KEYPOINT_INDEX
+from lalelu.output.log import LogOutput
+from lalelu.output.midi import MidiOutput
 from lalelu.timing import summarize_ns
 
 

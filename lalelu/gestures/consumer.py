@@ -17,8 +17,8 @@ from lalelu.config import Config, OutputConfig
 from lalelu.errors import ConfigError
 from lalelu.gestures.engine import GestureEngine, Hit
 from lalelu.gestures.mapping import Control, Mapping, load_mapping
-from lalelu.gestures.outputs import LogOutput, MidiOutput, OscOutput, SoundOutput
 from lalelu.keypoints import KEYPOINT_NAMES
+from lalelu.output import SoundOutput, open_output
 
 log = logging.getLogger("lalelu.gestures")
 MAX_SOUNDING = 128
@@ -134,6 +134,8 @@ class GestureConsumer:
         except ConfigError as exc:
             log.error("mapping not reloaded, keeping the old one: %s", exc)
             return
+        # The new mapping may use another channel or notes: what the old one sounds ends now, on its own.
+        self._notes_off_due(np.iinfo(np.int64).max)
         self._set(mapping)
         log.info(
             "mapping %s reloaded: %d strikes, %d controls",
@@ -161,14 +163,6 @@ def resolve_mapping(name: str) -> Path:
         return DEFAULT_MAPPING
     bundled = BUNDLED_MAPPINGS / f"{name}.toml"
     return bundled if bundled.exists() and not Path(name).exists() else Path(name)
-
-
-def open_output(cfg: OutputConfig) -> SoundOutput:
-    if cfg.kind == "midi":
-        return MidiOutput(cfg.midi_port, cfg.midi_api, cfg.midi_virtual)
-    if cfg.kind == "osc":
-        return OscOutput(cfg.osc_host, cfg.osc_port, cfg.osc_prefix)
-    return LogOutput()
 
 
 def gesture_consumer(cfg: OutputConfig, width: int, height: int) -> GestureConsumer:

@@ -1,30 +1,10 @@
-"""Where hits and controls leave: MIDI (python-rtmidi, ALSA or JACK), OSC over UDP, or a log."""
+"""MIDI out through python-rtmidi, to an ALSA sequencer port or a JACK MIDI port."""
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import Protocol
 
-from lalelu.errors import LaleluError
-
-log = logging.getLogger("lalelu.sound")
-
-
-class OutputError(LaleluError):
-    pass
-
-
-class SoundOutput(Protocol):
-    def note_on(self, channel: int, note: int, velocity: int, name: str) -> None: ...
-
-    def note_off(self, channel: int, note: int) -> None: ...
-
-    def control(self, channel: int, kind: str, number: int, value: int, name: str) -> None: ...
-
-    def all_notes_off(self) -> None: ...
-
-    def close(self) -> None: ...
+from lalelu.output import OutputError
 
 
 class MidiOutput:
@@ -89,46 +69,3 @@ class MidiOutput:
             time.sleep(0.05)
         self._out.close_port()
         del self._out
-
-
-class OscOutput:
-    """OSC over UDP, e.g. to Pure Data: `<prefix>/hit name note velocity`, `<prefix>/control name value`."""
-
-    def __init__(self, host: str, port: int, prefix: str = "/lalelu") -> None:
-        from pythonosc.udp_client import SimpleUDPClient
-
-        self._client = SimpleUDPClient(host, port)
-        self.hit_address, self.control_address = f"{prefix}/hit", f"{prefix}/control"
-        self.off_address = f"{prefix}/off"
-
-    def note_on(self, channel: int, note: int, velocity: int, name: str) -> None:
-        self._client.send_message(self.hit_address, [name, note, velocity])
-
-    def note_off(self, channel: int, note: int) -> None:
-        self._client.send_message(self.off_address, [note])
-
-    def control(self, channel: int, kind: str, number: int, value: int, name: str) -> None:
-        self._client.send_message(self.control_address, [name, value])
-
-    def all_notes_off(self) -> None:
-        self._client.send_message(self.off_address, [-1])
-
-    def close(self) -> None:
-        self.all_notes_off()
-
-
-class LogOutput:
-    def note_on(self, channel: int, note: int, velocity: int, name: str) -> None:
-        log.info("hit %s: note %d velocity %d", name, note, velocity)
-
-    def note_off(self, channel: int, note: int) -> None:
-        pass
-
-    def control(self, channel: int, kind: str, number: int, value: int, name: str) -> None:
-        log.debug("control %s: %s %d = %d", name, kind, number, value)
-
-    def all_notes_off(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

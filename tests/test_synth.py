@@ -1,0 +1,248 @@
+"""The built-in synth: FluidSynth with Debian's General MIDI SoundFont, live through a real JACK server and
+offline into a WAV whose onsets are found again."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from conftest import lalelu_cmd
+
+from lalelu.config import load_config
+from lalelu.errors import ConfigError
+from lalelu.gestures.consumer import GestureConsumer
+from lalelu.gestures.engine import Hit
+from lalelu.gestures.mapping import load_mapping
+from lalelu.output import OutputError
+from lalelu.output import synth as synth_module
+from lalelu.output.render import TimedHit, detect_onsets, read_wav, render_hits
+from lalelu.output.synth import SynthOutput, find_soundfont
+
+RATE = 48000
+# A groove's worth of hits off FluidSynth's 64-frame grid: kick, snare, closed hi-hat, toms, soft and loud.
+PATTERN = [(36, 110), (42, 70), (38, 100), (42, 40), (36, 127), (45, 90), (38, 60), (50, 120), (36, 50)]
+
+
+def pattern_hits(start_s: float = 0.1) -> list[TimedHit]:
+    t, hits = start_s, []
+    for i, (note, velocity) in enumerate(PATTERN):
+        hits.append(TimedHit(t, 10, note, velocity))
+        t += 0.2 + 0.0371 * (i % 4) + 1 / 3 / RATE  # irregular, never on a block or sample boundary
+    return hits
+
+
+def test_wav_has_one_onset_per_hit_within_a_millisecond(tmp_path):
+    hits = pattern_hits()
+    report = render_hits(hits, tmp_path / "p.wav", find_soundfont(""), note_length_ms=50)
+    assert report["hits"] == len(hits) and report["clipped_samples"] == 0
+    samples, rate = read_wav(tmp_path / "p.wav")
+    assert rate == RATE
+    onsets = detect_onsets(samples, rate)
+    assert len(onsets) == len(hits)
+    errors_ms = (onsets - np.array([h.t_s for h in hits])) * 1e3
+    print(f"onset - hit: {np.round(errors_ms, 3).tolist()} ms")
+    # The detected onset is the SoundFont sample's first audible sample: never before the hit, within 1 ms.
+    assert np.all(errors_ms >= -1 / RATE * 1e3) and np.all(errors_ms < 1.0)
+
+
+def test_rendering_is_sample_accurate(tmp_path):
+    """A hit one sample later starts exactly one sample later: no block grid, no rounding to periods."""
+    sf = find_soundfont("")
+    starts = []
+    for k in range(3):
+        path = tmp_path / f"{k}.wav"
+        render_hits([TimedHit(0.5 + k / RATE, 10, 38, 100)], path, sf, 50)
+        pcm, _ = read_wav(path)
+        starts.append(int(np.flatnonzero(np.abs(pcm) > 0)[0]))
+    assert starts[1] - starts[0] == 1 and starts[2] - starts[0] == 2
+
+
+def test_missing_soundfont_names_the_fix(tmp_path, monkeypatch):
+    with pytest.raises(OutputError, match=r"SoundFont .*nope.sf2 not found: fix \[output\] synth_soundfont"):
+        find_soundfont(str(tmp_path / "nope.sf2"))
+    monkeypatch.setattr(synth_module, "SOUNDFONT_DIR", tmp_path)  # a system with none installed
+    with pytest.raises(OutputError, match="apt install timgm6mb-soundfont"):
+        find_soundfont("")
+    bad = tmp_path / "bad.sf2"
+    bad.write_text("not RIFF")
+    with pytest.raises(OutputError, match="is not a SoundFont FluidSynth can load"):
+        render_hits([TimedHit(0.1, 10, 36, 100)], tmp_path / "x.wav", bad, 50)
+
+
+def test_no_audio_device_names_the_fix():
+    with pytest.raises(OutputError, match=r"could not open an audio output \(tried alsa\).*synth_device"):
+        SynthOutput(find_soundfont(""), driver="alsa", device="hw:97")
+
+
+def test_synth_settings_are_validated(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[output]\nkind = "synth"\nsynth_driver = "oss"\n')
+    with pytest.raises(ConfigError, match="synth_driver = 'oss' is not allowed: choose one of 'auto'"):
+        load_config(cfg)
+    cfg.write_text('[output]\nkind = "synth"\nsynth_period_size = 4\n')
+    with pytest.raises(ConfigError, match="synth_period_size"):
+        load_config(cfg)
+
+
+class RecordingOutput:
+    """Stands in for an output: records what the consumer asks of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def note_on(self, channel, note, velocity, name):
+        self.calls.append(("on", channel, note))
+
+    def note_off(self, channel, note):
+        self.calls.append(("off", channel, note))
+
+    def control(self, *args):
+        pass
+
+    def all_notes_off(self):
+        self.calls.append(("all off",))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_every_silencing_path_reaches_the_output(tmp_path):
+    """Backend loss (a hole in the pose stream), a mapping reload and shutdown each end what sounds."""
+    path = tmp_path / "m.toml"
+    path.write_text(
+        '[instrument]\nchannel = 10\nnote_length_ms = 10000\n[[strike]]\nkeypoint = "nose"\nnote = 38\n'
+    )
+    out = RecordingOutput()
+    consumer = GestureConsumer(load_mapping(path), out, 320, 240, path)
+    consumer._hit(Hit(0, "n", 38, 100, 0))
+    consumer.all_notes_off()
+    assert out.calls[-2:] == [("off", 10, 38), ("all off",)]
+    consumer._hit(Hit(0, "n", 38, 100, 0))
+    path.write_text('[instrument]\nchannel = 11\n[[strike]]\nkeypoint = "nose"\nnote = 40\n')
+    consumer.reload_requested = True
+    consumer.on_pose(0, 0, np.zeros((17, 3), np.float32))
+    assert consumer.mapping.channel == 11
+    assert out.calls[-1] == ("off", 10, 38)  # on the old channel, before the new mapping plays
+    consumer._hit(Hit(0, "n", 40, 100, 0))
+    consumer.close()
+    assert out.calls[-2:] == [("off", 11, 40), ("close",)]
+
+
+class JackListener:
+    """A JACK client with one audio input: reports (wall time of the period, first audible sample) of
+    every sound that starts after at least `silent_periods` silent periods."""
+
+    def __init__(self, name: str = "listener", silent_periods: int = 4) -> None:
+        import jack
+
+        self.client = jack.Client(name)
+        self.port = self.client.inports.register("in")
+        self.onsets: queue.SimpleQueue = queue.SimpleQueue()
+        self.peak = 0.0
+        self._silent = 0
+        self.silent_periods = silent_periods
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        now = time.monotonic_ns()
+        audio = self.port.get_array()
+        loud = np.flatnonzero(np.abs(audio) > 1e-4)
+        self.peak = float(np.abs(audio).max())
+        if loud.size == 0:
+            self._silent += 1
+            return
+        if self._silent >= self.silent_periods:
+            self.onsets.put(now + round(int(loud[0]) / self.client.samplerate * 1e9))
+        self._silent = 0
+
+    def silent_for(self, periods: int) -> bool:
+        return self._silent >= periods
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+@pytest.fixture
+def synth_and_listener(jack_server):
+    pytest.importorskip("jack", reason="JACK-Client is part of the dev extra")
+    out = SynthOutput(find_soundfont(""), driver="jack", period_size=64)
+    assert out.driver == "jack"
+    listener = JackListener()
+    listener.client.connect("lalelu:left", f"{listener.client.name}:in")
+    yield out, listener
+    out.close()
+    listener.close()
+
+
+def wait_until(what: str, cond, timeout_s: float = 5.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < end, f"{what} did not happen within {timeout_s} s"
+        time.sleep(0.005)
+
+
+@pytest.mark.process
+def test_synth_plays_through_jack_and_its_latency(synth_and_listener):
+    out, listener = synth_and_listener
+    latencies, lost = [], 0
+    for i in range(30):
+        out.synth.all_sounds_off(9)  # cut the last one, so the next starts from silence
+        wait_until("silence", lambda: listener.silent_for(6))
+        while not listener.onsets.empty():
+            listener.onsets.get()
+        sent = time.monotonic_ns()
+        out.note_on(10, (36, 38, 42)[i % 3], 100, "probe")
+        try:
+            latencies.append(listener.onsets.get(timeout=0.5) - sent)
+        except queue.Empty:
+            lost += 1
+    ms = np.array(latencies) / 1e6
+    print(
+        f"synth through JACK (dummy, 48 kHz, jackd 128 frames, FluidSynth 64): note-on to first audible "
+        f"sample p50 {np.median(ms):.2f} ms, max {ms.max():.2f} ms, lost {lost} of 30"
+    )
+    assert lost == 0
+    assert np.median(ms) < 20  # a few periods of 128 frames at 48 kHz (2.67 ms each)
+
+
+@pytest.mark.process
+def test_all_notes_off_and_close_silence_the_synth(synth_and_listener):
+    """A sustained voice (a looped organ preset: the GM kit's drums all end by themselves) keeps sounding
+    while held; all_notes_off releases it, and close leaves JACK silent."""
+    out, listener = synth_and_listener
+    sfid = out.synth.sfload(str(find_soundfont("")))
+    out.synth.program_select(0, sfid, 0, 19)  # church organ on channel 1
+    out.note_on(1, 60, 110, "held")
+    time.sleep(1.5)
+    assert listener.peak > 0.01, "the held note should still sound after 1.5 s"
+    out.all_notes_off()
+    wait_until("silence after all notes off", lambda: listener.silent_for(20), timeout_s=3)
+    out.note_on(1, 60, 110, "held")
+    time.sleep(0.3)
+    assert listener.peak > 0.01
+    out.close()
+    assert out.synth is None
+    wait_until("silence after close", lambda: listener.silent_for(20), timeout_s=3)
+
+
+@pytest.mark.process
+def test_demo_writes_a_wav_whose_onsets_are_its_hits(tmp_path):
+    wav = tmp_path / "demo.wav"
+    r = subprocess.run(
+        lalelu_cmd("demo", "--seconds", "5", "--quiet", "--wav", str(wav)), capture_output=True, timeout=180
+    )
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    result = json.loads(r.stdout.decode().splitlines()[-1])
+    timing = result["wav"]["timing"]
+    print(f"demo WAV: {json.dumps(result['wav'])}")
+    assert wav.exists() and result["wav"]["path"] == str(wav)
+    assert timing["onsets"] == timing["hits"] == result["hits"] >= 2  # one onset per hit, the hits it played
+    assert timing["render_error_ms"]["max_abs"] < 1.0  # sample-accurate rendering
+    assert abs(result["hits"] - result["hits_expected"]) <= 1  # one hit per nod
+    assert len(timing["vs_lowest_ms"]["per_hit"]) == timing["onsets"]  # measured, not bounded
