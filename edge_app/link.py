@@ -110,13 +110,16 @@ class BackendLink:
         if in_flight <= 0:
             return False
         oldest = self._sent_at[self.replies % len(self._sent_at)]
-        if time.monotonic_ns() - max(oldest, self._last_reply_ns) >= self._reply_timeout_s * 1e9:
+        # The backend serves in order: it began the oldest frame when that arrived or when it sent the
+        # reply before, and the rest follow at its recent pace. A frame sent now starts after them.
+        started, now = max(oldest, self._last_reply_ns), time.monotonic_ns()
+        if now - started >= self._reply_timeout_s * 1e9:
             raise BackendUnavailable(
                 f"the backend at {self.address} answered nothing for {self._reply_timeout_s:g} s"
             )
         if in_flight >= len(self._sent_at) or not self._service_ns:
             return True
-        return in_flight * self._service_ns > self._budget_ns
+        return started + in_flight * self._service_ns - now > self._budget_ns
 
     def _receive(self) -> None:
         buf = bytearray(REPLY_SIZE)

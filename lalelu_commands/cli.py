@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="render the hits it played with the built-in synth to this WAV and time their onsets",
     )
+    demo.add_argument(
+        "--record", type=Path, metavar="FILE", help="keep the pose stream (.npz) for `lalelu replay`"
+    )
 
     soak = sub.add_parser("soak", help="edge + backend for a long time: lost frames, memory growth, drift")
     soak.add_argument("--minutes", type=float, default=30.0, help="how long both apps run")
@@ -324,7 +327,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from lalelu_commands.demo import run_demo
 
-        print(json.dumps(run_demo(args.seconds, args.config, args.quiet, args.fps, args.telemetry, args.wav)))
+        print(
+            json.dumps(
+                run_demo(
+                    args.seconds, args.config, args.quiet, args.fps, args.telemetry, args.wav, args.record
+                )
+            )
+        )
         return 0
     return 2
 

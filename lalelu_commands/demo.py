@@ -132,15 +132,17 @@ def run_demo(
     fps: float | None = None,
     telemetry: Path | None = None,
     wav: Path | None = None,
+    record: Path | None = None,
 ) -> dict:
     """`telemetry`: a folder for edge.jsonl and backend.jsonl, the per-frame rows of both. `wav`: the
-    session's hits rendered by the built-in synth to this file, with their onsets timed."""
+    session's hits rendered by the built-in synth to this file, with their onsets timed. `record`: keep the
+    pose stream there (for `lalelu replay`)."""
     config = config or DEMO_CONFIG
     cfg = load_config(config)
     with tempfile.TemporaryDirectory(prefix="lalelu-demo-") as tmp:
         edge_args: tuple[str, ...] = ("--fps", str(fps)) if fps else ()
-        recording = Path(tmp) / "poses.npz"
-        if wav is not None:
+        recording = record or Path(tmp) / "poses.npz"
+        if wav is not None or record is not None:
             edge_args += ("--record", str(recording))
         backend_args: tuple[str, ...] = ()
         if telemetry is not None:

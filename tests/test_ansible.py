@@ -181,7 +181,12 @@ def test_ansible_lint_production_and_syntax():
 def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_file, tmp_path):
     pi = _copy_rootfs(base_rootfs, tmp_path / "pi", "pi")
     pc = _copy_rootfs(base_rootfs, tmp_path / "pc", "pc")
-    inv = _inventory(tmp_path, pi, pc, model_file)
+    # The Pi plays through the built-in synth: the role installs FluidSynth and a SoundFont for it alone
+    synth_config = (
+        ", lalelu_app_config: {engine: {kind: litert, threads: 2}, camera: {source: still}, "
+        'edge: {backend: "{{ lalelu_edge_backend }}", cpus: [3]}, output: {kind: synth, mapping: two-hands}}'
+    )
+    inv = _inventory(tmp_path, pi, pc, model_file, pi_vars=synth_config)
     t0 = time.monotonic()
     first = _playbook(inv)
     t_first = time.monotonic() - t0
@@ -241,6 +246,21 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
         limits = (root / "etc/security/limits.d/90-lalelu-rt.conf").read_text()
         assert "lalelu - rtprio 95" in limits
     assert 'allow = ["192.0.2.20"]' in (pc / "etc/lalelu/backend.toml").read_text()
+    assert 'kind = "synth"' in (pi / "etc/lalelu/edge.toml").read_text()
+    assert not (pc / "usr/share/sounds/sf2").exists()  # the backend plays no sound
+    r = _run(  # the installed edge renders a hit with the installed synth and SoundFont
+        [
+            "chroot",
+            str(pi),
+            "/opt/lalelu/venv/bin/python",
+            "-c",
+            "from pathlib import Path; from lalelu.output.render import *; "
+            "from lalelu.output.synth import find_soundfont; "
+            "render_hits([TimedHit(0.2, 10, 38, 100)], Path('/tmp/hit.wav'), find_soundfont(''), 50); "
+            "print(len(detect_onsets(*read_wav(Path('/tmp/hit.wav')))))",
+        ]
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stdout + r.stderr
     assert f"IRQBALANCE_BANNED_CPULIST={ISO}" in (pi / "etc/default/irqbalance").read_text()
 
     t0 = time.monotonic()
