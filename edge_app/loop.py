@@ -43,7 +43,7 @@ class EdgeLoop:
         self.source = source or open_source(cfg.camera)
         self.consumer = consumer or pose_consumer(cfg, "edge", self.source.width, self.source.height)
         self.telemetry = TelemetryRing(1 << 16)
-        self.sent = 0
+        self.captured = 0  # frames read from the camera (its own drops are source.dropped)
         self.received = 0
         self.bad_replies = 0
         self._stop = threading.Event()
@@ -220,7 +220,7 @@ class EdgeLoop:
                     first_seq = seq
                 end_seq = seq + 1
                 self._step(frame, capture_ns, seq)
-                self.sent += 1
+                self.captured += 1
                 now = time.monotonic()
                 if now >= next_summary:
                     next_summary += cfg.edge.summary_interval_s
@@ -252,13 +252,13 @@ class EdgeLoop:
         recent = self.telemetry.answered_between(max(first_seq, done - 500), done)
         new = self.telemetry.answered_between(self._written, done) if self._telemetry_fh is not None else None
         self._written = done
-        now, captured = time.monotonic(), self.sent + self.source.dropped
+        now, captured = time.monotonic(), self.captured + self.source.dropped
         then, captured_then = self._last_report
         self._last_report = (now, captured)
         counts = {
             "mode": self.mode(),
             "fps": (captured - captured_then) / max(now - then, 1e-9),
-            "frames": self.sent,
+            "frames": self.captured,
             "poses": self.received,
             "dropped": self.source.dropped,
             "hits": getattr(self.consumer, "hits", 0),
@@ -316,15 +316,17 @@ class EdgeLoop:
 
     def summary(self, first_seq: int, end_seq: int, elapsed_s: float) -> dict:
         s = stage_summary(self.telemetry.answered_between(first_seq, end_seq))
-        captured = self.sent + self.source.dropped
+        captured = self.captured + self.source.dropped
         pick = ("p50", "p99")
         return {
-            "frames_sent": self.sent - self.skipped,
+            # frames given to a pose engine, the backend's or the local one (not skipped, not dropped)
+            "frames_inferred": self.captured - self.skipped,
+            "frames_remote": self.captured - self.skipped - self.frames_local,
             "poses_received": self.received - self.bad_replies,
             "frames_lost": captured - self.skipped - (self.received - self.bad_replies),
             "frames_skipped": self.skipped,
             "frames_dropped_at_capture": self.source.dropped,
-            "fps": round(self.sent / elapsed_s, 2) if elapsed_s > 0 else 0.0,
+            "fps": round(self.captured / elapsed_s, 2) if elapsed_s > 0 else 0.0,
             "latency_ms": {k: round(s["total"].get(k, 0.0), 3) for k in pick},
             "inference_ms": {k: round(s["inference"].get(k, 0.0), 3) for k in pick},
             "overhead_ms": {k: round(s["overhead"].get(k, 0.0), 3) for k in pick},
@@ -338,13 +340,18 @@ class EdgeLoop:
 
 
 def run_edge(cfg: Config, summary_json: Path | None = None, record: Path | None = None) -> dict:
-    loop = EdgeLoop(cfg)
-    if record is not None:
-        loop.consumer = PoseRecorder(record, loop.source.width, loop.source.height, loop.consumer)
+    # The consumer chain is built before the loop: the player, recorded on its way in when asked.
+    source = open_source(cfg.camera)
+    try:
+        player = pose_consumer(cfg, "edge", source.width, source.height)
+    except BaseException:
+        source.close()  # a camera held by a process that then fails to open its sound blocks the next
+        raise
+    consumer = player if record is None else PoseRecorder(record, source.width, source.height, player)
+    loop = EdgeLoop(cfg, consumer, source)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     signal.signal(signal.SIGINT, lambda *_: loop.stop())
-    consumer = getattr(loop.consumer, "inner", loop.consumer)
-    signal.signal(signal.SIGHUP, lambda *_: request_reload(consumer))
+    signal.signal(signal.SIGHUP, lambda *_: request_reload(player))
     summary = loop.run()
     line = json.dumps({k: v for k, v in summary.items() if k != "stages_ms"})
     if summary_json is not None:

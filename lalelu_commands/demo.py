@@ -175,7 +175,7 @@ def run_demo(
     # The photo is lowest (the nod's impact) a quarter period after the start, then once a period. The
     # first turn is not played: a strike arms only once it has seen the nose at rest or moving back, and
     # the photo starts moving at full speed. A turn needs ~0.1 period of travel back to be told apart.
-    captured = summary["frames_sent"] + summary["frames_skipped"] + summary["frames_dropped_at_capture"]
+    captured = summary["frames_inferred"] + summary["frames_skipped"] + summary["frames_dropped_at_capture"]
     periods = captured / (fps or cfg.camera.fps) / cfg.camera.still_period_s
     result["hits_expected"] = max(0, int(periods - 0.35))
     return result

@@ -147,7 +147,7 @@ def format_soak(report: dict) -> str:
     e = report["edge"]
     lines = [
         f"soak: {report['minutes']:g} min at {report['fps']:g} fps, {report['config']}",
-        f"frames sent {e['frames_sent']}, poses {e['poses_received']}, lost {e['frames_lost']} "
+        f"frames inferred {e['frames_inferred']}, poses {e['poses_received']}, lost {e['frames_lost']} "
         f"(dropped at capture {e['frames_dropped_at_capture']}), skipped for the latency budget "
         f"{e.get('frames_skipped', 0)}, backend losses {e['backend_losses']}",
         f"{'interval':>8} {'poses':>7} {'missing':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}",

@@ -52,14 +52,14 @@ def test_edge_and_backend_processes(tmp_path):
         backend.stop()
     summary = json.loads(summary_file.read_text())
     line = json.loads(out.decode().strip().splitlines()[-1])
-    assert line["frames_sent"] == summary["frames_sent"] >= 100
-    assert summary["poses_received"] == summary["frames_sent"]
+    assert line["frames_inferred"] == summary["frames_inferred"] >= 100
+    assert summary["poses_received"] == summary["frames_inferred"]
     rows = [json.loads(r) for r in telemetry.read_text().splitlines()]
     seqs = [r["seq"] for r in rows]
     assert all(b > a for a, b in itertools.pairwise(seqs))  # answered in order
     holes = seqs[-1] - seqs[0] + 1 - len(seqs)  # frames skipped for the latency budget or never read
     assert holes <= summary["frames_skipped"] + summary["frames_dropped_at_capture"]
-    assert len(rows) == summary["frames_sent"]  # every frame sent was answered
+    assert len(rows) == summary["frames_inferred"]  # every frame sent was answered
     for r in rows:
         assert r["capture_ns"] <= r["sent_ns"] <= r["pose_ns"]
         assert 0 < r["backend_infer_ns"] <= r["backend_total_ns"] < r["pose_ns"] - r["sent_ns"]
@@ -74,7 +74,7 @@ def test_edge_without_backend_infers_locally(tmp_path):
     r = run_local_edge(20, 2, "--threads", "1", "--summary-json", str(summary_file))
     assert "inferring locally" in r.stderr.decode()
     s = json.loads(summary_file.read_text())
-    assert s["poses_received"] == s["frames_sent"] >= 30
+    assert s["poses_received"] == s["frames_inferred"] >= 30
 
 
 def test_edge_without_fallback_and_unreachable_backend_says_so():
@@ -112,7 +112,7 @@ def test_edge_with_unreachable_backend_plays_locally_and_says_so(tmp_path):
     assert r.returncode == 0, err
     assert "cannot reach the backend" in err and "inferring locally until it answers" in err
     s = json.loads(summary_file.read_text())
-    assert s["frames_local"] == s["poses_received"] == s["frames_sent"] > 20
+    assert s["frames_local"] == s["poses_received"] == s["frames_inferred"] > 20
     assert s["reconnects"] == 0
 
 
@@ -121,7 +121,7 @@ def test_demo_prints_one_json_line():
     assert r.returncode == 0, r.stderr.decode()
     result = json.loads(r.stdout.decode().strip().splitlines()[-1])
     assert set(result) >= {
-        "frames_sent",
+        "frames_inferred",
         "poses_received",
         "frames_lost",
         "fps",
@@ -129,7 +129,7 @@ def test_demo_prints_one_json_line():
         "inference_ms",
         "overhead_ms",
     }
-    assert result["poses_received"] == result["frames_sent"] > 150
+    assert result["poses_received"] == result["frames_inferred"] > 150
     assert result["overhead_ms"]["p50"] > 0
     assert abs(result["hits"] - result["hits_expected"]) <= 1  # the nod of the moving photo
 

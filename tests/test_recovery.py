@@ -165,7 +165,7 @@ def test_edge_survives_a_killed_backend_and_returns_to_a_new_one(tmp_path, jack_
         f"\nrecovery: {gap_frames} frames lost at the kill, {gap_ms:.1f} ms between the last backend pose "
         f"and the first local one; {int(local.sum())} local poses; {back_gap} frames lost at the switch back; "
         f"largest gap anywhere {int(gaps[worst])} frames (at seq {int(seqs[worst])}); "
-        f"summary {json.dumps({k: summary[k] for k in ('frames_sent', 'poses_received', 'frames_lost')})}"
+        f"summary {json.dumps({k: summary[k] for k in ('frames_inferred', 'poses_received', 'frames_lost')})}"
     )
     assert gap_frames <= MAX_IN_FLIGHT + 2
     assert back_gap <= 2
