@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ import numpy as np
 from edge_app.cameras import FrameSource, open_source
 from edge_app.failover import Reconnector
 from edge_app.link import BackendLink, BackendUnavailable, connect_backend
+from edge_app.monitor.feed import MODE_LOCAL, MODE_RECONNECTING, MODE_REMOTE, MonitorFeed
+from edge_app.monitor.process import MonitorTap, edge_monitor
 from lalelu.clock import now_ns
 from lalelu.config import Config
 from lalelu.engines import engine_from_config
@@ -37,12 +40,19 @@ log = logging.getLogger("lalelu.edge")
 
 class EdgeLoop:
     def __init__(
-        self, cfg: Config, consumer: PoseConsumer | None = None, source: FrameSource | None = None
+        self,
+        cfg: Config,
+        consumer: PoseConsumer | None = None,
+        source: FrameSource | None = None,
+        monitor: MonitorFeed | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source or open_source(cfg.camera)
-        self.consumer = consumer or pose_consumer(cfg, "edge", self.source.width, self.source.height)
         self.telemetry = TelemetryRing(1 << 16)
+        self.consumer = consumer or pose_consumer(cfg, "edge", self.source.width, self.source.height)
+        self.monitor = monitor
+        if monitor is not None:
+            self.consumer = MonitorTap(monitor, self.consumer, self.telemetry)
         self.captured = 0  # frames read from the camera (its own drops are source.dropped)
         self.received = 0
         self.bad_replies = 0
@@ -97,15 +107,18 @@ class EdgeLoop:
             )
             try:
                 self._link = self._new_link(connect_backend(cfg.edge.backend, cfg.edge.connect_timeout_s))
+                self._set_mode(MODE_REMOTE)
                 log.info("sending frames to the backend at %s", cfg.edge.backend)
             except BackendUnavailable as exc:
                 if self._estimator is None:
                     raise
                 log.warning("%s; inferring locally until it answers", exc)
+                self._set_mode(MODE_RECONNECTING)
                 self._local_since = time.monotonic()
                 self._reconnector.start()
         else:
             assert self._estimator is not None
+            self._set_mode(MODE_LOCAL)
             log.info("no backend configured: inferring locally with %s", self._estimator.engine.name)
         if cfg.edge.telemetry:
             self._telemetry_fh = open(cfg.edge.telemetry, "w")  # noqa: SIM115 - closed in run()
@@ -124,6 +137,7 @@ class EdgeLoop:
         lost = link.sent - link.replies
         self.lost_in_flight += lost
         self.consumer.all_notes_off()
+        self._set_mode(MODE_RECONNECTING)
         self.backend_losses += 1
         self._local_since = time.monotonic()
         if self._estimator is None:
@@ -137,8 +151,13 @@ class EdgeLoop:
         assert self._reconnector is not None
         self._reconnector.start()
 
+    def _set_mode(self, mode: int) -> None:
+        if self.monitor is not None:
+            self.monitor.set_mode(mode)
+
     def _to_backend(self, sock: socket.socket) -> None:
         self._link = self._new_link(sock)
+        self._set_mode(MODE_REMOTE)
         self.reconnects += 1
         log.warning(
             "backend %s answers again after %.2f s: sending frames to it (%d frames inferred locally so far)",
@@ -205,7 +224,7 @@ class EdgeLoop:
         next_summary = start + cfg.edge.summary_interval_s if cfg.edge.summary_interval_s else float("inf")
         first_seq = None
         end_seq = 0  # one past the last frame's number; frames dropped at capture leave holes before it
-        src = self.source
+        src, monitor = self.source, self.monitor
         service.ready()
         watchdog = service.watchdog
         try:
@@ -216,6 +235,8 @@ class EdgeLoop:
                     log.info("the source has no more frames")
                     break
                 frame, capture_ns, seq = got
+                if monitor is not None:
+                    monitor.offer_frame(frame, seq, capture_ns)
                 if first_seq is None:
                     first_seq = seq
                 end_seq = seq + 1
@@ -340,19 +361,21 @@ class EdgeLoop:
 
 
 def run_edge(cfg: Config, summary_json: Path | None = None, record: Path | None = None) -> dict:
-    # The consumer chain is built before the loop: the player, recorded on its way in when asked.
+    # The consumer chain is built before the loop: the player, recorded on its way in when asked, and
+    # the monitor's feed in front of both.
     source = open_source(cfg.camera)
-    try:
-        player = pose_consumer(cfg, "edge", source.width, source.height)
-    except BaseException:
-        source.close()  # a camera held by a process that then fails to open its sound blocks the next
-        raise
-    consumer = player if record is None else PoseRecorder(record, source.width, source.height, player)
-    loop = EdgeLoop(cfg, consumer, source)
-    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
-    signal.signal(signal.SIGINT, lambda *_: loop.stop())
-    signal.signal(signal.SIGHUP, lambda *_: request_reload(player))
-    summary = loop.run()
+    with contextlib.ExitStack() as services:
+        with contextlib.ExitStack() as until_loop:
+            until_loop.callback(source.close)  # a camera held by a process that failed blocks the next
+            feed = services.enter_context(edge_monitor(cfg, source.width, source.height, source.pixel_format))
+            player = pose_consumer(cfg, "edge", source.width, source.height, feed.put_hit if feed else None)
+            until_loop.pop_all()  # from here on the loop closes the camera
+        consumer = player if record is None else PoseRecorder(record, source.width, source.height, player)
+        loop = EdgeLoop(cfg, consumer, source, feed)
+        signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+        signal.signal(signal.SIGINT, lambda *_: loop.stop())
+        signal.signal(signal.SIGHUP, lambda *_: request_reload(player))
+        summary = loop.run()
     line = json.dumps({k: v for k, v in summary.items() if k != "stages_ms"})
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=1))

@@ -160,12 +160,31 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    enabled: bool = field(
+        default=True,
+        metadata=_rule(doc="serve the monitor page (picture, skeleton, hits, latency) from the edge"),
+    )
+    listen_host: str = field(
+        default="127.0.0.1",
+        metadata=_rule(doc="127.0.0.1 = this machine only; 0.0.0.0 = the LAN, then with allow or token"),
+    )
+    port: int = field(default=8700, metadata=_rule(0, 65535))
+    allow: list[str] = field(default_factory=list, metadata=_rule(doc="client IPs allowed; empty = any"))
+    token: str = field(default="", metadata=_rule(doc="if set, the page is served only with ?token=THIS"))
+    video_fps: float = field(default=12.0, metadata=_rule(1.0, 30.0, doc="picture updates per second"))
+    jpeg_quality: int = field(default=70, metadata=_rule(10, 95))
+    max_clients: int = field(default=16, metadata=_rule(1, 256, doc="pages open at once"))
+
+
+@dataclass(frozen=True)
 class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 def _type_name(t: Any) -> str:
@@ -220,6 +239,7 @@ SECTIONS: dict[str, type] = {
     "backend": BackendConfig,
     "edge": EdgeConfig,
     "output": OutputConfig,
+    "monitor": MonitorConfig,
 }
 
 
@@ -250,12 +270,39 @@ def validate(cfg: Config, origin: str = "configuration") -> None:
                 f"{origin}: [backend] allow = {cfg.backend.allow!r}: {client!r} is not an IP address; "
                 'list the edges\' addresses (e.g. "192.168.1.20"), or leave it empty to allow any'
             ) from None
+    for client in cfg.monitor.allow:
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            raise ConfigError(
+                f"{origin}: [monitor] allow = {cfg.monitor.allow!r}: {client!r} is not an IP address; "
+                'list the addresses of the phones or laptops (e.g. "192.168.1.30"), or leave it empty'
+            ) from None
+    if (
+        cfg.monitor.enabled
+        and not is_loopback(cfg.monitor.listen_host)
+        and not (cfg.monitor.allow or cfg.monitor.token)
+    ):
+        raise ConfigError(
+            f"{origin}: [monitor] listen_host = {cfg.monitor.listen_host!r} opens the monitor to the network: "
+            "set [monitor] allow (the clients' IP addresses) or token (a secret the page URL must carry), "
+            'or listen on "127.0.0.1"'
+        )
     if cfg.camera.source == "replay" and not cfg.camera.path:
         raise ConfigError(
             f'{origin}: [camera] source = "replay" needs [camera] path (a video or image folder)'
         )
     if cfg.camera.pixel_format == "yuv420" and (cfg.camera.width % 2 or cfg.camera.height % 2):
         raise ConfigError(f"{origin}: [camera] yuv420 needs an even width and height")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config(path: Path | None) -> Config:

@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(pose)
     pose.add_argument("image", type=Path, help="a photo (PNG or JPEG) with one person in it")
     pose.add_argument("--json", action="store_true", help="print JSON (the default prints a table)")
-    pose.add_argument("--out", type=Path, help="write the image with the skeleton drawn")
+    pose.add_argument(
+        "--out", type=Path, help="write the image with the skeleton, the mapping's zones and lines drawn"
+    )
+    pose.add_argument(
+        "--mapping", help="mapping whose min_score, zones and lines --out draws (default: [output] mapping)"
+    )
 
     bench = sub.add_parser("bench", help="inference benchmark, configurations side by side")
     bench.add_argument("--engine", default="litert", choices=ENGINE_NAMES, help="the pose engine to time")
@@ -211,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "pose":
         from lalelu.engines import engine_from_config
-        from lalelu_commands.pose_image import draw_skeleton, estimate_pose, keypoints_json, read_rgb
+        from lalelu_commands.pose_image import estimate_pose, keypoints_json, read_rgb
 
         cfg = _config(args, "edge")
         rgb = read_rgb(args.image)
@@ -226,7 +231,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.out:
             import cv2
 
-            if not cv2.imwrite(str(args.out), draw_skeleton(rgb, kp)):
+            from lalelu.drawing import draw_pose
+            from lalelu.gestures.consumer import resolve_mapping
+            from lalelu.gestures.mapping import load_mapping
+
+            mapping = load_mapping(resolve_mapping(args.mapping or cfg.output.mapping))
+            if not cv2.imwrite(str(args.out), draw_pose(rgb, kp, mapping)):
                 raise LaleluError(f"cannot write {args.out}: use a .png or .jpg name in a writable folder")
         return 0
     if args.command == "bench":

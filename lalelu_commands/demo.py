@@ -9,11 +9,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lalelu
-from lalelu.config import Config, load_config
+from lalelu.config import Config, is_loopback, load_config
 from lalelu.errors import LaleluError
 
 DEMO_CONFIG = Path(lalelu.__file__).resolve().parent / "data" / "demo.toml"
@@ -125,6 +126,34 @@ def progress(label: str, total_s: float, quiet: bool) -> Iterator[Callable[[floa
         yield update
 
 
+class MonitorAnnouncer:
+    """Prints `monitor: URL` once the edge's monitor page answers (it starts beside the edge's loop)."""
+
+    def __init__(self, cfg: Config, quiet: bool, give_up_s: float = 20.0) -> None:
+        m = cfg.monitor
+        host = (
+            "localhost" if is_loopback(m.listen_host) or m.listen_host in ("0.0.0.0", "::") else m.listen_host
+        )
+        self.url = f"http://{host}:{m.port}/" + (f"?token={m.token}" if m.token else "")
+        self.pending = m.enabled and m.port != 0 and not quiet
+        self.deadline = time.monotonic() + give_up_s
+
+    def poll(self) -> None:
+        if not self.pending:
+            return
+        try:
+            with urllib.request.urlopen(self.url, timeout=0.2) as reply:
+                answered = reply.status == 200
+        except OSError:
+            answered = False
+        if answered:
+            print(f"monitor: {self.url}", file=sys.stderr)
+            self.pending = False
+        elif time.monotonic() > self.deadline:
+            print("monitor: not answering (see the edge's log)", file=sys.stderr)
+            self.pending = False
+
+
 def run_demo(
     seconds: float,
     config: Path | None,
@@ -155,9 +184,11 @@ def run_demo(
             summary_file,
         ):
             start = time.monotonic()
+            page = MonitorAnnouncer(cfg, quiet)
             with progress("demo", seconds, quiet) as update:
                 while edge.poll() is None:
                     update(time.monotonic() - start)
+                    page.poll()
                     time.sleep(0.25)
             if edge.returncode != 0:
                 raise LaleluError(

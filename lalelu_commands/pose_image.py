@@ -1,4 +1,4 @@
-"""`lalelu pose IMAGE`: the model on one image, keypoints in the image's pixels, optional skeleton drawing."""
+"""`lalelu pose IMAGE`: the model on one image, keypoints in the image's pixels (drawn by lalelu.drawing)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from lalelu.engines import PoseEngine
 from lalelu.errors import LaleluError
 from lalelu.inference import PoseEstimator
-from lalelu.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS, SKELETON
+from lalelu.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from lalelu.protocol import PixelFormat
 
 
@@ -35,17 +35,3 @@ def keypoints_json(kp: np.ndarray) -> dict:
             for name, (x, y, s) in zip(KEYPOINT_NAMES, kp, strict=True)
         ]
     }
-
-
-def draw_skeleton(rgb: np.ndarray, kp: np.ndarray, min_score: float = 0.2) -> np.ndarray:
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    r = max(2, round(min(rgb.shape[:2]) / 150))
-    for a, b in SKELETON:
-        if kp[a, 2] >= min_score and kp[b, 2] >= min_score:
-            cv2.line(
-                bgr, (round(kp[a, 0]), round(kp[a, 1])), (round(kp[b, 0]), round(kp[b, 1])), (255, 200, 0), r
-            )
-    for x, y, s in kp:
-        if s >= min_score:
-            cv2.circle(bgr, (round(x), round(y)), r + 1, (0, 0, 255), -1)
-    return bgr

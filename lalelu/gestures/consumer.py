@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from lalelu.output import SoundOutput, open_output
 
 log = logging.getLogger("lalelu.gestures")
 MAX_SOUNDING = 128
+HitListener = Callable[[int, int, str], None]  # (note, velocity, name) of each hit, after it sounded
 
 
 class PoseConsumer(Protocol):
@@ -60,18 +62,28 @@ def sound_leaves_here(cfg: Config, role: str) -> bool:
     return cfg.output.where == role and cfg.output.kind != "none"
 
 
-def pose_consumer(cfg: Config, role: str, width: int, height: int) -> PoseConsumer:
-    """The consumer of `role`'s poses: the one that plays where the sound leaves, else one that logs."""
+def pose_consumer(
+    cfg: Config, role: str, width: int, height: int, on_hit: HitListener | None = None
+) -> PoseConsumer:
+    """The consumer of `role`'s poses: the one that plays where the sound leaves, else one that logs.
+    `on_hit(note, velocity, name)` hears every hit too (the monitor)."""
     if sound_leaves_here(cfg, role):
-        return gesture_consumer(cfg.output, width, height)
+        return gesture_consumer(cfg.output, width, height, on_hit)
     return LogConsumer()
 
 
 class GestureConsumer:
     def __init__(
-        self, mapping: Mapping, output: SoundOutput, width: int, height: int, mapping_path: Path | None = None
+        self,
+        mapping: Mapping,
+        output: SoundOutput,
+        width: int,
+        height: int,
+        mapping_path: Path | None = None,
+        on_hit: HitListener | None = None,
     ) -> None:
         self.output = output
+        self.on_hit = on_hit
         self.width, self.height = width, height
         self.mapping_path = mapping_path
         self._mtime = os.stat(mapping_path).st_mtime_ns if mapping_path else 0
@@ -97,6 +109,8 @@ class GestureConsumer:
             slot = int(np.argmin(self._off_due))
             self.output.note_off(ch, int(self._off_note[slot]))
         self.output.note_on(ch, hit.note, hit.velocity, hit.name)
+        if self.on_hit is not None:
+            self.on_hit(hit.note, hit.velocity, hit.name)
         self._off_due[slot] = now_ns() + self._length_ns
         self._off_note[slot] = hit.note
         self.hits += 1
@@ -165,9 +179,11 @@ def resolve_mapping(name: str) -> Path:
     return bundled if bundled.exists() and not Path(name).exists() else Path(name)
 
 
-def gesture_consumer(cfg: OutputConfig, width: int, height: int) -> GestureConsumer:
+def gesture_consumer(
+    cfg: OutputConfig, width: int, height: int, on_hit: HitListener | None = None
+) -> GestureConsumer:
     path = resolve_mapping(cfg.mapping)
-    return GestureConsumer(load_mapping(path), open_output(cfg), width, height, path)
+    return GestureConsumer(load_mapping(path), open_output(cfg), width, height, path, on_hit)
 
 
 def request_reload(consumer: object) -> None:

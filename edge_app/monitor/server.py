@@ -1,0 +1,286 @@
+"""The monitor's own process: reads the feed the edge loop fills, serves the page and pushes poses, hits,
+pictures and latency to every open page over a WebSocket (aiohttp).
+
+It runs pinned off the loop's CPUs at a lower priority; JPEG encoding happens here, not in the loop. A page
+that reads slowly gets only the latest picture (each page has a small queue; what does not fit is
+dropped), one that reads nothing for `STALLED_S` is closed, and more than `max_clients` pages are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from edge_app.monitor.feed import (
+    H_FORMAT,
+    H_FRAME_SEQ,
+    H_FRAME_SLOT,
+    H_GIVEN,
+    H_HEIGHT,
+    H_HITS,
+    H_MODE,
+    H_PORT,
+    H_POSES,
+    H_TICK_NS,
+    H_WANT,
+    H_WIDTH,
+    HIT_SLOTS,
+    MODE_NAMES,
+    POSE_SLOTS,
+    MonitorFeed,
+)
+from lalelu.clock import now_ns
+from lalelu.protocol import PixelFormat
+
+log = logging.getLogger("lalelu.monitor")
+STATIC = Path(__file__).resolve().parent / "static"
+PUMP_S = 0.025  # how often new poses are pushed: 40 Hz, each message carries every pose since the last
+STATS_S = 0.5
+CAMERA_LOST_S = 1.0  # the loop has not taken a frame for this long
+QUEUE = 8  # messages a page may be behind before its pictures are dropped
+STALLED_S = 10.0  # a page that took nothing for this long is closed
+
+
+@dataclass(eq=False)  # pages are told apart by identity: a set of them
+class Page:
+    ws: web.WebSocketResponse
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE))
+    last_taken: float = field(default_factory=time.monotonic)
+    dropped: int = 0
+
+
+class MonitorServer:
+    def __init__(self, feed: MonitorFeed, settings: dict[str, Any]) -> None:
+        self.feed, self.settings = feed, settings
+        self.description = settings["page"]
+        self.pages: set[Page] = set()
+        h = feed.header
+        self.width, self.height = int(h[H_WIDTH]), int(h[H_HEIGHT])
+        self.yuv = PixelFormat(int(h[H_FORMAT])) == PixelFormat.YUV420
+        self._poses_seen = int(h[H_POSES])
+        self._hits_seen = int(h[H_HITS])
+        self._frame_seq_sent = -1
+        self._recent = np.zeros((POSE_SLOTS, 3), np.float64)  # (pose time, total ms, inference ms)
+        self._recent_n = 0
+        self._allow = {ipaddress.ip_address(a) for a in settings.get("allow", [])}
+        self._token = settings.get("token", "")
+        self._closing: set[asyncio.Future] = set()  # closes of stalled pages, kept until done
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/", self._index)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_static("/static/", STATIC, show_index=False)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):
+        if self._allow:
+            try:
+                ok = ipaddress.ip_address(request.remote or "") in self._allow
+            except ValueError:
+                ok = False
+            if not ok:
+                raise web.HTTPForbidden(text="this address is not in [monitor] allow\n")
+        if (
+            self._token
+            and request.query.get("token") != self._token
+            and not request.path.startswith("/static/")
+        ):
+            raise web.HTTPUnauthorized(text="open the monitor with ?token=... ([monitor] token)\n")
+        return await handler(request)
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if len(self.pages) >= self.settings["max_clients"]:
+            raise web.HTTPServiceUnavailable(text="too many monitor pages open ([monitor] max_clients)\n")
+        ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=4096)
+        await ws.prepare(request)
+        page = Page(ws)
+        self.pages.add(page)
+        sender = asyncio.create_task(self._send(page))
+        try:
+            await ws.send_str(json.dumps({"t": "hello", **self.description}))
+            async for msg in ws:  # the page sends nothing that matters; this notices it leaving
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.pages.discard(page)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        return ws
+
+    async def _send(self, page: Page) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                msg = await page.queue.get()
+                if isinstance(msg, bytes):
+                    await page.ws.send_bytes(msg)
+                else:
+                    await page.ws.send_str(msg)
+                page.last_taken = time.monotonic()
+
+    def _push(self, msg: str | bytes) -> None:
+        for page in list(self.pages):
+            try:
+                page.queue.put_nowait(msg)
+            except asyncio.QueueFull:
+                page.dropped += 1
+                if time.monotonic() - page.last_taken > STALLED_S:
+                    log.warning("closing a monitor page that read nothing for %.0f s", STALLED_S)
+                    self.pages.discard(page)
+                    self._closing.add(asyncio.ensure_future(page.ws.close()))
+
+    # --- the feed -------------------------------------------------------------------------------
+
+    def _new_poses(self) -> list:
+        h = self.feed.header
+        end = int(h[H_POSES])
+        start = max(self._poses_seen, end - POSE_SLOTS + 8)  # what the loop overwrote meanwhile is gone
+        self._poses_seen = end
+        out = []
+        for n in range(start, end):
+            p = self.feed.poses[n % POSE_SLOTS].copy()
+            total_ms = (p["pose_ns"] - p["capture_ns"]) / 1e6
+            infer_ms = p["inference_ns"] / 1e6
+            self._recent[self._recent_n % POSE_SLOTS] = (p["pose_ns"] / 1e9, total_ms, infer_ms)
+            self._recent_n += 1
+            kp = np.round(p["keypoints"], 2).tolist()
+            out.append([int(p["seq"]), round(float(total_ms), 3), round(float(infer_ms), 3), kp])
+        return out
+
+    def _new_hits(self) -> list:
+        end = int(self.feed.header[H_HITS])
+        start = max(self._hits_seen, end - HIT_SLOTS)
+        self._hits_seen = end
+        return [
+            {
+                "name": h["name"].decode(errors="replace"),
+                "note": int(h["note"]),
+                "velocity": int(h["velocity"]),
+            }
+            for h in (self.feed.hits[n % HIT_SLOTS].copy() for n in range(start, end))
+        ]
+
+    def _stats(self) -> dict:
+        h = self.feed.header
+        n = min(self._recent_n, POSE_SLOTS)
+        now_s = now_ns() / 1e9
+        recent = self._recent[:n]
+        last_s = recent[recent[:, 0] >= now_s - 1.0]
+        stats: dict[str, Any] = {
+            "t": "stats",
+            "mode": MODE_NAMES.get(int(h[H_MODE]), "?"),
+            "camera": "lost" if (now_ns() - int(h[H_TICK_NS])) / 1e9 > CAMERA_LOST_S else "ok",
+            "fps": int(last_s.shape[0]),
+            "pages": len(self.pages),
+        }
+        for name, col in (("total", 1), ("inference", 2)):
+            values = last_s[:, col]
+            stats[name] = (
+                {
+                    "p50": round(float(np.percentile(values, 50)), 2),
+                    "p99": round(float(np.percentile(values, 99)), 2),
+                }
+                if values.size
+                else None
+            )
+        return stats
+
+    def _picture(self) -> bytes | None:
+        """The JPEG of the picture the loop last handed over, if new; then ask for the next one."""
+        h = self.feed.header
+        if h[H_GIVEN] != h[H_WANT]:
+            return None  # asked, not yet given (the loop hands one over with its next frame)
+        jpeg = None
+        seq = int(h[H_FRAME_SEQ])
+        if int(h[H_GIVEN]) > 0 and seq != self._frame_seq_sent:
+            raw = self.feed.frames[int(h[H_FRAME_SLOT])]
+            if self.yuv:
+                bgr = cv2.cvtColor(raw.reshape(self.height * 3 // 2, self.width), cv2.COLOR_YUV2BGR_I420)
+            else:
+                bgr = cv2.cvtColor(raw.reshape(self.height, self.width, 3), cv2.COLOR_RGB2BGR)
+            ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.settings["jpeg_quality"]])
+            if ok:
+                jpeg = buf.tobytes()
+                self._frame_seq_sent = seq
+        h[H_WANT] = int(h[H_GIVEN]) + 1
+        return jpeg
+
+    async def pump(self) -> None:
+        next_stats = next_picture = time.monotonic()
+        picture_period = 1.0 / self.settings["video_fps"]
+        edge = os.getppid()
+        while True:
+            await asyncio.sleep(PUMP_S)
+            if os.getppid() != edge:  # the edge was killed without stopping us: end with it
+                return
+            poses, hits = self._new_poses(), self._new_hits()
+            if not self.pages:
+                continue
+            if poses:
+                self._push(json.dumps({"t": "poses", "poses": poses}))
+            if hits:
+                self._push(json.dumps({"t": "hits", "hits": hits}))
+            now = time.monotonic()
+            if now >= next_stats:
+                next_stats = now + STATS_S
+                self._push(json.dumps(self._stats()))
+            if now >= next_picture:
+                jpeg = self._picture()
+                if jpeg is not None:
+                    next_picture = now + picture_period
+                    self._push(jpeg)
+
+
+async def serve(feed: MonitorFeed, settings: dict[str, Any]) -> None:
+    server = MonitorServer(feed, settings)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings["listen_host"], settings["port"], backlog=64)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(
+            f"monitor: cannot listen on {settings['listen_host']}:{settings['port']} ({exc.strerror}): "
+            "choose another [monitor] port, or stop what uses it"
+        ) from None
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    feed.header[H_PORT] = port
+    host = "localhost" if settings["listen_host"] in ("127.0.0.1", "::1") else settings["listen_host"]
+    token = f"?token={settings['token']}" if settings.get("token") else ""
+    log.info("monitor: http://%s:%d/%s", host, port, token)
+    try:
+        await server.pump()
+    finally:
+        await runner.cleanup()
+
+
+def run_monitor(feed_path: Path, settings: dict[str, Any]) -> None:
+    avoid = set(settings.get("avoid_cpus", []))
+    cpus = set(os.sched_getaffinity(0)) - avoid
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    feed = MonitorFeed.attach(feed_path)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(feed, settings))
