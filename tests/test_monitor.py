@@ -17,7 +17,17 @@ import pytest
 from conftest import free_port
 
 from edge_app.cameras.still import StillSource
-from edge_app.monitor.feed import H_FRAME_SLOT, H_GIVEN, H_HITS, H_POSES, H_WANT, MonitorFeed
+from edge_app.monitor.feed import (
+    H_FRAME_SLOT,
+    H_GIVEN,
+    H_HITS,
+    H_POSES,
+    H_TICK_NS,
+    H_WANT,
+    MODE_RECONNECTING,
+    MODE_REMOTE,
+    MonitorFeed,
+)
 from lalelu.config import load_config
 from lalelu.drawing import FOUND, NOT_FOUND, draw_pose, page_description
 from lalelu.engines import engine_from_config
@@ -53,6 +63,24 @@ def test_feed_hands_over_poses_hits_and_pictures_only_when_asked():
     finally:
         feed.close()
     assert not feed.path.exists()
+
+
+def test_page_states_camera_lost_and_backend_reconnecting():
+    from edge_app.monitor.server import MonitorServer
+
+    feed = MonitorFeed.create(32, 24, int(PixelFormat.RGB888), yuv420=False)
+    try:
+        settings = {"page": {}, "max_clients": 4, "video_fps": 10, "jpeg_quality": 70}
+        server = MonitorServer(MonitorFeed.attach(feed.path), settings)
+        feed.set_mode(MODE_REMOTE)
+        feed.offer_frame(np.zeros((24, 32, 3), np.uint8), 0, 0)  # the loop took a frame just now
+        assert server._stats()["camera"] == "ok" and server._stats()["mode"] == "remote"
+        feed.header[H_TICK_NS] -= 2_000_000_000  # ... and none for two seconds
+        feed.set_mode(MODE_RECONNECTING)
+        stats = server._stats()
+        assert stats["camera"] == "lost" and stats["mode"] == "reconnecting"
+    finally:
+        feed.close()
 
 
 def test_unfound_keypoints_are_not_drawn_as_found():
@@ -181,11 +209,22 @@ def test_page_in_a_browser_follows_the_instrument(tmp_path):
 
             ws_url = f"ws://127.0.0.1:{port}/ws?token=t0k"
             before = state()["pictures"]
+            # A page that opens its WebSocket and then never reads a byte.
+            mute = socket.create_connection(("127.0.0.1", port))
+            mute.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            mute.sendall(
+                b"GET /ws?token=t0k HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            assert mute.recv(12) == b"HTTP/1.1 101"  # it is in; from here on it reads nothing
             with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
                 statuses = pool.submit(asyncio.run, flood(ws_url, 100)).result(timeout=60)
-            assert statuses.count(101) == cfg.monitor.max_clients - 1  # the browser holds one place
+            assert (
+                statuses.count(101) == cfg.monitor.max_clients - 2
+            )  # the browser and the mute page hold two
             assert set(statuses) - {101} == {503}
-            assert state()["pictures"] > before  # the page kept its pictures while 100 sat unread
+            assert state()["pictures"] > before  # the page kept its pictures while 101 sat unread
+            mute.close()
 
             page.screenshot(path=str(tmp_path / "monitor.png"))
             backend.terminate()  # the backend goes away mid-show: the edge plays on locally
