@@ -146,7 +146,9 @@ class MonitorServer:
                 if time.monotonic() - page.last_taken > STALLED_S:
                     log.warning("closing a monitor page that read nothing for %.0f s", STALLED_S)
                     self.pages.discard(page)
-                    self._closing.add(asyncio.ensure_future(page.ws.close()))
+                    closing = asyncio.ensure_future(page.ws.close())
+                    self._closing.add(closing)
+                    closing.add_done_callback(self._closing.discard)
 
     # --- the feed -------------------------------------------------------------------------------
 
