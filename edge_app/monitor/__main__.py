@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from edge_app.monitor.server import run_monitor
+from lalelu.logs import setup_logging
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(logging.INFO)  # like the edge's: journald's priorities under systemd, no second timestamp
     run_monitor(Path(sys.argv[1]), json.loads(sys.argv[2]))

@@ -261,10 +261,14 @@ async def serve(feed: MonitorFeed, settings: dict[str, Any]) -> None:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise SystemExit(
-            f"monitor: cannot listen on {settings['listen_host']}:{settings['port']} ({exc.strerror}): "
-            "choose another [monitor] port, or stop what uses it"
-        ) from None
+        log.error(
+            "cannot listen on %s:%s (%s): choose another [monitor] port, or stop what uses it; the "
+            "instrument plays on without its monitor page",
+            settings["listen_host"],
+            settings["port"],
+            exc.strerror,
+        )
+        raise SystemExit(1) from None
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     feed.header[H_PORT] = port
     host = "localhost" if settings["listen_host"] in ("127.0.0.1", "::1") else settings["listen_host"]
