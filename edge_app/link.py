@@ -57,8 +57,10 @@ class BackendLink:
         max_in_flight: int,
         reply_timeout_s: float,
         latency_budget_ms: float = 0.0,
+        keepalive: Callable[[], None] | None = None,
     ) -> None:
         self.sock = sock
+        self._keepalive = keepalive
         self.sock.settimeout(None)
         self.address = address
         self._on_reply = on_reply
@@ -87,7 +89,7 @@ class BackendLink:
             return False
         # A full pipe waits for a reply, but only so long: a hung backend must not stall the camera loop.
         # With a budget, a frame reaches here only when a slot is free.
-        if not self._slots.acquire(timeout=self._reply_timeout_s):
+        if not self._free_slot():
             raise BackendUnavailable(
                 f"the backend at {self.address} answered nothing for {self._reply_timeout_s:g} s"
             )
@@ -101,6 +103,20 @@ class BackendLink:
             raise BackendUnavailable(f"sending to the backend at {self.address} failed: {exc}") from exc
         self.sent += 1
         return True
+
+    def _free_slot(self) -> bool:
+        """Wait up to reply_timeout_s for a frame slot, keeping the caller's watchdog fed meanwhile."""
+        if self._slots.acquire(blocking=False):
+            return True
+        deadline = time.monotonic() + self._reply_timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._slots.acquire(timeout=min(left, 0.5)):
+                return True
+            if self._keepalive is not None:
+                self._keepalive()
 
     def _over_budget(self) -> bool:
         """Would a frame sent now wait past the budget behind those in flight? Before the first reply the

@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -73,6 +74,9 @@ class EdgeLoop:
         self._state_path = state_path(cfg.edge.state_file)
         self._reporter: Reporter | None = None
         self._last_report = (time.monotonic(), 0)  # (when, frames captured): the fps of each report
+        # Kicks systemd's watchdog while the loop waits for a slow backend's free slot: waiting up to
+        # [edge] reply_timeout_s is the loop working as configured, not the loop hung.
+        self._keepalive: Callable[[], None] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -126,7 +130,13 @@ class EdgeLoop:
     def _new_link(self, sock: socket.socket) -> BackendLink:
         e = self.cfg.edge
         return BackendLink(
-            sock, e.backend, self._on_reply, e.max_in_flight, e.reply_timeout_s, e.latency_budget_ms
+            sock,
+            e.backend,
+            self._on_reply,
+            e.max_in_flight,
+            e.reply_timeout_s,
+            e.latency_budget_ms,
+            keepalive=self._keepalive,
         )
 
     def _to_local(self, why: str) -> None:
@@ -201,6 +211,7 @@ class EdgeLoop:
     def run(self) -> dict:
         e = self.cfg.edge
         with RealtimeService(e.cpus, e.sched_fifo, e.fifo_priority) as service:
+            self._keepalive = service.watchdog.kick
             self._open()
             service.go_realtime()
             return self._run(service)

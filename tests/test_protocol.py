@@ -375,3 +375,26 @@ def test_idle_clients_give_their_place_to_an_edge_and_time_out(slow_server, monk
     finally:
         for s in idle:
             s.close()
+
+
+def test_waiting_for_a_slot_keeps_the_watchdog_fed_until_the_reply_timeout():
+    """With every frame queued (budget 0), a slow backend holds the loop in `send` for up to
+    reply_timeout_s: systemd's watchdog must hear from it meanwhile, or it restarts a working edge."""
+    from edge_app.link import BackendLink, BackendUnavailable
+
+    ours, silent_backend = socket.socketpair()
+    kicks = []
+    link = BackendLink(
+        ours, "test:1", lambda reply: None, 1, 1.2, latency_budget_ms=0, keepalive=lambda: kicks.append(1)
+    )
+    frame = np.zeros((24, 32, 3), np.uint8)
+    try:
+        assert link.send(0, 0, PixelFormat.RGB888, 32, 24, frame)  # the one slot
+        t0 = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=r"answered nothing for 1\.2 s"):
+            link.send(1, 0, PixelFormat.RGB888, 32, 24, frame)
+        assert 1.1 < time.monotonic() - t0 < 5
+        assert len(kicks) >= 2  # every half second of the wait
+    finally:
+        link.close()
+        silent_backend.close()
