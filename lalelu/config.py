@@ -255,6 +255,17 @@ def config_from_dict(data: dict[str, Any], origin: str = "configuration") -> Con
     return cfg
 
 
+def _check_allow_list(origin: str, section: str, allow: list[str], hint: str) -> None:
+    for client in allow:
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            raise ConfigError(
+                f"{origin}: [{section}] allow = {allow!r}: {client!r} is not an IP address; {hint}, "
+                "or leave it empty to allow any"
+            ) from None
+
+
 def validate(cfg: Config, origin: str = "configuration") -> None:
     """Checks across keys."""
     if cfg.edge.backend and split_address(cfg.edge.backend) is None:
@@ -262,22 +273,15 @@ def validate(cfg: Config, origin: str = "configuration") -> None:
             f'{origin}: [edge] backend = {cfg.edge.backend!r} must be HOST:PORT (e.g. "192.168.1.10:7600"), '
             "or empty to infer on the edge"
         )
-    for client in cfg.backend.allow:
-        try:
-            ipaddress.ip_address(client)
-        except ValueError:
-            raise ConfigError(
-                f"{origin}: [backend] allow = {cfg.backend.allow!r}: {client!r} is not an IP address; "
-                'list the edges\' addresses (e.g. "192.168.1.20"), or leave it empty to allow any'
-            ) from None
-    for client in cfg.monitor.allow:
-        try:
-            ipaddress.ip_address(client)
-        except ValueError:
-            raise ConfigError(
-                f"{origin}: [monitor] allow = {cfg.monitor.allow!r}: {client!r} is not an IP address; "
-                'list the addresses of the phones or laptops (e.g. "192.168.1.30"), or leave it empty'
-            ) from None
+    _check_allow_list(
+        origin, "backend", cfg.backend.allow, 'list the edges\' addresses (e.g. "192.168.1.20")'
+    )
+    _check_allow_list(
+        origin,
+        "monitor",
+        cfg.monitor.allow,
+        'list the addresses of the phones or laptops (e.g. "192.168.1.30")',
+    )
     if (
         cfg.monitor.enabled
         and not is_loopback(cfg.monitor.listen_host)
