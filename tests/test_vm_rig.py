@@ -83,7 +83,10 @@ def switch_to_local(pi: vmlib.VM, after_ns: int) -> dict:
                 "gap_ms": round((row["pose_ns"] - prev["pose_ns"]) / 1e6, 1),
                 "frames_lost": row["seq"] - prev["seq"] - 1,
             }
-    return {"no_switch_in_rows": len(rows)}
+    # No switch in the rows: say why, for the closing note (was the edge restarted instead?).
+    restarts = pi.ssh("systemctl show -p NRestarts --value lalelu-edge").stdout.strip()
+    warnings = journal(pi, "-u lalelu-edge -p warning -n 8").splitlines()
+    return {"no_switch_in_rows": len(rows), "edge_restarts": restarts, "last_warnings": warnings}
 
 
 def pi_clock_ns(pi: vmlib.VM) -> int:
