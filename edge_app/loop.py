@@ -37,6 +37,7 @@ from lalelu.state import state_path, status_line, write_state
 from lalelu.timing import TelemetryRing, stage_summary, write_jsonl
 
 log = logging.getLogger("lalelu.edge")
+MODE_TEXT = {MODE_REMOTE: "remote", MODE_LOCAL: "local", MODE_RECONNECTING: "local, reconnecting"}
 
 
 class EdgeLoop:
@@ -111,18 +112,15 @@ class EdgeLoop:
             )
             try:
                 self._link = self._new_link(connect_backend(cfg.edge.backend, cfg.edge.connect_timeout_s))
-                self._set_mode(MODE_REMOTE)
                 log.info("sending frames to the backend at %s", cfg.edge.backend)
             except BackendUnavailable as exc:
                 if self._estimator is None:
                     raise
                 log.warning("%s; inferring locally until it answers", exc)
-                self._set_mode(MODE_RECONNECTING)
                 self._local_since = time.monotonic()
                 self._reconnector.start()
         else:
             assert self._estimator is not None
-            self._set_mode(MODE_LOCAL)
             log.info("no backend configured: inferring locally with %s", self._estimator.engine.name)
         if cfg.edge.telemetry:
             self._telemetry_fh = open(cfg.edge.telemetry, "w")  # noqa: SIM115 - closed in run()
@@ -147,7 +145,6 @@ class EdgeLoop:
         lost = link.sent - link.replies
         self.lost_in_flight += lost
         self.consumer.all_notes_off()
-        self._set_mode(MODE_RECONNECTING)
         self.backend_losses += 1
         self._local_since = time.monotonic()
         if self._estimator is None:
@@ -161,13 +158,8 @@ class EdgeLoop:
         assert self._reconnector is not None
         self._reconnector.start()
 
-    def _set_mode(self, mode: int) -> None:
-        if self.monitor is not None:
-            self.monitor.set_mode(mode)
-
     def _to_backend(self, sock: socket.socket) -> None:
         self._link = self._new_link(sock)
-        self._set_mode(MODE_REMOTE)
         self.reconnects += 1
         log.warning(
             "backend %s answers again after %.2f s: sending frames to it (%d frames inferred locally so far)",
@@ -247,7 +239,7 @@ class EdgeLoop:
                     break
                 frame, capture_ns, seq = got
                 if monitor is not None:
-                    monitor.offer_frame(frame, seq, capture_ns)
+                    monitor.offer_frame(frame, seq, self._mode_code())
                 if first_seq is None:
                     first_seq = seq
                 end_seq = seq + 1
@@ -318,10 +310,13 @@ class EdgeLoop:
             write_jsonl(new, self._telemetry_fh)  # first: whoever sees the new state finds its frames
         self._publish_state(s, counts)
 
-    def mode(self) -> str:
+    def _mode_code(self) -> int:
         if not self.cfg.edge.backend:
-            return "local"
-        return "remote" if self._link is not None else "local, reconnecting"
+            return MODE_LOCAL
+        return MODE_REMOTE if self._link is not None else MODE_RECONNECTING
+
+    def mode(self) -> str:
+        return MODE_TEXT[self._mode_code()]
 
     def _publish_state(self, s: dict, counts: dict) -> None:
         """Every summary: the state file `lalelu check` reads and systemd's STATUS= line."""

@@ -309,6 +309,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def monitor_url(listen_host: str, port: int, token: str = "") -> str:
+    """The monitor page's address as this machine opens it (a loopback or any-address server: localhost)."""
+    local = is_loopback(listen_host) or listen_host in ("0.0.0.0", "::")
+    return f"http://{'localhost' if local else listen_host}:{port}/" + (f"?token={token}" if token else "")
+
+
 def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lalelu
-from lalelu.config import Config, is_loopback, load_config
+from lalelu.config import Config, load_config, monitor_url
 from lalelu.errors import LaleluError
 
 DEMO_CONFIG = Path(lalelu.__file__).resolve().parent / "data" / "demo.toml"
@@ -131,10 +131,7 @@ class MonitorAnnouncer:
 
     def __init__(self, cfg: Config, quiet: bool, give_up_s: float = 20.0) -> None:
         m = cfg.monitor
-        host = (
-            "localhost" if is_loopback(m.listen_host) or m.listen_host in ("0.0.0.0", "::") else m.listen_host
-        )
-        self.url = f"http://{host}:{m.port}/" + (f"?token={m.token}" if m.token else "")
+        self.url = monitor_url(m.listen_host, m.port, m.token)
         self.pending = m.enabled and m.port != 0 and not quiet
         self.deadline = time.monotonic() + give_up_s
 

@@ -42,14 +42,14 @@ CHROMIUM = shutil.which("chromium")
 
 
 def test_feed_hands_over_poses_hits_and_pictures_only_when_asked():
-    feed = MonitorFeed.create(32, 24, int(PixelFormat.RGB888), yuv420=False)
+    feed = MonitorFeed.create(32, 24, PixelFormat.RGB888)
     reader = MonitorFeed.attach(feed.path)
     try:
         frame = np.full((24, 32, 3), 7, np.uint8)
-        feed.offer_frame(frame, 1, 100)
+        feed.offer_frame(frame, 1, MODE_REMOTE)
         assert reader.header[H_GIVEN] == 0 and not reader.frames[0].any()  # nobody asked: no copy
         reader.header[H_WANT] = 1
-        feed.offer_frame(frame, 2, 200)
+        feed.offer_frame(frame, 2, MODE_REMOTE)
         assert reader.header[H_GIVEN] == 1
         assert (reader.frames[int(reader.header[H_FRAME_SLOT])] == 7).all()
         kp = np.arange(51, dtype=np.float32).reshape(17, 3)
@@ -68,15 +68,15 @@ def test_feed_hands_over_poses_hits_and_pictures_only_when_asked():
 def test_page_states_camera_lost_and_backend_reconnecting():
     from edge_app.monitor.server import MonitorServer
 
-    feed = MonitorFeed.create(32, 24, int(PixelFormat.RGB888), yuv420=False)
+    feed = MonitorFeed.create(32, 24, PixelFormat.RGB888)
     try:
         settings = {"page": {}, "max_clients": 4, "video_fps": 10, "jpeg_quality": 70}
         server = MonitorServer(MonitorFeed.attach(feed.path), settings)
-        feed.set_mode(MODE_REMOTE)
-        feed.offer_frame(np.zeros((24, 32, 3), np.uint8), 0, 0)  # the loop took a frame just now
+        frame = np.zeros((24, 32, 3), np.uint8)
+        feed.offer_frame(frame, 0, MODE_REMOTE)  # the loop took a frame just now
         assert server._stats()["camera"] == "ok" and server._stats()["mode"] == "remote"
-        feed.header[H_TICK_NS] -= 2_000_000_000  # ... and none for two seconds
-        feed.set_mode(MODE_RECONNECTING)
+        feed.offer_frame(frame, 1, MODE_RECONNECTING)  # the backend went away ...
+        feed.header[H_TICK_NS] -= 2_000_000_000  # ... and no frame came for two seconds
         stats = server._stats()
         assert stats["camera"] == "lost" and stats["mode"] == "reconnecting"
     finally:

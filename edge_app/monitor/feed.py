@@ -8,6 +8,7 @@ never waits for the monitor, which reads at its own pace and drops what it was t
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 
 from lalelu.clock import now_ns
 from lalelu.keypoints import NUM_KEYPOINTS
+from lalelu.preprocess import frame_shape
+from lalelu.protocol import PixelFormat
 
 POSE_SLOTS = 256  # 2.5 s at 100 fps: the monitor reads every 50 ms
 HIT_SLOTS = 64
@@ -34,8 +37,9 @@ HIT_DTYPE = np.dtype([("t_ns", "<i8"), ("note", "<i4"), ("velocity", "<i4"), ("n
 
 # Header words (int64)
 H_MAGIC, H_POSES, H_HITS, H_WANT, H_GIVEN, H_FRAME_SEQ, H_FRAME_SLOT, H_MODE = range(8)
-H_TICK_NS, H_WIDTH, H_HEIGHT, H_FORMAT, H_PORT, H_CAPTURED, H_SKIPPED, H_FRAME_NS = range(8, 16)
+H_TICK_NS, H_WIDTH, H_HEIGHT, H_FORMAT, H_PORT = range(8, 13)
 HEADER_WORDS = 32
+FIXED_BYTES = HEADER_WORDS * 8 + POSE_SLOTS * POSE_DTYPE.itemsize + HIT_SLOTS * HIT_DTYPE.itemsize
 
 # Where the poses come from (H_MODE)
 MODE_REMOTE, MODE_LOCAL, MODE_RECONNECTING, MODE_STARTING = 0, 1, 2, 3
@@ -58,46 +62,30 @@ def remove_stale_feeds(folder: Path) -> None:
             continue
 
 
-def frame_bytes(width: int, height: int, yuv420: bool) -> int:
-    return width * height * 3 // 2 if yuv420 else width * height * 3
-
-
 class MonitorFeed:
     """The shared file, as a set of numpy views. `create` on the edge, `attach` in the monitor."""
 
     def __init__(self, path: Path, mm: np.memmap, owner: bool) -> None:
         self.path, self._mm, self.owner = path, mm, owner
-        header_bytes = HEADER_WORDS * 8
         self.header = np.ndarray((HEADER_WORDS,), "<i8", mm, 0)
-        off = header_bytes
+        off = HEADER_WORDS * 8
         self.poses = np.ndarray((POSE_SLOTS,), POSE_DTYPE, mm, off)
         off += POSE_SLOTS * POSE_DTYPE.itemsize
         self.hits = np.ndarray((HIT_SLOTS,), HIT_DTYPE, mm, off)
-        off += HIT_SLOTS * HIT_DTYPE.itemsize
-        size = (len(mm) - off) // 2
-        self.frames = [np.ndarray((size,), np.uint8, mm, off), np.ndarray((size,), np.uint8, mm, off + size)]
-
-    @staticmethod
-    def layout_bytes(frame_size: int) -> int:
-        return (
-            HEADER_WORDS * 8
-            + POSE_SLOTS * POSE_DTYPE.itemsize
-            + HIT_SLOTS * HIT_DTYPE.itemsize
-            + 2 * frame_size
-        )
+        size = (len(mm) - FIXED_BYTES) // 2
+        self.frames = [np.ndarray((size,), np.uint8, mm, FIXED_BYTES + i * size) for i in range(2)]
 
     @classmethod
-    def create(cls, width: int, height: int, pixel_format: int, yuv420: bool) -> MonitorFeed:
+    def create(cls, width: int, height: int, fmt: PixelFormat) -> MonitorFeed:
         folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
         remove_stale_feeds(folder)
         fd, name = tempfile.mkstemp(prefix=f"lalelu-monitor-{os.getpid()}-", dir=folder)
         os.close(fd)
         path = Path(name)
-        size = cls.layout_bytes(frame_bytes(width, height, yuv420))
-        mm = np.memmap(path, np.uint8, "w+", shape=(size,))
-        feed = cls(path, mm, owner=True)
+        size = FIXED_BYTES + 2 * math.prod(frame_shape(fmt, width, height))
+        feed = cls(path, np.memmap(path, np.uint8, "w+", shape=(size,)), owner=True)
         h = feed.header
-        h[H_WIDTH], h[H_HEIGHT], h[H_FORMAT] = width, height, pixel_format
+        h[H_WIDTH], h[H_HEIGHT], h[H_FORMAT] = width, height, int(fmt)
         h[H_MODE] = MODE_STARTING
         h[H_MAGIC] = MAGIC
         return feed
@@ -135,10 +123,11 @@ class MonitorFeed:
         )
         self.header[H_HITS] = n + 1
 
-    def offer_frame(self, frame: np.ndarray, seq: int, capture_ns: int) -> None:
-        """Once per captured frame: a flag compare; a copy only when the monitor asked for a picture."""
+    def offer_frame(self, frame: np.ndarray, seq: int, mode: int) -> None:
+        """Once per captured frame: the loop's tick and mode, a flag compare, and a copy only when the
+        monitor asked for a picture."""
         h = self.header
-        h[H_TICK_NS] = now_ns()
+        h[H_TICK_NS], h[H_MODE] = now_ns(), mode
         want = h[H_WANT]
         if want == h[H_GIVEN]:
             return
@@ -147,14 +136,8 @@ class MonitorFeed:
         if flat.size != self.frames[slot].size:
             return  # a source whose geometry differs from the feed's: no picture rather than a wrong one
         self.frames[slot][:] = flat
-        h[H_FRAME_SEQ], h[H_FRAME_NS], h[H_FRAME_SLOT] = seq, capture_ns, slot
+        h[H_FRAME_SEQ], h[H_FRAME_SLOT] = seq, slot
         h[H_GIVEN] = want
-
-    def set_mode(self, mode: int) -> None:
-        self.header[H_MODE] = mode
-
-    def count(self, captured: int, skipped: int) -> None:
-        self.header[H_CAPTURED], self.header[H_SKIPPED] = captured, skipped
 
     def close(self) -> None:
         del self._mm

@@ -85,7 +85,7 @@ def edge_monitor(cfg: Config, width: int, height: int, fmt: PixelFormat) -> Iter
     if not cfg.monitor.enabled:
         yield None
         return
-    feed = MonitorFeed.create(width, height, int(fmt), fmt == PixelFormat.YUV420)
+    feed = MonitorFeed.create(width, height, fmt)
     try:
         page = page_description(load_mapping(resolve_mapping(cfg.output.mapping)), width, height)
         process = MonitorProcess(cfg.monitor, feed, page, cfg.edge.cpus)

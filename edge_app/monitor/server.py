@@ -42,7 +42,10 @@ from edge_app.monitor.feed import (
     MonitorFeed,
 )
 from lalelu.clock import now_ns
+from lalelu.config import monitor_url
+from lalelu.preprocess import frame_shape
 from lalelu.protocol import PixelFormat
+from lalelu.timing import summarize_ns
 
 log = logging.getLogger("lalelu.monitor")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -58,7 +61,6 @@ class Page:
     ws: web.WebSocketResponse
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE))
     last_taken: float = field(default_factory=time.monotonic)
-    dropped: int = 0
 
 
 class MonitorServer:
@@ -67,13 +69,11 @@ class MonitorServer:
         self.description = settings["page"]
         self.pages: set[Page] = set()
         h = feed.header
-        self.width, self.height = int(h[H_WIDTH]), int(h[H_HEIGHT])
-        self.yuv = PixelFormat(int(h[H_FORMAT])) == PixelFormat.YUV420
+        self.fmt = PixelFormat(int(h[H_FORMAT]))
+        self.shape = frame_shape(self.fmt, int(h[H_WIDTH]), int(h[H_HEIGHT]))
         self._poses_seen = int(h[H_POSES])
         self._hits_seen = int(h[H_HITS])
         self._frame_seq_sent = -1
-        self._recent = np.zeros((POSE_SLOTS, 3), np.float64)  # (pose time, total ms, inference ms)
-        self._recent_n = 0
         self._allow = {ipaddress.ip_address(a) for a in settings.get("allow", [])}
         self._token = settings.get("token", "")
         self._closing: set[asyncio.Future] = set()  # closes of stalled pages, kept until done
@@ -142,7 +142,6 @@ class MonitorServer:
             try:
                 page.queue.put_nowait(msg)
             except asyncio.QueueFull:
-                page.dropped += 1
                 if time.monotonic() - page.last_taken > STALLED_S:
                     log.warning("closing a monitor page that read nothing for %.0f s", STALLED_S)
                     self.pages.discard(page)
@@ -162,8 +161,6 @@ class MonitorServer:
             p = self.feed.poses[n % POSE_SLOTS].copy()
             total_ms = (p["pose_ns"] - p["capture_ns"]) / 1e6
             infer_ms = p["inference_ns"] / 1e6
-            self._recent[self._recent_n % POSE_SLOTS] = (p["pose_ns"] / 1e9, total_ms, infer_ms)
-            self._recent_n += 1
             kp = np.round(p["keypoints"], 2).tolist()
             out.append([int(p["seq"]), round(float(total_ms), 3), round(float(infer_ms), 3), kp])
         return out
@@ -183,27 +180,22 @@ class MonitorServer:
 
     def _stats(self) -> dict:
         h = self.feed.header
-        n = min(self._recent_n, POSE_SLOTS)
-        now_s = now_ns() / 1e9
-        recent = self._recent[:n]
-        last_s = recent[recent[:, 0] >= now_s - 1.0]
+        now = now_ns()
+        poses = self.feed.poses[: min(int(h[H_POSES]), POSE_SLOTS)].copy()
+        last_s = poses[poses["pose_ns"] >= now - 1_000_000_000]  # the feed's ring holds the last second
         stats: dict[str, Any] = {
             "t": "stats",
             "mode": MODE_NAMES.get(int(h[H_MODE]), "?"),
-            "camera": "lost" if (now_ns() - int(h[H_TICK_NS])) / 1e9 > CAMERA_LOST_S else "ok",
-            "fps": int(last_s.shape[0]),
+            "camera": "lost" if (now - int(h[H_TICK_NS])) / 1e9 > CAMERA_LOST_S else "ok",
+            "fps": int(last_s.size),
             "pages": len(self.pages),
         }
-        for name, col in (("total", 1), ("inference", 2)):
-            values = last_s[:, col]
-            stats[name] = (
-                {
-                    "p50": round(float(np.percentile(values, 50)), 2),
-                    "p99": round(float(np.percentile(values, 99)), 2),
-                }
-                if values.size
-                else None
-            )
+        for name, ns in (
+            ("total", last_s["pose_ns"] - last_s["capture_ns"]),
+            ("inference", last_s["inference_ns"]),
+        ):
+            ms = summarize_ns(ns)
+            stats[name] = {"p50": round(ms["p50"], 2), "p99": round(ms["p99"], 2)} if ns.size else None
         return stats
 
     def _picture(self) -> bytes | None:
@@ -214,11 +206,9 @@ class MonitorServer:
         jpeg = None
         seq = int(h[H_FRAME_SEQ])
         if int(h[H_GIVEN]) > 0 and seq != self._frame_seq_sent:
-            raw = self.feed.frames[int(h[H_FRAME_SLOT])]
-            if self.yuv:
-                bgr = cv2.cvtColor(raw.reshape(self.height * 3 // 2, self.width), cv2.COLOR_YUV2BGR_I420)
-            else:
-                bgr = cv2.cvtColor(raw.reshape(self.height, self.width, 3), cv2.COLOR_RGB2BGR)
+            raw = self.feed.frames[int(h[H_FRAME_SLOT])].reshape(self.shape)
+            to_bgr = cv2.COLOR_YUV2BGR_I420 if self.fmt == PixelFormat.YUV420 else cv2.COLOR_RGB2BGR
+            bgr = cv2.cvtColor(raw, to_bgr)
             ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.settings["jpeg_quality"]])
             if ok:
                 jpeg = buf.tobytes()
@@ -271,9 +261,7 @@ async def serve(feed: MonitorFeed, settings: dict[str, Any]) -> None:
         raise SystemExit(1) from None
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     feed.header[H_PORT] = port
-    host = "localhost" if settings["listen_host"] in ("127.0.0.1", "::1") else settings["listen_host"]
-    token = f"?token={settings['token']}" if settings.get("token") else ""
-    log.info("monitor: http://%s:%d/%s", host, port, token)
+    log.info("monitor: %s", monitor_url(settings["listen_host"], port, settings.get("token", "")))
     try:
         await server.pump()
     finally:
