@@ -307,10 +307,9 @@ def _run(args: argparse.Namespace) -> int:
             print(line)
         final: dict = {"poses": len(rec["t_ns"]), "hits": len(hits)}
         if args.wav is not None:
-            from lalelu_commands.wav import onset_timing, write_session_wav
+            from lalelu_commands.wav import session_wav
 
-            final["wav"] = write_session_wav(rec, hits, mapping, load_config(args.config), args.wav)
-            final["wav"]["timing"] = onset_timing(args.wav, hits, rec, None)
+            final["wav"] = session_wav(rec, hits, mapping, load_config(args.config), args.wav)
         print(json.dumps(final))
         return 0
     if args.command == "check":

@@ -194,7 +194,7 @@ def run_demo(
         summary = json.loads(summary_file.read_text())
         result = {k: v for k, v in summary.items() if k != "stages_ms"}
         if wav is not None:
-            result["wav"] = session_wav(cfg, recording, wav)
+            result["wav"] = demo_wav(cfg, recording, wav)
             if not quiet:
                 print(
                     f"wav: {wav} ({result['wav']['hits']} hits, {result['wav']['seconds']} s)",
@@ -209,18 +209,15 @@ def run_demo(
     return result
 
 
-def session_wav(cfg: Config, recording: Path, wav: Path) -> dict:
+def demo_wav(cfg: Config, recording: Path, wav: Path) -> dict:
     """The recorded session replayed through its mapping (the same hits it played: the gesture engine is
     deterministic), rendered, and its onsets timed."""
     from lalelu.gestures.consumer import resolve_mapping
     from lalelu.gestures.mapping import load_mapping
     from lalelu.gestures.recording import load_recording, replay
-    from lalelu_commands.wav import onset_timing, write_session_wav
+    from lalelu_commands.wav import session_wav
 
     rec = load_recording(recording)
     mapping = load_mapping(resolve_mapping(cfg.output.mapping))
-    hits = replay(rec, mapping)
-    report = write_session_wav(rec, hits, mapping, cfg, wav)
     still = cfg.camera.still_period_s if cfg.camera.source == "still" else None
-    report["timing"] = onset_timing(wav, hits, rec, still)
-    return report
+    return session_wav(rec, replay(rec, mapping), mapping, cfg, wav, still)

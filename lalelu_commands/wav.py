@@ -23,42 +23,41 @@ def clock_zero_ns(rec: dict[str, np.ndarray]) -> int:
     return round(int(t[0]) - int(seq[0]) * period_ns)
 
 
-def write_session_wav(
-    rec: dict[str, np.ndarray], hits: list[Hit], mapping: Mapping, cfg: Config, path: Path
+def session_wav(
+    rec: dict[str, np.ndarray],
+    hits: list[Hit],
+    mapping: Mapping,
+    cfg: Config,
+    path: Path,
+    still_period_s: float | None = None,
 ) -> dict:
+    """Render the hits at their frame-clock times with [output]'s synth settings, read the WAV back and
+    time its onsets: against the hits (the rendering's own error) and, for the still photo, against its
+    lowest moments (the instrument's: detection delay minus compensation)."""
     zero = clock_zero_ns(rec)
-    timed = [TimedHit((h.t_ns - zero) / 1e9, mapping.channel, h.note, h.velocity) for h in hits]
+    hit_s = np.array([(h.t_ns - zero) / 1e9 for h in hits])
     out = cfg.output
-    return render_hits(
-        timed,
+    report = render_hits(
+        [TimedHit(float(t), mapping.channel, h.note, h.velocity) for t, h in zip(hit_s, hits, strict=True)],
         path,
         find_soundfont(out.synth_soundfont),
         mapping.note_length_ms,
         out.synth_sample_rate,
         out.synth_gain,
     )
-
-
-def onset_timing(
-    path: Path, hits: list[Hit], rec: dict[str, np.ndarray], still_period_s: float | None
-) -> dict:
-    """The WAV's onsets against the hits' frame-clock times (the rendering's own error) and, for the still
-    photo, against its lowest moments (the instrument's: detection delay minus compensation)."""
     samples, rate = read_wav(path)
     onsets = detect_onsets(samples, rate)
-    zero = clock_zero_ns(rec)
-    hit_s = np.array([(h.t_ns - zero) / 1e9 for h in hits])
-    report: dict = {"onsets": int(onsets.size), "hits": len(hits)}
+    timing: dict = {"onsets": int(onsets.size), "hits": len(hits)}
     if onsets.size == hit_s.size and onsets.size:
-        render_error = onsets - hit_s
-        report["render_error_ms"] = {"max_abs": round(float(np.abs(render_error).max() * 1e3), 3)}
+        timing["render_error_ms"] = {"max_abs": round(float(np.abs(onsets - hit_s).max() * 1e3), 3)}
     if still_period_s and onsets.size:
         errors = onset_errors(onsets, lowest_times(still_period_s, samples.size / rate)) * 1e3
-        report["vs_lowest_ms"] = {
+        timing["vs_lowest_ms"] = {
             "mean": round(float(errors.mean()), 2),
             "std": round(float(errors.std()), 2),
             "min": round(float(errors.min()), 2),
             "max": round(float(errors.max()), 2),
             "per_hit": [round(float(e), 2) for e in errors],
         }
+    report["timing"] = timing
     return report

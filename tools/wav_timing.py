@@ -28,7 +28,7 @@ from lalelu.gestures.mapping import load_mapping
 from lalelu.gestures.recording import load_recording, replay
 from lalelu.output.render import detect_onsets, lowest_times, read_wav
 from lalelu_commands.demo import DEMO_CONFIG, run_demo
-from lalelu_commands.wav import clock_zero_ns, onset_timing, write_session_wav
+from lalelu_commands.wav import clock_zero_ns, session_wav
 
 
 def main() -> None:
@@ -63,9 +63,7 @@ def main() -> None:
     for name, mapping in variants.items():
         hits = replay(rec, mapping)
         wav = args.out / f"{name}.wav"
-        report = write_session_wav(rec, hits, mapping, cfg, wav)
-        report["timing"] = onset_timing(wav, hits, rec, period)
-        results[name] = report
+        results[name] = session_wav(rec, hits, mapping, cfg, wav, period)
     print(
         f"{'compensate':>10} {'hits':>5} {'onsets':>6} {'render max':>10} {'mean':>7} {'std':>6} {'min':>7} {'max':>7}"
     )

@@ -21,10 +21,8 @@ from lalelu.output.synth import drum_synth
 
 BLOCK = 64  # FluidSynth's internal block
 AHEAD_MS = 5.0  # an attack reaches its peak within this
-TAIL_LIMIT_S = 4.0
-LSB10 = (
-    10 / 32768
-)  # digital silence with dither-sized noise stays below this  # a one-shot that still sounds after this is cut (a crash cymbal's long release)
+TAIL_LIMIT_S = 4.0  # a one-shot that still sounds after this is cut (a crash cymbal's long release)
+LSB10 = 10 / 32768  # digital silence with dither-sized noise stays below this
 
 
 @dataclass(frozen=True, slots=True)
