@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import socket
 import tempfile
 import time
 from pathlib import Path
 
-from lalelu_commands.demo import DEMO_CONFIG, backend_and_edge
+from demo_runs import demo_config, print_table, row, write_runs
+
+from lalelu_commands.demo import backend_and_edge
 
 
 def free_port() -> int:
@@ -34,8 +35,7 @@ def one_run(pages: int, seconds: float, shot: Path | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         port = free_port()
-        config = work / "demo.toml"
-        config.write_text(DEMO_CONFIG.read_text().replace("port = 8700", f"port = {port}"))
+        config = demo_config(work / "demo.toml", port)
         with (
             sync_playwright() as pw,
             backend_and_edge(config, seconds, work, quiet=True) as (_, edge, summary),
@@ -60,16 +60,7 @@ def one_run(pages: int, seconds: float, shot: Path | None) -> dict:
             pictures = [p.evaluate("monitor.pictures") for p in opened]
             browser.close()
             result = json.loads(summary.read_text())
-    return {
-        "pages": len(opened),
-        "pictures_per_page": pictures,
-        "overhead_ms": result["overhead_ms"],
-        "latency_ms": result["latency_ms"],
-        "inference_ms": result["inference_ms"],
-        "frames_lost": result["frames_lost"],
-        "frames_skipped": result["frames_skipped"],
-        "poses": result["poses_received"],
-    }
+    return row("pages", len(opened), result, pictures_per_page=pictures)
 
 
 def main() -> None:
@@ -85,19 +76,8 @@ def main() -> None:
             shot = args.out / "monitor.png" if (r, pages) == (0, 1) else None
             runs.append(one_run(pages, args.seconds, shot))
             print(json.dumps(runs[-1]), flush=True)
-    print(
-        f"\n{'pages':>5} {'overhead p50':>12} {'p99':>7} {'latency p50':>11} {'p99':>7} {'lost':>5} {'skipped':>7}"
-    )
-    for run in runs:
-        o, lat = run["overhead_ms"], run["latency_ms"]
-        print(
-            f"{run['pages']:>5} {o['p50']:>12.3f} {o['p99']:>7.2f} {lat['p50']:>11.2f} {lat['p99']:>7.2f}"
-            f" {run['frames_lost']:>5} {run['frames_skipped']:>7}"
-        )
-    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, {len(__import__('os').sched_getaffinity(0))} CPUs"
-    (args.out / "cost.json").write_text(
-        json.dumps({"machine": machine, "seconds": args.seconds, "runs": runs}, indent=1)
-    )
+    print_table(runs, "pages")
+    write_runs(args.out / "cost.json", args.seconds, runs)
 
 
 if __name__ == "__main__":
