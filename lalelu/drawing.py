@@ -18,7 +18,6 @@ FOUND = (255, 40, 40)
 NOT_FOUND = (150, 150, 150)
 ZONE = (255, 220, 0)
 LINE = (0, 255, 120)
-DEFAULT_MIN_SCORE = 0.3  # the mappings' default
 
 
 def found(keypoints: np.ndarray, min_score: float) -> np.ndarray:
@@ -60,7 +59,7 @@ def draw_pose(rgb: np.ndarray, keypoints: np.ndarray, mapping: Mapping | None = 
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     h, w = rgb.shape[:2]
     r = max(2, round(min(h, w) / 150))
-    min_score = mapping.min_score if mapping is not None else DEFAULT_MIN_SCORE
+    min_score = (mapping or Mapping()).min_score  # without a mapping, the mappings' default
 
     def bgr_of(c: tuple[int, int, int]) -> tuple[int, int, int]:
         return (c[2], c[1], c[0])
