@@ -7,6 +7,8 @@ is one `fluid_synth_noteon` call from the loop, which only queues the event for 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,10 @@ DRUM_BANK = 128  # the SoundFont bank that holds the percussion kits
 
 def load_fluidsynth() -> Any:
     try:
-        import fluidsynth
+        # pyfluidsynth 1.4 prints where it found the library to stdout when the environment has CI set;
+        # stdout carries the commands' JSON lines
+        with contextlib.redirect_stdout(io.StringIO()):
+            import fluidsynth
     except ModuleNotFoundError as exc:
         raise OutputError(
             "the synth needs pyfluidsynth: pip install 'lalelu-drums[edge]' (and apt install libfluidsynth3)"
