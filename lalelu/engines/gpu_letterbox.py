@@ -64,7 +64,11 @@ class TorchLetterbox:
         b = c + 2.018 * u
         return torch.stack((r, g, b)).clamp_(0.0, 255.0).round_()
 
+    def image(self, raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The letterboxed frame (1, in_h, in_w, 3) in `dtype`, out of place (torch.compile fuses it)."""
+        resized = self.rows @ self.rgb(raw) @ self.cols_t  # (3, in_h, in_w)
+        return resized.round().clamp(0.0, 255.0).permute(1, 2, 0).unsqueeze(0).to(dtype)
+
     def __call__(self, raw: torch.Tensor, out: torch.Tensor) -> None:
         """Write the letterboxed frame into `out` (1, in_h, in_w, 3), in out's dtype."""
-        resized = self.rows @ self.rgb(raw) @ self.cols_t  # (3, in_h, in_w)
-        out[0].copy_(resized.round_().clamp_(0.0, 255.0).permute(1, 2, 0))
+        out.copy_(self.image(raw, out.dtype))

@@ -176,9 +176,22 @@ class TorchCudaEngine(WarmUpByInfer):
         in_h, in_w = self._dev_in.shape[1:3]
         letterbox = TorchLetterbox(fmt, LetterboxGeometry(width, height, in_w, in_h), self.device)
 
-        def step() -> None:
-            letterbox(raw, self._dev_in)
-            self._host_out.copy_(self._forward(self._dev_in), non_blocking=True)
+        if self.compiled:
+            # letterbox, network and decode compiled as one: its casts, permutes and rounding fuse into
+            # the network's first kernels (one compilation per geometry, at start for [camera]'s)
+            dtype = self._dev_in.dtype
+            fused = self._torch.compile(
+                lambda frame: self._network_and_decode(letterbox.image(frame, dtype)), fullgraph=True
+            )
+
+            def step() -> None:
+                self._host_out.copy_(fused(raw), non_blocking=True)
+
+        else:
+
+            def step() -> None:
+                letterbox(raw, self._dev_in)
+                self._host_out.copy_(self._forward(self._dev_in), non_blocking=True)
 
         graph = self._capture(step) if self.mode == "graph" else None
         state = self._frame_graphs[(int(fmt), width, height)] = (raw, step, graph)
