@@ -91,7 +91,9 @@ class InferenceServer:
         allow: tuple[str, ...] = (),
         consumer_factory: Callable[[int, int], PoseConsumer] | None = None,
         gpu_clock: SmClockLike | None = None,
+        busy_poll_s: float = 0.0,
     ) -> None:
+        self.busy_poll_s = busy_poll_s
         self.consumer_factory = consumer_factory  # (width, height) -> consumer, when the sound leaves here
         self.consumer: PoseConsumer | None = None
         self.estimator = estimator
@@ -121,11 +123,18 @@ class InferenceServer:
         """Serve until stop() or `seconds`; closes the server (all notes off) however it ends."""
         end = time.monotonic() + seconds if seconds else float("inf")
         next_tick = next_sweep = time.monotonic() + tick_s
+        # Busy polling: for busy_poll_s after the last event the loop asks select without sleeping, so
+        # the next frame's first bytes are seen at once instead of after the wake-up of an idle CPU
+        # (tens to ~100 us on a virtual machine). It costs that CPU, which the backend owns anyway.
+        poll_until = 0.0
         try:
-            while self._running and time.monotonic() < end:
+            while self._running and (now := time.monotonic()) < end:
                 if watchdog is not None:
                     watchdog.kick()  # every pass: a pass handles at most one frame per edge
-                for key, mask in self._sel.select(timeout=0.2):
+                events = self._sel.select(timeout=0.0 if now < poll_until else 0.2)
+                if events and self.busy_poll_s:
+                    poll_until = time.monotonic() + self.busy_poll_s
+                for key, mask in events:
                     if key.data is None:
                         self._accept()
                     elif key.data.sock.fileno() < 0:

@@ -58,6 +58,7 @@ class BackendLink:
         reply_timeout_s: float,
         latency_budget_ms: float = 0.0,
         keepalive: Callable[[], None] | None = None,
+        busy_poll_ms: float = 0.0,
     ) -> None:
         self.sock = sock
         self._keepalive = keepalive
@@ -75,6 +76,8 @@ class BackendLink:
         self.skipped = 0
         self.error: str = ""
         self._closed = False
+        self._poll_ns = int(busy_poll_ms * 1e6)
+        self._sending = threading.Event()  # set by each send: wakes a busy-polling receiver
         self._rx = threading.Thread(target=self._receive, name="lalelu-rx", daemon=True)
         self._rx.start()
 
@@ -102,6 +105,8 @@ class BackendLink:
         except OSError as exc:
             raise BackendUnavailable(f"sending to the backend at {self.address} failed: {exc}") from exc
         self.sent += 1
+        if self._poll_ns:
+            self._sending.set()
         return True
 
     def _free_slot(self) -> bool:
@@ -145,7 +150,7 @@ class BackendLink:
             while True:
                 got = 0
                 while got < REPLY_SIZE:
-                    n = self.sock.recv_into(view[got:])
+                    n = self._recv_into(view[got:])
                     if n == 0:
                         raise ConnectionError("connection closed by the backend")
                     got += n
@@ -161,6 +166,23 @@ class BackendLink:
                 self.error = str(exc)
             self._slots.release()  # wake a sender blocked on a full pipe so it sees the error
 
+    def _recv_into(self, view: memoryview) -> int:
+        """Block until bytes arrive, or with busy polling: sleep until a frame is in flight (its send wakes
+        this thread, so the wake-up overlaps the backend's work), then poll for the reply without
+        sleeping, for up to busy_poll_ms."""
+        if not self._poll_ns:
+            return self.sock.recv_into(view)
+        while self.sent <= self.replies and not self._closed:
+            self._sending.wait(0.5)
+            self._sending.clear()
+        deadline = time.monotonic_ns() + self._poll_ns
+        while time.monotonic_ns() < deadline:
+            try:
+                return self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+        return self.sock.recv_into(view)
+
     def in_flight_done(self, timeout_s: float) -> bool:
         """Wait until every frame sent on this link is answered (or it failed)."""
         end = time.monotonic() + timeout_s
@@ -171,6 +193,7 @@ class BackendLink:
     def close(self) -> None:
         """Stop receiving; once this returns no reply of this link reaches `on_reply` any more."""
         self._closed = True
+        self._sending.set()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()

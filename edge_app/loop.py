@@ -135,6 +135,7 @@ class EdgeLoop:
             e.reply_timeout_s,
             e.latency_budget_ms,
             keepalive=self._keepalive,
+            busy_poll_ms=e.busy_poll_ms,
         )
 
     def _to_local(self, why: str) -> None:

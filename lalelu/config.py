@@ -77,6 +77,16 @@ class BackendConfig:
     gpu_clock_period_ms: float = field(
         default=50.0, metadata=_rule(0.0, 10_000, doc="how often the GPU's SM clock is sampled; 0 = never")
     )
+    busy_poll_ms: float = field(
+        default=0.0,
+        metadata=_rule(
+            0.0,
+            10_000,
+            doc="after each frame, poll the sockets without sleeping this long (above the camera's frame "
+            "period: always while an edge plays); the next frame is seen without a CPU wake-up, at the "
+            "cost of that CPU; 0 = sleep in select",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,16 @@ class EdgeConfig:
             10_000,
             doc="a frame that would wait longer than this behind frames in flight is skipped, not queued "
             "(the freshest frame wins); 0 = queue every frame",
+        ),
+    )
+    busy_poll_ms: float = field(
+        default=0.0,
+        metadata=_rule(
+            0.0,
+            10_000,
+            doc="after each reply, the receiver polls for the next one without sleeping this long (above "
+            "the frame period: always while the backend answers); saves a CPU wake-up per reply, costs "
+            "a CPU; 0 = sleep until the reply",
         ),
     )
     state_file: str = field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -140,6 +141,33 @@ def backend_summary(rows: np.ndarray) -> dict[str, dict[str, float]]:
         "map_back": summarize_ns(rows["post_ns"]),
         "served": summarize_ns(rows["replied_ns"] - rows["received_ns"]),
     }
+
+
+def round_trip_legs(edge: np.ndarray, backend: np.ndarray) -> dict[str, dict[str, float]] | None:
+    """Capture -> pose of each frame cut into its legs, from both apps' rows joined by sequence number:
+    edge (capture -> sent), to the backend (sent -> its first byte read), receive (first -> last byte),
+    served (last byte -> reply sent) and back to the edge (reply sent -> pose): the legs add up to the
+    total. Only where both ran on one machine (CLOCK_MONOTONIC is per machine): None when the joined
+    timestamps are not in that order, as with two machines' clocks."""
+    common, ei, bi = np.intersect1d(edge["seq"], backend["seq"], return_indices=True)
+    if not common.size:
+        return None
+    e, b = edge[ei], backend[bi]
+    stamps = [
+        e["capture_ns"],
+        e["sent_ns"],
+        b["first_byte_ns"],
+        b["received_ns"],
+        b["replied_ns"],
+        e["pose_ns"],
+    ]
+    legs = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    if np.mean(np.all(np.array(legs) >= 0, axis=0)) < 0.99:
+        return None
+    names = ("edge", "to_backend", "receive", "served", "to_edge")
+    out = {name: summarize_ns(leg) for name, leg in zip(names, legs, strict=True)}
+    out["total"] = summarize_ns(e["pose_ns"] - e["capture_ns"])
+    return out
 
 
 def slow_frames(rows: np.ndarray, factor: float = 2.0) -> dict[str, dict[str, float]]:

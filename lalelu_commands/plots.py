@@ -12,6 +12,7 @@ from lalelu.timing import (
     BACKEND_TELEMETRY_DTYPE,
     TELEMETRY_DTYPE,
     backend_summary,
+    round_trip_legs,
     slow_frames,
     stage_summary,
 )
@@ -201,6 +202,9 @@ def telemetry_table(edge: np.ndarray | None, backend: np.ndarray | None = None) 
                     f"{g['involuntary_switches']:>9.2f} {g['voluntary_switches']:>8.2f} {g['minor_faults']:>7.2f} "
                     f"{g['sm_mhz']:>7.0f}"
                 )
+        legs = round_trip_legs(edge, backend) if edge is not None else None
+        if legs is not None:
+            lines += ["", *_stage_lines("round trip legs", legs, int(legs["total"]["n"]))]
         if "clusters" in slow:
             c = slow["clusters"]
             lines.append(

@@ -398,3 +398,68 @@ def test_waiting_for_a_slot_keeps_the_watchdog_fed_until_the_reply_timeout():
     finally:
         link.close()
         silent_backend.close()
+
+
+def test_busy_polling_server_polls_after_a_frame_then_sleeps_again():
+    """[backend] busy_poll_ms: after a frame the loop asks select without sleeping until the window ends,
+    then sleeps in select again; it serves and stops as the sleeping one does."""
+    server = InferenceServer(SlowEstimator(0.0), "127.0.0.1", 0, MAX_PAYLOAD, busy_poll_s=0.2)  # type: ignore[arg-type]
+    timeouts: list[tuple[float, float]] = []  # (when, timeout) of every select
+    real_select = server._sel.select
+
+    def select(timeout=None):
+        timeouts.append((time.monotonic(), timeout))
+        return real_select(timeout)
+
+    server._sel.select = select  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        assert {t for _, t in timeouts} == {0.2}, "an idle server sleeps in select"
+        with socket.create_connection(server.address, timeout=5) as sock:
+            sent = time.monotonic()
+            sock.sendall(encode_frame_header(3, 1, PixelFormat.RGB888, 64, 48) + bytes(64 * 48 * 3))
+            assert parse_reply_into(recv_exactly(sock, REPLY_SIZE), np.zeros((17, 3), np.float32)).seq == 3
+            time.sleep(0.6)
+        polls = [when for when, t in timeouts if t == 0.0]
+        assert len(polls) > 100, "no busy polling after the frame"
+        assert sent < polls[0] and polls[-1] - polls[0] < 0.5  # the window, then asleep again
+        assert timeouts[-1][1] == 0.2
+    finally:
+        server.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_busy_polling_link_gets_every_reply_and_closes_promptly(slow_server):
+    """[edge] busy_poll_ms: the receiver waits for a send, then polls for the reply; replies arrive in
+    order, a backend that goes away is reported at the next send, and close() does not wait for a poll."""
+    from edge_app.link import BackendLink, BackendUnavailable
+
+    server, _ticks = slow_server
+    server.estimator.seconds = 0.01
+    replies: list[int] = []
+    link = BackendLink(
+        socket.create_connection(server.address, timeout=5),
+        "test",
+        lambda r: replies.append(r.seq),
+        max_in_flight=4,
+        reply_timeout_s=5.0,
+        busy_poll_ms=50.0,
+    )
+    frame = np.zeros((48, 64, 3), np.uint8)
+    for seq in range(20):
+        assert link.send(seq, 1, PixelFormat.RGB888, 64, 48, frame)
+        time.sleep(0.02 if seq % 2 else 0.1)  # replies within and beyond the polling window
+    assert link.in_flight_done(5.0)
+    assert replies == list(range(20))
+    server.stop()  # the backend goes away while nothing is in flight
+    time.sleep(0.5)
+    with pytest.raises(BackendUnavailable):
+        for seq in range(20, 30):
+            link.send(seq, 1, PixelFormat.RGB888, 64, 48, frame)
+            time.sleep(0.1)
+    start = time.monotonic()
+    link.close()
+    assert time.monotonic() - start < 1.0
