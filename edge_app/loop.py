@@ -19,17 +19,16 @@ import numpy as np
 
 from edge_app.cameras import FrameSource, open_source
 from edge_app.failover import Reconnector
-from edge_app.link import BackendLink, BackendUnavailable, connect_backend
+from edge_app.link import BackendUnavailable, connect_backend
 from edge_app.monitor.feed import MODE_LOCAL, MODE_RECONNECTING, MODE_REMOTE, MonitorFeed
 from edge_app.monitor.process import MonitorTap, edge_monitor
+from edge_app.poses import BackendPoses, LocalPoses, PoseSource
 from lalelu.clock import now_ns
 from lalelu.config import Config
 from lalelu.engines import engine_from_config
 from lalelu.gestures.consumer import PoseConsumer, pose_consumer, request_reload
 from lalelu.gestures.recording import PoseRecorder
 from lalelu.inference import PoseEstimator
-from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.protocol import Reply, Status
 from lalelu.reporter import Reporter
 from lalelu.sdnotify import notify
 from lalelu.service import RealtimeService
@@ -59,8 +58,9 @@ class EdgeLoop:
         self.received = 0
         self.bad_replies = 0
         self._stop = threading.Event()
-        self._link: BackendLink | None = None
-        self._estimator: PoseEstimator | None = None
+        # where poses come from now: the backend, or the local engine (_local) while it is away
+        self._poses: PoseSource | None = None
+        self._local: LocalPoses | None = None
         self._reconnector: Reconnector | None = None
         self._local_since = 0.0
         self.backend_losses = 0
@@ -69,7 +69,6 @@ class EdgeLoop:
         self.skipped = 0  # for the latency budget
         self.lost_in_flight = 0
         self._answered_end = 0  # one past the last frame that got its pose
-        self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._written = 0
         self._telemetry_fh: IO[str] | None = None
         self._state_path = state_path(cfg.edge.state_file)
@@ -82,25 +81,30 @@ class EdgeLoop:
     def stop(self) -> None:
         self._stop.set()
 
-    def _on_reply(self, reply: Reply) -> None:
-        t = now_ns()
-        row = self.telemetry.rows[reply.seq % self.telemetry.capacity]
-        row["pose_ns"] = t
-        row["backend_queue_ns"] = reply.infer_start_ns - reply.recv_ns
-        row["backend_infer_ns"] = reply.infer_end_ns - reply.infer_start_ns
-        row["backend_total_ns"] = reply.send_ns - reply.recv_ns
+    def _deliver(
+        self, seq: int, keypoints: np.ndarray | None, queue_ns: int, infer_ns: int, served_ns: int
+    ) -> None:
+        """Every pose, remote or local, comes through here (remote ones on the link's receiver thread)."""
+        row = self.telemetry.rows[seq % self.telemetry.capacity]  # not slot(): its count is the loop's
+        row["pose_ns"] = now_ns()
+        row["backend_queue_ns"], row["backend_infer_ns"], row["backend_total_ns"] = (
+            queue_ns,
+            infer_ns,
+            served_ns,
+        )
         self.received += 1
-        self._answered_end = reply.seq + 1
-        if reply.status != Status.OK:
+        self._answered_end = seq + 1
+        if keypoints is None:
             self.bad_replies += 1
             return
-        self.consumer.on_pose(reply.seq, int(row["capture_ns"]), reply.keypoints)
+        self.consumer.on_pose(seq, int(row["capture_ns"]), keypoints)
 
     def _open(self) -> None:
         cfg, src = self.cfg, self.source
         if not cfg.edge.backend or cfg.edge.fallback:
-            engine = engine_from_config(cfg.engine)
-            self._estimator = PoseEstimator(engine)
+            estimator = PoseEstimator(engine_from_config(cfg.engine))
+            self._local = LocalPoses(estimator, src.pixel_format, src.width, src.height, self._deliver)
+            self._poses = self._local
         if cfg.edge.backend:
             self._reconnector = Reconnector(
                 cfg.edge.backend,
@@ -111,56 +115,49 @@ class EdgeLoop:
                 max_delay_s=cfg.edge.reconnect_max_s,
             )
             try:
-                self._link = self._new_link(connect_backend(cfg.edge.backend, cfg.edge.connect_timeout_s))
+                self._poses = self._backend_poses(
+                    connect_backend(cfg.edge.backend, cfg.edge.connect_timeout_s)
+                )
                 log.info("sending frames to the backend at %s", cfg.edge.backend)
             except BackendUnavailable as exc:
-                if self._estimator is None:
+                if self._local is None:
                     raise
                 log.warning("%s; inferring locally until it answers", exc)
                 self._local_since = time.monotonic()
                 self._reconnector.start()
         else:
-            assert self._estimator is not None
-            log.info("no backend configured: inferring locally with %s", self._estimator.engine.name)
+            assert self._local is not None
+            log.info("no backend configured: inferring locally with %s", self._local.estimator.engine.name)
         if cfg.edge.telemetry:
             self._telemetry_fh = open(cfg.edge.telemetry, "w")  # noqa: SIM115 - closed in run()
 
-    def _new_link(self, sock: socket.socket) -> BackendLink:
-        e = self.cfg.edge
-        return BackendLink(
-            sock,
-            e.backend,
-            self._on_reply,
-            e.max_in_flight,
-            e.reply_timeout_s,
-            e.latency_budget_ms,
-            keepalive=self._keepalive,
-            busy_poll_ms=e.busy_poll_ms,
-        )
+    def _backend_poses(self, sock: socket.socket) -> BackendPoses:
+        src = self.source
+        fmt, w, h = src.pixel_format, src.width, src.height
+        return BackendPoses(sock, self.cfg.edge, fmt, w, h, self._deliver, keepalive=self._keepalive)
 
     def _to_local(self, why: str) -> None:
         """The backend is gone: end its link, silence the notes, play on with local poses, look for it."""
-        link, self._link = self._link, None
-        assert link is not None
-        link.close()  # joins its receiver: no late reply reaches the consumer after this
-        lost = link.sent - link.replies
+        assert self._poses is not None
+        lost = self._poses.close()  # no late reply reaches the consumer after this
+        self._poses = self._local
         self.lost_in_flight += lost
         self.consumer.all_notes_off()
         self.backend_losses += 1
         self._local_since = time.monotonic()
-        if self._estimator is None:
+        if self._local is None:
             raise BackendUnavailable(f"{why}; [edge] fallback = false, so the edge stops here")
         log.warning(
             "backend lost (%s): %d frames in flight lost; inferring locally with %s, reconnecting",
             why,
             lost,
-            self._estimator.engine.name,
+            self._local.estimator.engine.name,
         )
         assert self._reconnector is not None
         self._reconnector.start()
 
     def _to_backend(self, sock: socket.socket) -> None:
-        self._link = self._new_link(sock)
+        self._poses = self._backend_poses(sock)
         self.reconnects += 1
         log.warning(
             "backend %s answers again after %.2f s: sending frames to it (%d frames inferred locally so far)",
@@ -169,37 +166,24 @@ class EdgeLoop:
             self.frames_local,
         )
 
-    def _step_local(self, frame: np.ndarray, capture_ns: int, seq: int) -> None:
-        assert self._estimator is not None
-        src = self.source
-        t0 = now_ns()
-        self._estimator.estimate(frame, src.pixel_format, src.width, src.height, self._keypoints)
-        t1 = now_ns()
-        row = self.telemetry.slot(seq)
-        row["seq"], row["capture_ns"], row["sent_ns"], row["pose_ns"] = seq, capture_ns, t0, t1
-        row["backend_infer_ns"], row["backend_total_ns"], row["local"] = t1 - t0, t1 - t0, 1
-        self.received += 1
-        self._answered_end = seq + 1
-        self.frames_local += 1
-        self.consumer.on_pose(seq, capture_ns, self._keypoints)
-
     def _step(self, frame: np.ndarray, capture_ns: int, seq: int) -> None:
-        link, src = self._link, self.source
-        if link is None:
-            self._step_local(frame, capture_ns, seq)
-            sock = self._reconnector.take() if self._reconnector is not None else None
-            if sock is not None:
-                self._to_backend(sock)
-            return
+        poses = self._poses
+        assert poses is not None
         row = self.telemetry.slot(seq)
-        row["seq"], row["capture_ns"], row["local"], row["pose_ns"] = seq, capture_ns, 0, 0
+        row["seq"], row["capture_ns"], row["local"], row["pose_ns"] = seq, capture_ns, not poses.remote, 0
         row["sent_ns"] = now_ns()
         try:
-            if not link.send(seq, capture_ns, src.pixel_format, src.width, src.height, frame):
+            if not poses.submit(seq, capture_ns, frame):
                 self.skipped += 1  # the backend is behind: this frame would arrive too late to matter
         except BackendUnavailable as exc:
             self._to_local(str(exc))
-            self._step_local(frame, capture_ns, seq)  # this frame is not lost: it is the first local one
+            self._step(frame, capture_ns, seq)  # this frame is not lost: it is the first local one
+            return
+        if not poses.remote:
+            self.frames_local += 1
+            sock = self._reconnector.take() if self._reconnector is not None else None
+            if sock is not None:
+                self._to_backend(sock)
 
     def run(self) -> dict:
         e = self.cfg.edge
@@ -255,9 +239,8 @@ class EdgeLoop:
         finally:
             if self._reconnector is not None:
                 self._reconnector.close()
-            if self._link is not None:
-                self._link.in_flight_done(2.0)
-                self._link.close()
+            if self._poses is not None:
+                self._poses.close(wait_s=2.0)
             try:
                 src.close()
             finally:
@@ -314,7 +297,7 @@ class EdgeLoop:
     def _mode_code(self) -> int:
         if not self.cfg.edge.backend:
             return MODE_LOCAL
-        return MODE_REMOTE if self._link is not None else MODE_RECONNECTING
+        return MODE_REMOTE if self._poses is not None and self._poses.remote else MODE_RECONNECTING
 
     def mode(self) -> str:
         return MODE_TEXT[self._mode_code()]
