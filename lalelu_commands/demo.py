@@ -210,7 +210,7 @@ def run_demo(
 
 
 def demo_wav(cfg: Config, recording: Path, wav: Path) -> dict:
-    """The recorded session replayed through its mapping (the same hits it played: the gesture engine is
+    """The recorded session replayed through its mapping (the same hits it played: the gesture reader is
     deterministic), rendered, and its onsets timed."""
     from lalelu.gestures.consumer import resolve_mapping
     from lalelu.gestures.mapping import load_mapping

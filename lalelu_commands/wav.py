@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.config import Config
-from lalelu.gestures.engine import Hit
 from lalelu.gestures.mapping import Mapping
+from lalelu.gestures.reader import Hit
 from lalelu.output.render import TimedHit, detect_onsets, lowest_times, onset_errors, read_wav, render_hits
 from lalelu.output.synth import find_soundfont
 

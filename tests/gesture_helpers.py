@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from lalelu.gestures.engine import GestureEngine, Hit
 from lalelu.gestures.mapping import Control, mapping_from_dict
+from lalelu.gestures.reader import GestureReader, Hit
 from lalelu.keypoints import KEYPOINT_INDEX
 
 W, H, FPS = 320, 240, 100.0
@@ -23,7 +23,7 @@ def make_engine(strike: dict | None = None, controls: list[dict] | None = None, 
         data["control"] = controls
     hits: list[Hit] = []
     ctrl: list[tuple[Control, int, int]] = []
-    engine = GestureEngine(mapping_from_dict(data), W, H, hits.append, lambda c, v, t: ctrl.append((c, v, t)))
+    engine = GestureReader(mapping_from_dict(data), W, H, hits.append, lambda c, v, t: ctrl.append((c, v, t)))
     return engine, hits, ctrl
 
 

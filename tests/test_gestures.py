@@ -1,4 +1,4 @@
-"""The gesture engine on synthetic trajectories with known impact times."""
+"""The gesture reader on synthetic trajectories with known impact times."""
 
 from __future__ import annotations
 
@@ -127,12 +127,12 @@ def test_bad_mappings_name_the_problem(data, message):
 
 def test_latency_rig_fires_on_every_midline_crossing():
     from lalelu.gestures.consumer import resolve_mapping
-    from lalelu.gestures.engine import GestureEngine
     from lalelu.gestures.mapping import load_mapping
+    from lalelu.gestures.reader import GestureReader
     from lalelu.keypoints import KEYPOINT_INDEX
 
     hits = []
-    engine = GestureEngine(
+    engine = GestureReader(
         load_mapping(resolve_mapping("latency-rig")), 320, 240, hits.append, lambda *a: None
     )
     kp = np.zeros((17, 3), np.float32)

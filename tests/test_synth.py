@@ -15,8 +15,8 @@ from conftest import lalelu_cmd
 from lalelu.config import load_config
 from lalelu.errors import ConfigError
 from lalelu.gestures.consumer import GestureConsumer
-from lalelu.gestures.engine import Hit
 from lalelu.gestures.mapping import load_mapping
+from lalelu.gestures.reader import Hit
 from lalelu.output import OutputError
 from lalelu.output import synth as synth_module
 from lalelu.output.render import TimedHit, detect_onsets, read_wav, render_hits

@@ -33,7 +33,7 @@ def hits(pi: vmlib.VM, match: str = f"-u {UNIT}") -> int:
 
 def restarted_and_playing(pi: vmlib.VM, old_pid: int, t0: float, timeout: float = 300) -> tuple[float, float]:
     """Seconds from t0 until the unit runs again with a new pid (READY=1), and until that process
-    reports poses reaching its gesture engine (its state file; hits need a nod the emulated rig may be
+    reports poses reaching its gesture reader (its state file; hits need a nod the emulated rig may be
     too slow to show within the wait)."""
     pid = wait_for(f"{UNIT} active again", lambda: (p := main_pid(pi, UNIT)) != old_pid and p, timeout)
     ready = time.monotonic() - t0

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cost per frame of the gesture engine + output (the pose consumer), p50/p99, as a table and JSON.
+"""Cost per frame of the gesture reader + output (the pose consumer), p50/p99, as a table and JSON.
 
     python tools/bench_gestures.py [--frames 20000] [--output log|midi-jack] [--json out.json]
 

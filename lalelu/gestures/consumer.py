@@ -1,5 +1,5 @@
 """Pose consumers: what an app does with each pose. The one interface, and the one factory that decides
-where the sound leaves (`pose_consumer`): the consumer that plays (gesture engine + output + note-off
+where the sound leaves (`pose_consumer`): the consumer that plays (gesture reader + output + note-off
 scheduling + mapping reload) runs on the edge or on the backend, the same code in both.
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 from lalelu.clock import now_ns
 from lalelu.config import Config, OutputConfig
 from lalelu.errors import ConfigError
-from lalelu.gestures.engine import GestureEngine, Hit
 from lalelu.gestures.mapping import Control, Mapping, load_mapping
+from lalelu.gestures.reader import GestureReader, Hit
 from lalelu.keypoints import KEYPOINT_NAMES
 from lalelu.output import SoundOutput, open_output
 
@@ -97,7 +97,7 @@ class GestureConsumer:
 
     def _set(self, mapping: Mapping) -> None:
         self.mapping = mapping
-        self.engine = GestureEngine(mapping, self.width, self.height, self._hit, self._control)
+        self.reader = GestureReader(mapping, self.width, self.height, self._hit, self._control)
         self._length_ns = int(mapping.note_length_ms * 1e6)
 
     def _hit(self, hit: Hit) -> None:
@@ -125,7 +125,7 @@ class GestureConsumer:
             self._off_due[i] = 0
 
     def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
-        self.engine.update(capture_ns, keypoints)
+        self.reader.update(capture_ns, keypoints)
         t = now_ns()
         if self._off_due.any():
             self._notes_off_due(t)

@@ -1,4 +1,4 @@
-"""Record the pose stream of a session and replay it through the gesture engine, offline and deterministic.
+"""Record the pose stream of a session and replay it through the gesture reader, offline and deterministic.
 
 A recording is a NumPy .npz: frame width/height, and per pose its sequence number, capture time (ns)
 and the (17, 3) keypoints in frame pixels. Poses are copied into preallocated chunks while playing and
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.errors import LaleluError
-from lalelu.gestures.engine import GestureEngine, Hit
 from lalelu.gestures.mapping import Mapping
+from lalelu.gestures.reader import GestureReader, Hit
 from lalelu.keypoints import NUM_KEYPOINTS
 
 CHUNK = 8192
@@ -87,9 +87,9 @@ def load_recording(path: Path) -> dict[str, np.ndarray]:
 
 def replay(rec: dict[str, np.ndarray], mapping: Mapping) -> list[Hit]:
     hits: list[Hit] = []
-    engine = GestureEngine(mapping, int(rec["width"]), int(rec["height"]), hits.append, lambda *a: None)
+    reader = GestureReader(mapping, int(rec["width"]), int(rec["height"]), hits.append, lambda *a: None)
     for t, kp in zip(rec["t_ns"], rec["keypoints"], strict=True):
-        engine.update(int(t), kp)
+        reader.update(int(t), kp)
     return hits
 
 

@@ -1,4 +1,4 @@
-"""The gesture engine: one `update` per pose, strikes and controls out through a callback sink.
+"""The gesture reader: one `update` per pose, strikes and controls out through a callback sink.
 
 Positions are normalized to the frame (0..1 on each axis, y downwards), speeds are frame sizes per
 second. State lives in preallocated per-strike objects; an update creates no containers.
@@ -49,7 +49,7 @@ class _ControlState:
         self.last_t = -(10**18)
 
 
-class GestureEngine:
+class GestureReader:
     def __init__(
         self,
         mapping: Mapping,
