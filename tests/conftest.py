@@ -168,7 +168,6 @@ def rig(tmp_path_factory):
         yield up
     finally:
         up.down()
-        print(f"\nVM figures: {json.dumps(vm.FIGURES)}")
         if os.environ.get("LALELU_KEEP_VM") is None:
             for v in (up.pi, up.pc):
                 v.disk.unlink(missing_ok=True)  # 1-2 GB each; the cached images stay
@@ -178,3 +177,12 @@ def pytest_collection_modifyitems(config, items):
     """The booted VMs run last: while they run (emulated, each keeps a host CPU busy) the timing of the
     process-level tests would suffer."""
     items.sort(key=lambda item: item.get_closest_marker("vm") is not None)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The booted VMs' figures (boot, provisioning, drills) in the run's output, where the closing notes
+    and the README take them from; a fixture's own print at teardown would be captured and lost."""
+    vm = sys.modules.get("vm")
+    if vm is not None and vm.FIGURES:
+        terminalreporter.write_sep("-", "VM figures")
+        terminalreporter.write_line(json.dumps(vm.FIGURES))

@@ -38,11 +38,6 @@ FAB = str(Path(sys.executable).with_name("fab"))
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.skipif(
-        os.environ.get("LALELU_RIG_VM") != "1",
-        reason="not in CI by default: the rig's drills add ~10 min and their switch is not yet measured "
-        "(issue #13); LALELU_RIG_VM=1 runs these",
-    ),
-    pytest.mark.skipif(
         os.geteuid() != 0 or bool(vmlib.missing_tools()) or shutil.which("socat") is None,
         reason=f"needs root, socat and {vmlib.missing_tools() or 'QEMU'} (tools/test installs them)",
     ),
