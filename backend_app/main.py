@@ -18,10 +18,10 @@ from lalelu.engines import GPU_ENGINES, engine_from_config
 from lalelu.gestures.consumer import pose_consumer, request_reload, sound_leaves_here
 from lalelu.gpu_clock import SmClockSampler
 from lalelu.inference import PoseEstimator
-from lalelu.protocol import PixelFormat
 from lalelu.reporter import Reporter
 from lalelu.service import RealtimeService
 from lalelu.timing import backend_summary, write_jsonl
+from lalelu.wire import PixelFormat
 
 log = logging.getLogger("lalelu.backend")
 

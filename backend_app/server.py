@@ -23,7 +23,8 @@ from lalelu.clock import now_ns
 from lalelu.gestures.consumer import PoseConsumer
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.protocol import (
+from lalelu.timing import BACKEND_TELEMETRY_DTYPE, TelemetryRing
+from lalelu.wire import (
     FRAME_HEADER,
     REPLY_SIZE,
     FrameHeader,
@@ -32,7 +33,6 @@ from lalelu.protocol import (
     encode_reply_into,
     parse_frame_header,
 )
-from lalelu.timing import BACKEND_TELEMETRY_DTYPE, TelemetryRing
 
 log = logging.getLogger("lalelu.backend")
 

@@ -15,8 +15,8 @@ import numpy as np
 from edge_app.link import BackendUnavailable, connect_backend
 from lalelu.clock import now_ns
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.protocol import PixelFormat, ProtocolError, Status, encode_frame_header, payload_size, round_trip
 from lalelu.realtime import leave_realtime
+from lalelu.wire import PixelFormat, ProtocolError, Status, encode_frame_header, payload_size, round_trip
 
 log = logging.getLogger("lalelu.edge")
 

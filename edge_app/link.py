@@ -13,7 +13,7 @@ import numpy as np
 
 from lalelu.errors import LaleluError
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.protocol import (
+from lalelu.wire import (
     REPLY_SIZE,
     PixelFormat,
     ProtocolError,

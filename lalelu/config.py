@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lalelu.errors import ConfigError
-from lalelu.protocol import split_address
+from lalelu.wire import split_address
 
 # The plug-in names, listed once: the configuration checks them, the CLI offers them, the factories
 # (engines.create_engine, edge_app.cameras.open_source, output.open_output) dispatch on them.

@@ -8,7 +8,7 @@ from lalelu.clock import now_ns
 from lalelu.engines import PoseEngine
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.preprocess import Letterbox, LetterboxGeometry, frame_shape
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 
 
 class PoseEstimator:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 
 # One small resize per frame: OpenCV's worker pool would only contend with the model's threads.
 cv2.setNumThreads(1)

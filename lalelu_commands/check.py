@@ -19,10 +19,10 @@ from lalelu.config import Config
 from lalelu.errors import LaleluError
 from lalelu.gestures.consumer import sound_leaves_here
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.protocol import PixelFormat, encode_frame_header, round_trip, split_address
 from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, cpu_list, read_kernel_value
 from lalelu.state import SERVICE_STATE, read_state, state_path
 from lalelu.timing import summarize_ns
+from lalelu.wire import PixelFormat, encode_frame_header, round_trip, split_address
 
 GO, WARN, NO_GO = "go", "warn", "NO-GO"
 

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.protocol import (
+from lalelu.wire import (
     FRAME_HEADER,
     REPLY_SIZE,
     PixelFormat,

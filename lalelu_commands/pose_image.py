@@ -11,7 +11,7 @@ from lalelu.engines import PoseEngine
 from lalelu.errors import LaleluError
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -9,7 +9,7 @@ from edge_app.cameras import open_source
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
 from lalelu.keypoints import KEYPOINT_INDEX
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 
 
 def test_still_source_moves_the_photo_on_its_known_trajectory(litert_engine):

@@ -39,7 +39,7 @@ def test_bundled_tflite_to_float_onnx_keeps_the_keypoints(lightning_onnx, astron
 
     from lalelu.keypoints import KEYPOINT_INDEX
     from lalelu.preprocess import Letterbox
-    from lalelu.protocol import PixelFormat
+    from lalelu.wire import PixelFormat
 
     sess = ort.InferenceSession(str(lightning_onnx), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]

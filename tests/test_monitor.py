@@ -35,7 +35,7 @@ from lalelu.errors import ConfigError
 from lalelu.gestures.consumer import resolve_mapping
 from lalelu.gestures.mapping import load_mapping
 from lalelu.inference import PoseEstimator
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 from lalelu_commands.demo import DEMO_CONFIG, backend_and_edge
 
 CHROMIUM = shutil.which("chromium")

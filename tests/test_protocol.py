@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from backend_app.server import InferenceServer
 from lalelu.inference import PoseEstimator
 from lalelu.preprocess import frame_shape
-from lalelu.protocol import (
+from lalelu.wire import (
     FRAME_HEADER,
     REPLY_SIZE,
     PixelFormat,

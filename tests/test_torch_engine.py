@@ -113,7 +113,7 @@ def test_raw_frames_letterboxed_in_the_engine_match_the_cpu_path(cpu_engine, ast
     import cv2
 
     from lalelu.inference import PoseEstimator
-    from lalelu.protocol import PixelFormat
+    from lalelu.wire import PixelFormat
 
     fmt = PixelFormat[fmt_name]
 

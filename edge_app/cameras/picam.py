@@ -16,7 +16,7 @@ import numpy as np
 
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 
 log = logging.getLogger("lalelu.camera")
 

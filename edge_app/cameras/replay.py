@@ -10,7 +10,7 @@ import numpy as np
 from edge_app.cameras.pacing import Pacer
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 

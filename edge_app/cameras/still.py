@@ -16,7 +16,7 @@ import numpy as np
 from edge_app.cameras.pacing import Pacer
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 
 BACKGROUND = 90
 BUNDLED_PHOTO = Path(__file__).resolve().parent.parent.parent / "lalelu" / "data" / "astronaut.png"

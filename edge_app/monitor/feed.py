@@ -18,7 +18,7 @@ import numpy as np
 from lalelu.clock import now_ns
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.preprocess import frame_shape
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 
 POSE_SLOTS = 256  # 2.5 s at 100 fps: the monitor reads every 50 ms
 HIT_SLOTS = 64

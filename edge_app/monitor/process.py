@@ -18,8 +18,8 @@ from lalelu.config import Config, MonitorConfig
 from lalelu.drawing import page_description
 from lalelu.gestures.consumer import PoseConsumer, resolve_mapping
 from lalelu.gestures.mapping import load_mapping
-from lalelu.protocol import PixelFormat
 from lalelu.timing import TelemetryRing
+from lalelu.wire import PixelFormat
 
 log = logging.getLogger("lalelu.monitor")
 

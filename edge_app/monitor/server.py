@@ -44,8 +44,8 @@ from edge_app.monitor.feed import (
 from lalelu.clock import now_ns
 from lalelu.config import monitor_url
 from lalelu.preprocess import frame_shape
-from lalelu.protocol import PixelFormat
 from lalelu.timing import summarize_ns
+from lalelu.wire import PixelFormat
 
 log = logging.getLogger("lalelu.monitor")
 STATIC = Path(__file__).resolve().parent / "static"

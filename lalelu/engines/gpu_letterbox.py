@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lalelu.preprocess import LetterboxGeometry
-from lalelu.protocol import PixelFormat
+from lalelu.wire import PixelFormat
 
 
 def resize_weights(src: int, dst: int, pad: int, size: int) -> np.ndarray:

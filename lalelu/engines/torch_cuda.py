@@ -19,7 +19,7 @@ from lalelu.engines import WarmUpByInfer, check_model_path
 from lalelu.errors import ModelError
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.preprocess import LetterboxGeometry, frame_shape
-from lalelu.protocol import PixelFormat, payload_size
+from lalelu.wire import PixelFormat, payload_size
 
 MAX_GEOMETRIES = 8  # a graph per camera geometry; an edge keeps its geometry, so more means a hostile client
 
