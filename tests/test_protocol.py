@@ -285,18 +285,23 @@ def test_connections_beyond_the_limit_are_refused_and_the_rest_served(slow_serve
             s.close()
 
 
-def _stream_through_link(server, budget_ms: float, frames: int = 40, fps: float = 100.0):
+def _link_to(server, replies: list[int], **options):
+    """A BackendLink to the test server, 4 frames in flight, 5 s reply timeout; reply seqs into `replies`."""
     from edge_app.link import BackendLink
 
-    replies: list[int] = []
-    link = BackendLink(
+    return BackendLink(
         socket.create_connection(server.address, timeout=5),
         "test",
         lambda r: replies.append(r.seq),
         max_in_flight=4,
         reply_timeout_s=5.0,
-        latency_budget_ms=budget_ms,
+        **options,
     )
+
+
+def _stream_through_link(server, budget_ms: float, frames: int = 40, fps: float = 100.0):
+    replies: list[int] = []
+    link = _link_to(server, replies, latency_budget_ms=budget_ms)
     frame = np.zeros((48, 64, 3), np.uint8)
     sent = []
     for seq in range(frames):
@@ -435,19 +440,12 @@ def test_busy_polling_server_polls_after_a_frame_then_sleeps_again():
 def test_busy_polling_link_gets_every_reply_and_closes_promptly(slow_server):
     """[edge] busy_poll_ms: the receiver waits for a send, then polls for the reply; replies arrive in
     order, a backend that goes away is reported at the next send, and close() does not wait for a poll."""
-    from edge_app.link import BackendLink, BackendUnavailable
+    from edge_app.link import BackendUnavailable
 
     server, _ticks = slow_server
     server.estimator.seconds = 0.01
     replies: list[int] = []
-    link = BackendLink(
-        socket.create_connection(server.address, timeout=5),
-        "test",
-        lambda r: replies.append(r.seq),
-        max_in_flight=4,
-        reply_timeout_s=5.0,
-        busy_poll_ms=50.0,
-    )
+    link = _link_to(server, replies, busy_poll_ms=50.0)
     frame = np.zeros((48, 64, 3), np.uint8)
     for seq in range(20):
         assert link.send(seq, 1, PixelFormat.RGB888, 64, 48, frame)
