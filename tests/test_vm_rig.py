@@ -70,10 +70,11 @@ def switch_to_local(pi: vmlib.VM, after_ns: int) -> dict:
     """From the edge's telemetry: the first switch to local inference after `after_ns` (the Pi's
     CLOCK_MONOTONIC): frames lost and the time from the last backend pose to the first local one."""
     rows = [json.loads(x) for x in pi.ssh("sudo cat /run/lalelu/telemetry.jsonl").stdout.splitlines() if x]
-    # the frames in flight when the link broke are never answered, so the last backend pose can come
-    # from before `after_ns`: only the first local one must come after it
+    # The frames in flight when the link broke are never answered, so the last backend pose can come
+    # from before `after_ns`; so can the first local frame's capture (the emulated edge holds a frame
+    # while it waits for a free slot, and infers that one locally): its pose comes after the cut.
     for prev, row in itertools.pairwise(rows):
-        if row["capture_ns"] >= after_ns and row.get("local") and not prev.get("local"):
+        if row["pose_ns"] >= after_ns and row.get("local") and not prev.get("local"):
             return {
                 "gap_ms": round((row["pose_ns"] - prev["pose_ns"]) / 1e6, 1),
                 "frames_lost": row["seq"] - prev["seq"] - 1,
