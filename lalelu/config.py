@@ -52,7 +52,37 @@ class CameraConfig:
         default=True, metadata=_rule(doc="replay: at the recorded rate, or as fast as possible")
     )
     still_period_s: float = field(default=1.0, metadata=_rule(0.05, 60))
-    still_amplitude: float = field(default=0.15, metadata=_rule(0.0, 0.5))
+    still_amplitude: float = field(
+        default=0.15, metadata=_rule(0.0, 0.5, doc="the nod's amplitude, or the strokes' depth below centre")
+    )
+    still_motion: str = field(
+        default="sine",
+        metadata=_rule(
+            doc='how the still photo moves: "sine" (a nod of still_period_s), "strokes" (an air drummer\'s '
+            "strokes, the strokes_* keys), or the path of a CSV file with the header t_s,y (the offset in "
+            "frame heights, + = down)"
+        ),
+    )
+    strokes_bpm: float = field(default=120.0, metadata=_rule(20, 400))
+    strokes_per_beat: int = field(default=1, metadata=_rule(1, 8, doc="4 = sixteenth notes"))
+    strokes_accents: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata=_rule(0.05, 1.0, doc="each stroke's lift in turn, as a fraction of the full stroke"),
+    )
+    strokes_brake_ms: float = field(
+        default=15.0, metadata=_rule(2, 100, doc="how long the hand brakes before the impact")
+    )
+    strokes_back: str = field(
+        default="quick",
+        metadata=_rule(
+            choices=("quick", "gentle", "mixed"),
+            doc="quick: the hand rebounds at once; gentle: it rests, then lifts slowly; mixed: either",
+        ),
+    )
+    strokes_humanize_ms: float = field(
+        default=0.0, metadata=_rule(0, 50, doc="SD of each impact's random offset from the beat")
+    )
+    strokes_seed: int = field(default=1, metadata=_rule(0, 2**31 - 1))
     v4l2_fourcc: str = field(
         default="MJPG",
         metadata=_rule(
@@ -144,6 +174,16 @@ class OutputConfig:
     mapping: str = field(
         default="", metadata=_rule(doc="mapping TOML; empty = the bundled two-hands mapping")
     )
+    latency_ms: float = field(
+        default=10.0,
+        metadata=_rule(
+            0.0,
+            200.0,
+            doc="a hit sounds this long after its stroke's estimated impact, the same every time, so the "
+            "timing's spread is the estimate's, not where the impact fell between two frames; the "
+            "reader predicts the impact where the next pose would come too late",
+        ),
+    )
     midi_port: str = field(
         default="", metadata=_rule(doc="substring of the port name, or a virtual port's name")
     )
@@ -214,6 +254,7 @@ def _type_name(t: Any) -> str:
         "str": "a string",
         "bool": "true or false",
         "list[str]": "a list of strings",
+        "list[float]": "a list of numbers",
     }.get(str(t), "a list of integers")
 
 
@@ -227,18 +268,25 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
         "list[int]": isinstance(value, list)
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
         "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "list[float]": isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value),
     }[t]
     if not ok:
         raise ConfigError(f"{where} = {value!r} has the wrong type: expected {_type_name(t)}")
     rule = f.metadata
     items = value if isinstance(value, list) else [value]
     for v in items:
+        if isinstance(v, float) and v != v:
+            raise ConfigError(f"{where} = {value!r} is not a number: give a finite value")
         if rule.get("choices") and v not in rule["choices"]:
             allowed = ", ".join(repr(c) for c in rule["choices"])
             raise ConfigError(f"{where} = {value!r} is not allowed: choose one of {allowed}")
         lo, hi = rule.get("lo"), rule.get("hi")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise ConfigError(f"{where} = {value!r} is out of range: allowed {lo} to {hi}")
+    if t == "list[float]":
+        return [float(v) for v in value]
     return float(value) if t == "float" else value
 
 

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--config",
         type=Path,
-        help="configuration whose [output] synth_* settings the WAV uses (default: built-in)",
+        help="the session's configuration: its [output] latency_ms and synth_* settings, and, for the still "
+        "photo, its [camera] motion, whose true impacts each hit is timed against (default: built-in)",
     )
 
     backend = sub.add_parser("backend", help="the inference server")
@@ -297,19 +298,27 @@ def _run(args: argparse.Namespace) -> int:
         from lalelu.gestures.consumer import resolve_mapping
         from lalelu.gestures.mapping import load_mapping
         from lalelu.gestures.recording import hits_as_lines, load_recording, replay
-        from lalelu_commands.wav import clock_zero_ns
+        from lalelu_commands.wav import (
+            clock_zero_ns,
+            session_impacts,
+            session_wav,
+            sound_times_s,
+            versus_impacts,
+        )
 
         rec = load_recording(args.recording)
         mapping = load_mapping(resolve_mapping(args.mapping))
-        hits = replay(rec, mapping)
+        cfg = load_config(args.config)
+        hits = replay(rec, mapping, cfg.output.latency_ms)
         t0 = clock_zero_ns(rec)
-        for line in hits_as_lines(hits, t0):
+        for line in hits_as_lines(hits, t0, cfg.output.latency_ms):
             print(line)
         final: dict = {"poses": len(rec["t_ns"]), "hits": len(hits)}
+        impacts = session_impacts(cfg, rec) if args.config is not None else None
+        if impacts is not None:
+            final["vs_impact"] = versus_impacts(sound_times_s(rec, hits, cfg.output.latency_ms), impacts)
         if args.wav is not None:
-            from lalelu_commands.wav import session_wav
-
-            final["wav"] = session_wav(rec, hits, mapping, load_config(args.config), args.wav)
+            final["wav"] = session_wav(rec, hits, mapping, cfg, args.wav, impacts)
         print(json.dumps(final))
         return 0
     if args.command == "check":

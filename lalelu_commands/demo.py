@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lalelu
-from lalelu.config import Config, load_config, monitor_url
+from lalelu.config import Config, load_config, monitor_url, override
 from lalelu.errors import LaleluError
 
 DEMO_CONFIG = Path(lalelu.__file__).resolve().parent / "data" / "demo.toml"
@@ -167,9 +167,9 @@ def run_demo(
     cfg = load_config(config)
     with tempfile.TemporaryDirectory(prefix="lalelu-demo-") as tmp:
         edge_args: tuple[str, ...] = ("--fps", str(fps)) if fps else ()
+        # Always recorded: the replay times every hit against the photo's true impacts.
         recording = record or Path(tmp) / "poses.npz"
-        if wav is not None or record is not None:
-            edge_args += ("--record", str(recording))
+        edge_args += ("--record", str(recording))
         backend_args: tuple[str, ...] = ()
         if telemetry is not None:
             telemetry.mkdir(parents=True, exist_ok=True)
@@ -193,31 +193,33 @@ def run_demo(
                 )
         summary = json.loads(summary_file.read_text())
         result = {k: v for k, v in summary.items() if k != "stages_ms"}
-        if wav is not None:
-            result["wav"] = demo_wav(cfg, recording, wav)
-            if not quiet:
-                print(
-                    f"wav: {wav} ({result['wav']['hits']} hits, {result['wav']['seconds']} s)",
-                    file=sys.stderr,
-                )
-    # The photo is lowest (the nod's impact) a quarter period after the start, then once a period. The
-    # first turn is not played: a strike arms only once it has seen the nose at rest or moving back, and
-    # the photo starts moving at full speed. A turn needs ~0.1 period of travel back to be told apart.
-    captured = summary["frames_inferred"] + summary["frames_skipped"] + summary["frames_dropped_at_capture"]
-    periods = captured / (fps or cfg.camera.fps) / cfg.camera.still_period_s
-    result["hits_expected"] = max(0, int(periods - 0.35))
+        if fps:
+            cfg = override(cfg, "camera", fps=fps)
+        result.update(demo_timing(cfg, recording, wav))
+        if wav is not None and not quiet:
+            print(f"wav: {wav} ({result['wav']['hits']} hits, {result['wav']['seconds']} s)", file=sys.stderr)
     return result
 
 
-def demo_wav(cfg: Config, recording: Path, wav: Path) -> dict:
-    """The recorded session replayed through its mapping (the same hits it played: the gesture reader is
-    deterministic), rendered, and its onsets timed."""
+def demo_timing(cfg: Config, recording: Path, wav: Path | None) -> dict:
+    """The recorded session replayed through its mapping (the same hits it played: the reader is
+    deterministic, and the recording keeps when each pose arrived), each hit's sound against the photo's
+    true impacts; with `wav`, rendered and its onsets timed too."""
     from lalelu.gestures.consumer import resolve_mapping
     from lalelu.gestures.mapping import load_mapping
     from lalelu.gestures.recording import load_recording, replay
-    from lalelu_commands.wav import session_wav
+    from lalelu_commands.wav import session_impacts, session_wav, sound_times_s, versus_impacts
 
     rec = load_recording(recording)
     mapping = load_mapping(resolve_mapping(cfg.output.mapping))
-    still = cfg.camera.still_period_s if cfg.camera.source == "still" else None
-    return session_wav(rec, replay(rec, mapping), mapping, cfg, wav, still)
+    hits = replay(rec, mapping, cfg.output.latency_ms)
+    impacts = session_impacts(cfg, rec)
+    result: dict = {}
+    if impacts is not None:
+        # The first impact is not played: a strike arms only once it has seen the hand at rest or
+        # moving back, and the photo starts moving.
+        result["hits_expected"] = max(0, int(impacts.size) - 1)
+        result["vs_impact"] = versus_impacts(sound_times_s(rec, hits, cfg.output.latency_ms), impacts)
+    if wav is not None:
+        result["wav"] = session_wav(rec, hits, mapping, cfg, wav, impacts)
+    return result

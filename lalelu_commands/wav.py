@@ -1,5 +1,6 @@
-"""`--wav` of `lalelu demo` and `lalelu replay`: a recorded session's hits rendered by the built-in synth,
-and, where the input was the still photo, the onsets timed against the moments it is really lowest."""
+"""The timing of a recorded session's hits against the true impacts of the still photo's motion, from the
+times the live output sounded them and, with `--wav`, from the onsets of their rendering by the built-in
+synth. Used by `lalelu demo`, `lalelu replay` and tools/bench_strokes.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import numpy as np
 from lalelu.config import Config
 from lalelu.gestures.mapping import Mapping
 from lalelu.gestures.reader import Hit
-from lalelu.output.render import TimedHit, detect_onsets, lowest_times, onset_errors, read_wav, render_hits
+from lalelu.gestures.recording import sound_ns
+from lalelu.output.render import TimedHit, detect_onsets, read_wav, render_hits
 from lalelu.output.synth import find_soundfont
+
+WARM_UP_STROKES = 2  # the reader learns the player's impact plane from the first strokes
 
 
 def clock_zero_ns(rec: dict[str, np.ndarray]) -> int:
@@ -23,19 +27,66 @@ def clock_zero_ns(rec: dict[str, np.ndarray]) -> int:
     return round(int(t[0]) - int(seq[0]) * period_ns)
 
 
+def session_impacts(cfg: Config, rec: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The true impact times (s on the frame clock) of a session filmed from the still source, else None."""
+    if cfg.camera.source != "still" or not len(rec["seq"]):
+        return None
+    from edge_app.cameras.motion import motion_from_config
+
+    return motion_from_config(cfg.camera).impacts((int(rec["seq"][-1]) + 1) / cfg.camera.fps)
+
+
+def versus_impacts(onsets_s: np.ndarray, impacts_s: np.ndarray, skip: int = WARM_UP_STROKES) -> dict:
+    """Each onset against the nearest impact: mean, SD, p99 |error| (ms), and the impacts that got no
+    onset (missed) or more than one (extra). The first `skip` impacts, while the reader learns, and the
+    last (the session may end before its onset) are counted apart."""
+    impacts_s = np.asarray(impacts_s, np.float64)
+    onsets_s = np.asarray(onsets_s, np.float64)
+    if impacts_s.size <= skip + 1:
+        return {"impacts": int(impacts_s.size), "note": "too few impacts to time"}
+    counted = impacts_s[skip:-1]
+    if onsets_s.size == 0:
+        return {"impacts": int(counted.size), "onsets": 0, "missed": int(counted.size), "extra": 0}
+    nearest = np.abs(onsets_s[:, None] - impacts_s[None, :]).argmin(axis=1)
+    mine = (nearest >= skip) & (nearest < impacts_s.size - 1)
+    errors = (onsets_s[mine] - impacts_s[nearest[mine]]) * 1e3
+    per = np.bincount(nearest[mine] - skip, minlength=counted.size)
+    report: dict = {
+        "impacts": int(counted.size),
+        "onsets": int(mine.sum()),
+        "missed": int((per == 0).sum()),
+        "extra": int(np.clip(per - 1, 0, None).sum()),
+        "warm_up_impacts": skip,
+    }
+    if errors.size:
+        report.update(
+            mean_ms=round(float(errors.mean()), 2),
+            sd_ms=round(float(errors.std()), 2),
+            p99_abs_ms=round(float(np.percentile(np.abs(errors), 99)), 2),
+            min_ms=round(float(errors.min()), 2),
+            max_ms=round(float(errors.max()), 2),
+        )
+    return report
+
+
+def sound_times_s(rec: dict[str, np.ndarray], hits: list[Hit], latency_ms: float) -> np.ndarray:
+    """When the live output sounded each hit, in s on the frame clock."""
+    zero = clock_zero_ns(rec)
+    return np.array([(sound_ns(h, latency_ms) - zero) / 1e9 for h in hits], np.float64)
+
+
 def session_wav(
     rec: dict[str, np.ndarray],
     hits: list[Hit],
     mapping: Mapping,
     cfg: Config,
     path: Path,
-    still_period_s: float | None = None,
+    impacts_s: np.ndarray | None = None,
 ) -> dict:
-    """Render the hits at their frame-clock times with [output]'s synth settings, read the WAV back and
-    time its onsets: against the hits (the rendering's own error) and, for the still photo, against its
-    lowest moments (the instrument's: detection delay minus compensation)."""
-    zero = clock_zero_ns(rec)
-    hit_s = np.array([(h.t_ns - zero) / 1e9 for h in hits])
+    """Render the hits where the live output sounded them (impact + [output] latency_ms, or when they
+    fired if later) with [output]'s synth settings, read the WAV back and time its onsets: against the
+    hits (the rendering's own error) and against the true impacts where they are known."""
+    hit_s = sound_times_s(rec, hits, cfg.output.latency_ms)
     out = cfg.output
     report = render_hits(
         [TimedHit(float(t), mapping.channel, h.note, h.velocity) for t, h in zip(hit_s, hits, strict=True)],
@@ -50,14 +101,7 @@ def session_wav(
     timing: dict = {"onsets": int(onsets.size), "hits": len(hits)}
     if onsets.size == hit_s.size and onsets.size:
         timing["render_error_ms"] = {"max_abs": round(float(np.abs(onsets - hit_s).max() * 1e3), 3)}
-    if still_period_s and onsets.size:
-        errors = onset_errors(onsets, lowest_times(still_period_s, samples.size / rate)) * 1e3
-        timing["vs_lowest_ms"] = {
-            "mean": round(float(errors.mean()), 2),
-            "std": round(float(errors.std()), 2),
-            "min": round(float(errors.min()), 2),
-            "max": round(float(errors.max()), 2),
-            "per_hit": [round(float(e), 2) for e in errors],
-        }
+    if impacts_s is not None and onsets.size:
+        timing["vs_impact"] = versus_impacts(onsets, impacts_s)
     report["timing"] = timing
     return report

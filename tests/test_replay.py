@@ -45,9 +45,14 @@ def test_record_then_replay_is_deterministic(tmp_path):
     # played: the strike arms only after seeing the nose at rest or moving back.
     expected = list(range(1250, end_ms - 80, 1000))
     assert final["hits"] == live["hits"] == len(expected) >= 2
-    times = [h["t_ms"] + start_ms for h in lines[:-1]]  # ms since the photo started moving
-    for t, e in zip(times, expected, strict=True):
-        assert e <= t <= e + 80  # detection needs the turn margin's travel back
+    for hit, e in zip(lines[:-1], expected, strict=True):  # ms since the photo started moving
+        # The impact is estimated between frames (20 ms apart here); the hit sounds 10 ms after it
+        # ([output] latency_ms), or when it fired if that came later; it never fires on the way back.
+        # The nod eases into its lowest point: at 50 fps its braking is read from few, noisy steps (the
+        # timing's spread is measured in tools/bench_strokes.py, not bounded here).
+        assert abs(hit["impact_ms"] + start_ms - e) <= 50
+        assert hit["sound_ms"] >= hit["impact_ms"] + 10 - 1e-6
+        assert hit["fired_ms"] <= e + 80
 
 
 def test_replay_of_a_non_recording_is_clear(tmp_path):

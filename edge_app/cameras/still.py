@@ -1,18 +1,20 @@
 """A real photo moved along a known trajectory: the built-in input of the demo and the tests.
 
 The photo (the bundled astronaut from scikit-image, or any image given as [camera] path) is scaled to fit
-the frame, centred, and its vertical offset follows amplitude * height * sin(2 pi t / period), t = seq / fps, so every
-frame's true position is known.
+the frame, centred, and moved vertically along `[camera] still_motion` (motion.py) at t = seq / fps, so every
+frame's true position, and every stroke's impact, is known. The nod ("sine") moves by whole pixels, as it
+always has; strokes and CSV paths are drawn at their sub-pixel offset (bilinear), as a sensor would see a
+hand between two pixel rows.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edge_app.cameras.motion import SineMotion, motion_from_config
 from edge_app.cameras.pacing import Pacer
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
@@ -44,8 +46,9 @@ class StillSource:
         )
         self.photo_scale = scale
         self.photo_x = (cfg.width - self.photo.shape[1]) // 2
-        self.amplitude_px = cfg.still_amplitude * cfg.height
-        self.period_s = cfg.still_period_s
+        self.motion = motion_from_config(cfg)
+        self.whole_pixels = isinstance(self.motion, SineMotion)
+        self._shift = np.array([[1.0, 0.0, float(self.photo_x)], [0.0, 1.0, 0.0]])
         self._rgb = np.full((cfg.height, cfg.width, 3), BACKGROUND, np.uint8)
         self._yuv = np.empty((cfg.height * 3 // 2, cfg.width), np.uint8)
         self._pacer = Pacer(cfg.fps, paced=True)
@@ -55,10 +58,11 @@ class StillSource:
     def dropped(self) -> int:
         return self._pacer.dropped
 
-    def offset_y(self, seq: int) -> int:
-        """Vertical photo offset in frame pixels of frame `seq` (positive = down)."""
+    def offset_y(self, seq: int) -> float:
+        """Vertical photo offset in frame pixels of frame `seq` (positive = down): whole for the nod."""
         base = (self.height - self.photo.shape[0]) // 2
-        return base + round(self.amplitude_px * math.sin(2 * math.pi * seq / self.fps / self.period_s))
+        offset = self.motion.offset(seq / self.fps) * self.height
+        return base + (round(offset) if self.whole_pixels else offset)
 
     def photo_to_frame(self, x: float, y: float, seq: int) -> tuple[float, float]:
         """Where a point of the original photo appears in frame `seq`."""
@@ -66,14 +70,29 @@ class StillSource:
 
     def render(self, seq: int) -> np.ndarray:
         frame = self._rgb
+        if not self.whole_pixels:
+            self._shift[1, 2] = self.offset_y(seq)
+            cv2.warpAffine(
+                self.photo,
+                self._shift,
+                (self.width, self.height),
+                dst=frame,
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=(BACKGROUND, BACKGROUND, BACKGROUND),
+            )
+            return self._to_format(frame)
         frame[:] = BACKGROUND
-        oy = self.offset_y(seq)
+        oy = int(self.offset_y(seq))
         h = self.photo.shape[0]
         top, bottom = max(0, oy), min(self.height, oy + h)
         if bottom > top:
             frame[top:bottom, self.photo_x : self.photo_x + self.photo.shape[1]] = self.photo[
                 top - oy : bottom - oy
             ]
+        return self._to_format(frame)
+
+    def _to_format(self, frame: np.ndarray) -> np.ndarray:
         if self.pixel_format == PixelFormat.YUV420:
             cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420, dst=self._yuv)
             return self._yuv

@@ -81,8 +81,10 @@ class GestureConsumer:
         height: int,
         mapping_path: Path | None = None,
         on_hit: HitListener | None = None,
+        latency_ms: float = 10.0,
     ) -> None:
         self.output = output
+        self.latency_ns = int(latency_ms * 1e6)
         self.on_hit = on_hit
         self.width, self.height = width, height
         self.mapping_path = mapping_path
@@ -97,7 +99,9 @@ class GestureConsumer:
 
     def _set(self, mapping: Mapping) -> None:
         self.mapping = mapping
-        self.reader = GestureReader(mapping, self.width, self.height, self._hit, self._control)
+        self.reader = GestureReader(
+            mapping, self.width, self.height, self._hit, self._control, latency_ns=self.latency_ns
+        )
         self._length_ns = int(mapping.note_length_ms * 1e6)
 
     def _hit(self, hit: Hit) -> None:
@@ -108,10 +112,11 @@ class GestureConsumer:
         else:  # every slot sounding: end the oldest note now rather than let one hang
             slot = int(np.argmin(self._off_due))
             self.output.note_off(ch, int(self._off_note[slot]))
-        self.output.note_on(ch, hit.note, hit.velocity, hit.name)
+        due = hit.impact_ns + self.latency_ns if hit.impact_ns else 0
+        self.output.note_on(ch, hit.note, hit.velocity, hit.name, due)
         if self.on_hit is not None:
             self.on_hit(hit.note, hit.velocity, hit.name)
-        self._off_due[slot] = now_ns() + self._length_ns
+        self._off_due[slot] = max(due, now_ns()) + self._length_ns
         self._off_note[slot] = hit.note
         self.hits += 1
 
@@ -125,8 +130,8 @@ class GestureConsumer:
             self._off_due[i] = 0
 
     def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
-        self.reader.update(capture_ns, keypoints)
         t = now_ns()
+        self.reader.update(capture_ns, keypoints, t)
         if self._off_due.any():
             self._notes_off_due(t)
         if self.reload_requested or (self.mapping_path and t - self._last_check > 1_000_000_000):
@@ -183,7 +188,7 @@ def gesture_consumer(
     cfg: OutputConfig, width: int, height: int, on_hit: HitListener | None = None
 ) -> GestureConsumer:
     path = resolve_mapping(cfg.mapping)
-    return GestureConsumer(load_mapping(path), open_output(cfg), width, height, path, on_hit)
+    return GestureConsumer(load_mapping(path), open_output(cfg), width, height, path, on_hit, cfg.latency_ms)
 
 
 def request_reload(consumer: object) -> None:

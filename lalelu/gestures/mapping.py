@@ -35,7 +35,9 @@ class Strike:
     curve: float = 1.0  # exponent of the speed -> velocity curve
     rearm: float = 0.03  # travel back (frame fraction) before the next hit
     turn_margin: float = 0.01  # travel back (frame fraction) from the deepest point that counts as the turn
-    compensate_ms: float = 0.0  # fire up to this much before the predicted impact
+    # "impact": the hit is timed at the stroke's estimated impact, between frames, and sounds [output]
+    # latency_ms after it; "turn": it sounds when the turn is seen (the reader before impact timing)
+    timing: str = "impact"
     zones: tuple[Zone, ...] = ()
 
 
@@ -134,6 +136,13 @@ def mapping_from_dict(data: dict[str, Any], origin: str = "mapping") -> Mapping:
     strikes = []
     for i, raw in enumerate(strikes_raw):
         r = _Reader(origin, f"[[strike]] #{i + 1}", raw)
+        if isinstance(raw, dict) and "compensate_ms" in raw:
+            raise r.fail(
+                "compensate_ms",
+                raw["compensate_ms"],
+                "is gone: hits are now timed at the stroke's estimated impact and sound [output] latency_ms "
+                'after it; delete the key (timing = "turn" gives the old reader)',
+            )
         name = r.text("name", f"strike{i + 1}")
         kp = r.keypoint()
         note = _note(r, GM_DRUMS["snare"])
@@ -167,7 +176,7 @@ def mapping_from_dict(data: dict[str, Any], origin: str = "mapping") -> Mapping:
             curve=r.num("curve", 1.0, 0.1, 10.0),
             rearm=r.num("rearm", 0.03, 0.0, 1.0),
             turn_margin=r.num("turn_margin", 0.01, 0.0, 0.5),
-            compensate_ms=r.num("compensate_ms", 0.0, 0.0, 100.0),
+            timing=r.choice("timing", "impact", ("impact", "turn")),
             zones=tuple(zones),
         )
         if s.max_speed <= s.min_speed:

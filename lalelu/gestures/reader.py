@@ -17,28 +17,75 @@ from lalelu.gestures.mapping import Control, Mapping, Strike
 
 @dataclass(slots=True)
 class Hit:
-    t_ns: int  # time of the pose that fired it
+    t_ns: int  # capture time of the pose that fired it
     name: str
     note: int
     velocity: int
-    early_ns: int  # how far before the predicted impact it fired (latency compensation)
+    impact_ns: int = 0  # the estimated impact on the capture clock; 0 = none: sound it at once
+    decided_ns: int = 0  # when the reader fired it (the pose's arrival)
+
+
+# Impact timing ("impact"): how a downstroke's impact is estimated, and when the hit is committed.
+BRAKE_RATIO = 0.4  # the last interval's speed below this fraction of the stroke's peak: the hand brakes
+PLANE_SPEED = 0.5  # the plane prediction needs the last two intervals at this fraction of the peak speed
+NEAR_PLANE = 0.25  # braking counts within this fraction of the stroke's travel above the learned depth
+HORIZON_FRAMES = 3.0  # a prediction further ahead than this many frames is not trusted
+COMMIT_GUARD_NS = 1_000_000  # the next pose must arrive this long before the sound is due to wait for it
+LOST_GRACE_NS = 100_000_000  # a keypoint missing this long loses its stroke; shorter gaps are bridged
+LEARN_RATE = 0.3  # how fast the impact plane and the prediction's bias follow the player
 
 
 class _StrikeState:
-    __slots__ = ("armed", "filt", "hit", "peak", "pos", "raw", "raw_vel", "ready", "ref", "t", "top", "vel")
+    __slots__ = (
+        "armed",
+        "bias_ns",
+        "committed",
+        "depth",
+        "filt",
+        "hit",
+        "learned",
+        "lost_ns",
+        "n",
+        "peak",
+        "plane_pred_ns",
+        "pos",
+        "raw",
+        "raw_vel",
+        "ready",
+        "ref",
+        "start",
+        "t",
+        "top",
+        "top_t",
+        "ts",
+        "vel",
+        "ys",
+    )
 
     def __init__(self, m: Mapping) -> None:
         self.filt = OneEuro(m.smoothing_min_cutoff_hz, m.smoothing_beta)
+        self.ys = [0.0, 0.0, 0.0, 0.0]  # the last four raw positions, oldest first
+        self.ts = [0, 0, 0, 0]
+        # What the reader has learned of the player survives a lost keypoint: the depth of the impact
+        # plane, and how far its plane prediction was off.
+        self.depth = 0.0
+        self.learned = 0
+        self.bias_ns = 0
         self.reset()
 
     def reset(self) -> None:
         self.filt.reset()
         self.t = -1
-        self.pos = self.vel = self.peak = self.raw = self.raw_vel = self.top = 0.0
+        self.n = 0
+        self.pos = self.vel = self.peak = self.raw = self.raw_vel = self.top = self.start = 0.0
+        self.top_t = 0
         self.armed = False  # moving fast enough along the strike direction
         self.ready = False  # re-armed: travelled back or came to rest since the last hit / since it came back
         self.ref = 0.0  # position the re-arm travel is measured from
         self.hit = False  # the last event was a hit: only travelling back re-arms, not a pause
+        self.committed = False  # impact timing: this stroke's hit is out, the turn is awaited to learn
+        self.plane_pred_ns = 0  # the plane prediction (without bias) at the commit, for learning
+        self.lost_ns = 0
 
 
 class _ControlState:
@@ -50,6 +97,21 @@ class _ControlState:
 
 
 class GestureReader:
+    """Strikes fire through `on_hit`, controls through `on_control`.
+
+    A strike with `timing = "impact"` (the default) estimates when its stroke lands, between frames, and
+    fires as late as it can while the sound, due at that moment plus the output's latency, is still on
+    time: it waits for the next pose whenever that pose would arrive before the sound is due. The impact
+    comes, in order of preference, from
+    - the turn, once it is seen: where the velocity crosses zero between the last two frame intervals;
+    - the braking (the last interval's speed fell below BRAKE_RATIO of the stroke's): the velocity
+      extrapolated linearly to zero, the acceleration peak before the onset (Dahl, NIME 2014);
+    - the impact plane: a player's strokes end at about the same depth. After each stroke the reader
+      learns that depth and the error of its own time-to-plane prediction, and predicts the next impact
+      from the distance left and the speed of the last two intervals.
+    `timing = "turn"` is the reader before impact timing: it fires when the turn is seen, at once.
+    """
+
     def __init__(
         self,
         mapping: Mapping,
@@ -57,22 +119,48 @@ class GestureReader:
         height: int,
         on_hit: Callable[[Hit], None],
         on_control: Callable[[Control, int, int], None],
+        latency_ns: int = 0,
     ) -> None:
         self.mapping = mapping
         self.width, self.height = width, height
         self.on_hit, self.on_control = on_hit, on_control
+        self.latency_ns = latency_ns  # [output] latency_ms: the sound is due this long after the impact
+        self.delay_ns = 0  # capture-to-pose delay, a peak that decays: the next pose arrives this late
+        self.frame_ns = 0  # the frame interval, a peak that decays (a skipped frame lengthens it once)
+        self._last_t = -1
+        self._now = 0
         self._strikes = [(s, _StrikeState(mapping)) for s in mapping.strikes]
         self._controls = [(c, _ControlState()) for c in mapping.controls]
 
-    def update(self, t_ns: int, keypoints: np.ndarray) -> None:
-        """keypoints: (17, 3) rows (x, y, score) in frame pixels."""
+    def update(self, t_ns: int, keypoints: np.ndarray, arrival_ns: int = 0) -> None:
+        """keypoints: (17, 3) rows (x, y, score) in frame pixels, captured at t_ns, here at arrival_ns
+        (0: at once, as in an offline replay without arrival times)."""
+        now = arrival_ns or t_ns
+        self._now = now
+        delay = now - t_ns
+        # Peaks that decay by 1 % a pose: one slow pose raises them at once, a spike fades in ~100 poses.
+        self.delay_ns = max(delay, self.delay_ns - self.delay_ns // 100)
+        if self._last_t >= 0 and t_ns > self._last_t:
+            gap = t_ns - self._last_t
+            self.frame_ns = (
+                gap
+                if self.frame_ns == 0
+                else min(max(gap, self.frame_ns - self.frame_ns // 100), 2 * self.frame_ns)
+            )
+        self._last_t = t_ns
         min_score = self.mapping.min_score
         for strike, st in self._strikes:
             x, y, score = keypoints[strike.keypoint]
-            if score < min_score:
+            if not score >= min_score:  # NaN too
                 if st.t >= 0:
-                    st.reset()  # lost: it must re-arm after it comes back
+                    if strike.timing == "turn":
+                        st.reset()  # lost: it must re-arm after it comes back
+                    elif st.lost_ns == 0:
+                        st.lost_ns = t_ns
+                    elif t_ns - st.lost_ns > LOST_GRACE_NS:
+                        st.reset()
                 continue
+            st.lost_ns = 0
             self._update_strike(strike, st, t_ns, float(x) / self.width, float(y) / self.height)
         for control, cs in self._controls:
             x, y, score = keypoints[control.keypoint]
@@ -84,45 +172,170 @@ class GestureReader:
         p = st.filt(raw, t_ns)
         if st.t < 0:
             st.t, st.pos, st.ref, st.raw = t_ns, p, p, raw
+            st.ys[:] = (raw, raw, raw, raw)
+            st.ts[:] = (t_ns, t_ns, t_ns, t_ns)
+            st.n = 1
             return
         dt = (t_ns - st.t) * 1e-9
         if dt <= 0:
             return
         v = (p - st.pos) / dt
-        # Turn and impact prediction use the raw track: the smoothed one lags by the filter's delay.
-        rv = (raw - st.raw) / dt
-        ra = (rv - st.raw_vel) / dt
         prev = st.pos
-        st.t, st.pos, st.vel, st.raw, st.raw_vel = t_ns, p, v, raw, rv
-        if s.mode == "reversal":
-            if not st.ready:
-                st.ref = max(st.ref, p)  # the lowest point reached since the last hit
-                # Re-armed by travelling back, or by coming to rest (a hand that just appeared, or paused).
-                if st.ref - p >= s.rearm or (not st.hit and abs(v) < s.min_speed / 2):
-                    st.ready, st.hit = True, False
-                return
-            if v >= s.min_speed:
-                if not st.armed:
-                    st.top = raw
-                st.armed = True
-                st.peak = max(st.peak, v)
-            if not st.armed:
-                return
-            # The turn is read off the raw track (the smoothed one lags by the filter's delay), with a
-            # margin so that the model's own jitter mid-stroke is not taken for a turn.
-            st.top = max(st.top, raw)
-            turned = raw <= st.top - s.turn_margin
-            early = 0
-            v_now = rv + 0.5 * ra * dt  # rv is the mean velocity over the last frame, half a frame old
-            if v_now > 0 and ra < 0 and s.compensate_ms > 0:
-                to_stop = v_now / -ra  # seconds until the motion stops at this deceleration
-                if to_stop * 1000 <= s.compensate_ms:
-                    early = int(to_stop * 1e9)
-            if turned or v <= 0 or early:
-                self._fire(s, st, t_ns, xn, yn, st.peak, early)
-                st.ref = p
+        st.ys[0], st.ys[1], st.ys[2], st.ys[3] = st.ys[1], st.ys[2], st.ys[3], raw
+        st.ts[0], st.ts[1], st.ts[2], st.ts[3] = st.ts[1], st.ts[2], st.ts[3], t_ns
+        st.n += 1
+        if s.mode == "line":
+            st.t, st.pos, st.vel, st.raw = t_ns, p, v, raw
+            self._update_line(s, st, t_ns, xn, yn, p, prev, v)
             return
-        # line mode
+        if s.timing == "turn":
+            self._update_turn(s, st, t_ns, xn, yn, raw, p, v, dt)
+            return
+        st.t, st.pos, st.vel, st.raw = t_ns, p, v, raw
+        if not st.ready:
+            st.ref = max(st.ref, p)  # the lowest point reached since the last hit
+            if st.committed:
+                self._learn_after_commit(s, st, raw, v)
+            # Re-armed by travelling back, or by coming to rest (a hand that just appeared, or paused).
+            if st.ref - p >= s.rearm or (not st.hit and abs(v) < s.min_speed / 2):
+                st.ready, st.hit, st.committed, st.start = True, False, False, raw
+            return
+        if not st.armed:
+            st.start = min(st.start, raw)  # the stroke starts from the highest point since re-arming
+        if v >= s.min_speed:
+            if not st.armed:
+                st.top, st.top_t = raw, t_ns
+            st.armed = True
+            st.peak = max(st.peak, v)
+        if not st.armed:
+            return
+        if raw > st.top + s.turn_margin / 4:  # a resting hand's jitter does not move the impact later
+            st.top_t = t_ns
+        st.top = max(st.top, raw)
+        if st.top - st.start < s.rearm:
+            # Not yet a stroke: a tremble or the model's jitter. If it turns back, it never was one.
+            if v <= 0:
+                st.armed, st.peak, st.start = False, 0.0, raw
+            return
+        impact = self._seen_turn(s, st, raw, v)
+        if impact == 0:
+            impact = self._predicted_impact(st, t_ns)
+            if impact == 0:
+                return
+        self._fire(s, st, t_ns, xn, yn, st.peak, impact)
+        st.ref, st.committed = p, True
+
+    def _seen_turn(self, s: Strike, st: _StrikeState, raw: float, v: float) -> int:
+        """The impact once the turn is seen (0: not yet): where the velocity crosses zero between the
+        last two intervals' midpoints, or the deepest frame where the turn was slow."""
+        if not (v <= 0 or raw <= st.top - s.turn_margin):
+            return 0
+        ys, ts = st.ys, st.ts
+        deepest = max(range(4), key=ys.__getitem__)
+        if 0 < deepest < 3 and st.n >= 4:
+            # The velocity changes sign around the deepest frame: it crosses zero between the midpoints
+            # of the intervals before and after it.
+            va = (ys[deepest] - ys[deepest - 1]) / max(ts[deepest] - ts[deepest - 1], 1)
+            vb = (ys[deepest + 1] - ys[deepest]) / max(ts[deepest + 1] - ts[deepest], 1)
+            if va > 0 >= vb:
+                ma = (ts[deepest - 1] + ts[deepest]) / 2
+                mb = (ts[deepest] + ts[deepest + 1]) / 2
+                return int(ma + va / (va - vb) * (mb - ma))
+        return st.top_t
+
+    def _predicted_impact(self, st: _StrikeState, t_ns: int) -> int:
+        """The predicted impact if the hit must be committed now to sound on time, else 0."""
+        if st.n < 3:
+            return 0
+        (y0, y1, y2), (t0, t1, t2) = st.ys[1:], st.ts[1:]
+        v1 = (y1 - y0) / max(t1 - t0, 1)
+        v2 = (y2 - y1) / max(t2 - t1, 1)
+        predicted = 0
+        # The int8 model moves a keypoint in 1.3-px steps: one interval's speed jumps by half mid-stroke,
+        # so braking is read against the smoothed peak, not the interval before.
+        peak = st.peak * 1e-9
+        frame = self.frame_ns or (t2 - t1)
+        # A stalled step mid-stroke looks like braking for one frame: braking is believed only near the
+        # depth where this player's strokes land, once one has been seen.
+        near_plane = st.learned >= 1 and st.depth - y2 <= max(
+            NEAR_PLANE * (st.depth - st.start), peak * frame
+        )
+        if near_plane and 0 < v2 < v1 and v2 <= BRAKE_RATIO * peak:
+            m1, m2 = (t0 + t1) / 2, (t1 + t2) / 2
+            predicted = int(m2 + v2 * (m2 - m1) / (v1 - v2))
+        elif st.learned >= 2 and (y2 - y0) / max(t2 - t0, 1) >= PLANE_SPEED * peak:
+            # Still near full speed (a stroke, not a slow nod that eases into its turn): time to the plane.
+            left = st.depth - y2
+            predicted = t_ns + (int(left * (t2 - t0) / (y2 - y0)) if left > 0 else 0) + st.bias_ns
+        if predicted == 0:
+            return 0
+        if predicted - t_ns > HORIZON_FRAMES * frame:
+            return 0
+        # The next pose arrives a frame and a delay from now: wait for it if the sound is not due before.
+        if predicted + self.latency_ns >= t_ns + frame + self.delay_ns + COMMIT_GUARD_NS:
+            return 0
+        if st.learned >= 2 and y2 > y0:
+            left = st.depth - y2
+            st.plane_pred_ns = t_ns + (int(left * (t2 - t0) / (y2 - y0)) if left > 0 else 0)
+        else:
+            st.plane_pred_ns = 0
+        return max(predicted, t_ns - frame)
+
+    def _learn_after_commit(self, s: Strike, st: _StrikeState, raw: float, v: float) -> None:
+        """After a committed hit, the turn tells where and when this stroke really landed: the impact
+        plane's depth and the plane prediction's error follow it."""
+        if raw > st.top:
+            if raw > st.top + s.turn_margin / 4:
+                st.top_t = st.ts[3]
+            st.top = raw
+            return
+        impact = self._seen_turn(s, st, raw, v)
+        if impact == 0:
+            return
+        st.committed = False
+        st.depth = st.top if st.learned == 0 else st.depth + LEARN_RATE * (st.top - st.depth)
+        frame = self.frame_ns or (st.ts[3] - st.ts[2])
+        error = impact - st.plane_pred_ns
+        if st.plane_pred_ns and abs(error) < HORIZON_FRAMES * frame:  # a stroke read wrongly teaches nothing
+            st.bias_ns = error if st.learned < 2 else int(st.bias_ns + LEARN_RATE * (error - st.bias_ns))
+        st.learned += 1
+
+    def _update_turn(
+        self,
+        s: Strike,
+        st: _StrikeState,
+        t_ns: int,
+        xn: float,
+        yn: float,
+        raw: float,
+        p: float,
+        v: float,
+        dt: float,
+    ) -> None:
+        """timing = "turn": the reader as it was, firing when it sees the motion come back."""
+        st.t, st.pos, st.vel, st.raw = t_ns, p, v, raw
+        if not st.ready:
+            st.ref = max(st.ref, p)
+            if st.ref - p >= s.rearm or (not st.hit and abs(v) < s.min_speed / 2):
+                st.ready, st.hit = True, False
+            return
+        if v >= s.min_speed:
+            if not st.armed:
+                st.top = raw
+            st.armed = True
+            st.peak = max(st.peak, v)
+        if not st.armed:
+            return
+        # The turn is read off the raw track (the smoothed one lags by the filter's delay), with a
+        # margin so that the model's own jitter mid-stroke is not taken for a turn.
+        st.top = max(st.top, raw)
+        if raw <= st.top - s.turn_margin or v <= 0:
+            self._fire(s, st, t_ns, xn, yn, st.peak, 0)
+            st.ref = p
+
+    def _update_line(
+        self, s: Strike, st: _StrikeState, t_ns: int, xn: float, yn: float, p: float, prev: float, v: float
+    ) -> None:
         line = s.line
         if not st.ready:
             back = (
@@ -136,18 +349,15 @@ class GestureReader:
         crossed = (prev < line <= p and s.direction != "negative") or (
             prev > line >= p and s.direction != "positive"
         )
-        early = 0
-        if not crossed and s.compensate_ms > 0 and v != 0:
-            to_line = (line - p) / v
-            if 0 < to_line * 1000 <= s.compensate_ms:
-                moving_ok = (v > 0 and s.direction != "negative") or (v < 0 and s.direction != "positive")
-                if moving_ok:
-                    crossed, early = True, int(to_line * 1e9)
         if crossed:
-            self._fire(s, st, t_ns, xn, yn, abs(v), early)
+            impact = 0
+            if s.timing == "impact":  # the crossing, between the two frames
+                t_prev = st.ts[2]
+                impact = int(t_prev + (line - prev) / (p - prev) * (t_ns - t_prev))
+            self._fire(s, st, t_ns, xn, yn, abs(v), impact)
 
     def _fire(
-        self, s: Strike, st: _StrikeState, t_ns: int, xn: float, yn: float, speed: float, early: int
+        self, s: Strike, st: _StrikeState, t_ns: int, xn: float, yn: float, speed: float, impact_ns: int
     ) -> None:
         frac = min(1.0, max(0.0, (speed - s.min_speed) / (s.max_speed - s.min_speed)))
         lo, hi = s.velocity
@@ -158,7 +368,7 @@ class GestureReader:
                 note = z.note
                 break
         st.armed, st.ready, st.peak, st.hit = False, False, 0.0, True
-        self.on_hit(Hit(t_ns, s.name, note, velocity, early))
+        self.on_hit(Hit(t_ns, s.name, note, velocity, impact_ns, self._now))
 
     def _update_control(self, c: Control, cs: _ControlState, t_ns: int, xn: float, yn: float) -> None:
         coord = yn if c.axis == "y" else xn

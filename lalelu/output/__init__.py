@@ -1,6 +1,11 @@
 """Where hits and controls leave: the one interface every output implements, and the factory that opens
-the one `[output] kind` names. MIDI (python-rtmidi, ALSA or JACK), OSC over UDP, the built-in synth
-(FluidSynth), or a log.
+the one `[output] kind` names. MIDI (ALSA through python-rtmidi, or JACK as a client of its own), OSC over
+UDP, the built-in synth (FluidSynth), or a log.
+
+`note_on(..., at_ns)` asks for the note at monotonic time `at_ns` (0 or past: now): the hit's estimated
+impact plus [output] latency_ms. JACK MIDI places it on its JACK frame, OSC sends a bundle time-tagged
+with it, the synth puts it on FluidSynth's sequencer, driven by the synth's own sample clock; ALSA MIDI
+(rtmidi has no timed send) and the log send at once.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ class OutputError(LaleluError):
 
 
 class SoundOutput(Protocol):
-    def note_on(self, channel: int, note: int, velocity: int, name: str) -> None: ...
+    def note_on(self, channel: int, note: int, velocity: int, name: str, at_ns: int = 0) -> None: ...
 
     def note_off(self, channel: int, note: int) -> None: ...
 
@@ -28,6 +33,10 @@ class SoundOutput(Protocol):
 
 
 def open_output(cfg: OutputConfig) -> SoundOutput:
+    if cfg.kind == "midi" and cfg.midi_api == "jack":
+        from lalelu.output.jack_midi import JackMidiOutput
+
+        return JackMidiOutput(cfg.midi_port, cfg.midi_virtual)
     if cfg.kind == "midi":
         from lalelu.output.midi import MidiOutput
 

@@ -8,7 +8,7 @@ log = logging.getLogger("lalelu.sound")
 
 
 class LogOutput:
-    def note_on(self, channel: int, note: int, velocity: int, name: str) -> None:
+    def note_on(self, channel: int, note: int, velocity: int, name: str, at_ns: int = 0) -> None:
         log.info("hit %s: note %d velocity %d", name, note, velocity)
 
     def note_off(self, channel: int, note: int) -> None:

@@ -161,16 +161,3 @@ def detect_onsets(
         above = np.flatnonzero(segment > max(1.5 * background[block], LSB10))
         onsets.append(lo + int(above[0]))
     return np.asarray(onsets, np.float64) / sample_rate
-
-
-def lowest_times(period_s: float, until_s: float) -> np.ndarray:
-    """When the still source's photo is lowest: its offset is sin(2 pi t / period), largest at a quarter."""
-    return np.arange(0.25 * period_s, until_s + period_s, period_s)
-
-
-def onset_errors(onsets_s: np.ndarray, truth_s: np.ndarray) -> np.ndarray:
-    """Each onset minus the nearest true moment (s): positive = the sound came after it."""
-    if onsets_s.size == 0 or truth_s.size == 0:
-        return np.zeros(0)
-    nearest = truth_s[np.abs(onsets_s[:, None] - truth_s[None, :]).argmin(axis=1)]
-    return onsets_s - nearest
