@@ -27,6 +27,7 @@ class Hit:
 
 # Impact timing ("impact"): how a downstroke's impact is estimated, and when the hit is committed.
 BRAKE_RATIO = 0.4  # the last interval's speed below this fraction of the stroke's peak: the hand brakes
+PREDICT_MIN_SPEED = 1.8  # frame heights a second over two intervals: slower strokes are timed by the turn
 PLANE_SPEED = 0.5  # the plane prediction needs the last two intervals at this fraction of the peak speed
 NEAR_PLANE = 0.25  # braking counts within this fraction of the stroke's travel above the learned depth
 HORIZON_FRAMES = 3.0  # a prediction further ahead than this many frames is not trusted
@@ -47,6 +48,7 @@ class _StrikeState:
         "lost_ns",
         "n",
         "peak",
+        "peak2",
         "plane_pred_ns",
         "pos",
         "raw",
@@ -77,7 +79,7 @@ class _StrikeState:
         self.filt.reset()
         self.t = -1
         self.n = 0
-        self.pos = self.vel = self.peak = self.raw = self.raw_vel = self.top = self.start = 0.0
+        self.pos = self.vel = self.peak = self.peak2 = self.raw = self.raw_vel = self.top = self.start = 0.0
         self.top_t = 0
         self.armed = False  # moving fast enough along the strike direction
         self.ready = False  # re-armed: travelled back or came to rest since the last hit / since it came back
@@ -255,6 +257,12 @@ class GestureReader:
         # so braking is read against the smoothed peak, not the interval before.
         peak = st.peak * 1e-9
         frame = self.frame_ns or (t2 - t1)
+        speed = (y2 - y0) / max(t2 - t0, 1)
+        st.peak2 = max(st.peak2, speed * 1e9)
+        if st.peak2 < PREDICT_MIN_SPEED:
+            # Too slow for the model's steps: its motion is lost in the 1.3-px steps and jitter, and no
+            # braking can be read from it (the demo's nod). Such a motion is timed by its turn.
+            return 0
         # A stalled step mid-stroke looks like braking for one frame: braking is believed only near the
         # depth where this player's strokes land, once one has been seen.
         near_plane = st.learned >= 1 and st.depth - y2 <= max(
@@ -367,7 +375,7 @@ class GestureReader:
             if z.rect[0] <= xn < z.rect[2] and z.rect[1] <= yn < z.rect[3]:
                 note = z.note
                 break
-        st.armed, st.ready, st.peak, st.hit = False, False, 0.0, True
+        st.armed, st.ready, st.peak, st.peak2, st.hit = False, False, 0.0, 0.0, True
         self.on_hit(Hit(t_ns, s.name, note, velocity, impact_ns, self._now))
 
     def _update_control(self, c: Control, cs: _ControlState, t_ns: int, xn: float, yn: float) -> None:
