@@ -4,8 +4,7 @@ UDP, the built-in synth (FluidSynth), or a log.
 
 `note_on(..., at_ns)` asks for the note at monotonic time `at_ns` (0 or past: now): the hit's estimated
 impact plus [output] latency_ms. JACK MIDI places it on its JACK frame, OSC sends a bundle time-tagged
-with it, the synth puts it on FluidSynth's sequencer, driven by the synth's own sample clock; ALSA MIDI
-(rtmidi has no timed send) and the log send at once.
+with it; ALSA MIDI (rtmidi has no timed send), the log and the synth send at once.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """The built-in drum sound: a General MIDI drum kit played by FluidSynth (libfluidsynth through pyfluidsynth).
 
-Live, FluidSynth's own audio driver renders in its audio thread (PipeWire, PulseAudio, JACK or ALSA). A hit
-due later goes on FluidSynth's sequencer, whose clock is the synth's own sample count (one tick a sample),
-so it sounds when that many samples have been rendered, not when the loop gets round to it. FluidSynth
-starts notes on its 64-frame blocks (1.3 ms at 48 kHz): that, not the exact sample, is its resolution
-live; the WAV renderer (`render.py`) places every hit at its exact sample.
-
-The sample clock and the monotonic clock are tied by the highest (ticks - rate * now) seen over the last
-second: the synth renders a period at a time, so the tick count jumps, and just after a jump it is
-furthest ahead of the clock. That edge moves with the audio card's clock, not with when the loop looks.
+Live, FluidSynth's own audio driver renders in its audio thread (PipeWire, PulseAudio, JACK or ALSA). A hit sounds
+when the reader fires it (the live synth does not yet schedule a hit for its impact + latency; the WAV
+renderer, `render.py`, places every hit at its exact sample).
 """
 
 from __future__ import annotations
@@ -16,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +128,6 @@ class SynthOutput:
                 "card or start the sound server (PipeWire, PulseAudio or JACK), or set [output] synth_driver "
                 'and synth_device (`aplay -l` lists the ALSA cards, e.g. synth_device = "hw:1")'
             )
-        self.rate = sample_rate
-        self.sequencer = fluidsynth.Sequencer(time_scale=sample_rate, use_system_timer=False)
-        self._dest = self.sequencer.register_fluidsynth(self.synth)
-        self._edge = 0.0  # the highest (ticks - rate * now_s) lately: the sample clock's phase
-        self._edge_t = 0.0
         log.info(
             "synth: %s through %s, %d frames x %d periods at %d Hz",
             soundfont.name,
@@ -161,20 +149,8 @@ class SynthOutput:
             cfg.synth_gain,
         )
 
-    def tick_at(self, at_ns: int) -> int:
-        """The synth's sample tick at monotonic time `at_ns`."""
-        now = time.monotonic()
-        phase = self.sequencer.get_tick() - self.rate * now
-        if phase > self._edge or now - self._edge_t > 1.0:
-            self._edge, self._edge_t = phase, now
-        return int(self._edge + self.rate * at_ns / 1e9)
-
     def note_on(self, channel: int, note: int, velocity: int, name: str, at_ns: int = 0) -> None:
-        if at_ns and at_ns > time.monotonic_ns():
-            tick = self.tick_at(at_ns)
-            if tick > self.sequencer.get_tick():
-                self.sequencer.note_on(tick, channel - 1, note, velocity, dest=self._dest, absolute=True)
-                return
+        # Sounds at once: scheduling on FluidSynth's sequencer was tried and not kept (README).
         self.synth.noteon(channel - 1, note, velocity)
 
     def note_off(self, channel: int, note: int) -> None:
@@ -194,6 +170,5 @@ class SynthOutput:
         if self.synth is None:
             return
         self.all_notes_off()
-        self.sequencer.delete()
         self.synth.delete()
         self.synth = None
