@@ -30,6 +30,9 @@ BRAKE_RATIO = 0.4  # the last interval's speed below this fraction of the stroke
 PREDICT_MIN_SPEED = 1.8  # frame heights a second over two intervals: slower strokes are timed by the turn
 PLANE_SPEED = 0.5  # the plane prediction needs the last two intervals at this fraction of the peak speed
 NEAR_PLANE = 0.25  # braking counts within this fraction of the stroke's travel above the learned depth
+VERTEX_WINDOW_NS = 160_000_000  # a slow motion's parabola is fitted to at most this much of its track
+VERTEX_MIN_FRAMES = 5
+HISTORY = 16  # raw positions kept per strike
 HORIZON_FRAMES = 3.0  # a prediction further ahead than this many frames is not trusted
 COMMIT_GUARD_NS = 1_000_000  # the next pose must arrive this long before the sound is due to wait for it
 LOST_GRACE_NS = 100_000_000  # a keypoint missing this long loses its stroke; shorter gaps are bridged
@@ -38,6 +41,7 @@ LEARN_RATE = 0.3  # how fast the impact plane and the prediction's bias follow t
 
 class _StrikeState:
     __slots__ = (
+        "arm_t",
         "armed",
         "bias_ns",
         "committed",
@@ -66,8 +70,8 @@ class _StrikeState:
 
     def __init__(self, m: Mapping) -> None:
         self.filt = OneEuro(m.smoothing_min_cutoff_hz, m.smoothing_beta)
-        self.ys = [0.0, 0.0, 0.0, 0.0]  # the last four raw positions, oldest first
-        self.ts = [0, 0, 0, 0]
+        self.ys = [0.0] * HISTORY  # the last raw positions, oldest first
+        self.ts = [0] * HISTORY
         # What the reader has learned of the player survives a lost keypoint: the depth of the impact
         # plane, and how far its plane prediction was off.
         self.depth = 0.0
@@ -81,6 +85,7 @@ class _StrikeState:
         self.n = 0
         self.pos = self.vel = self.peak = self.peak2 = self.raw = self.raw_vel = self.top = self.start = 0.0
         self.top_t = 0
+        self.arm_t = 0  # when the stroke armed: the vertex fit uses only its own frames
         self.armed = False  # moving fast enough along the strike direction
         self.ready = False  # re-armed: travelled back or came to rest since the last hit / since it came back
         self.ref = 0.0  # position the re-arm travel is measured from
@@ -174,8 +179,8 @@ class GestureReader:
         p = st.filt(raw, t_ns)
         if st.t < 0:
             st.t, st.pos, st.ref, st.raw = t_ns, p, p, raw
-            st.ys[:] = (raw, raw, raw, raw)
-            st.ts[:] = (t_ns, t_ns, t_ns, t_ns)
+            for i in range(HISTORY):
+                st.ys[i], st.ts[i] = raw, t_ns
             st.n = 1
             return
         dt = (t_ns - st.t) * 1e-9
@@ -183,8 +188,9 @@ class GestureReader:
             return
         v = (p - st.pos) / dt
         prev = st.pos
-        st.ys[0], st.ys[1], st.ys[2], st.ys[3] = st.ys[1], st.ys[2], st.ys[3], raw
-        st.ts[0], st.ts[1], st.ts[2], st.ts[3] = st.ts[1], st.ts[2], st.ts[3], t_ns
+        del st.ys[0], st.ts[0]
+        st.ys.append(raw)
+        st.ts.append(t_ns)
         st.n += 1
         if s.mode == "line":
             st.t, st.pos, st.vel, st.raw = t_ns, p, v, raw
@@ -207,6 +213,7 @@ class GestureReader:
         if v >= s.min_speed:
             if not st.armed:
                 st.top, st.top_t = raw, t_ns
+                st.arm_t = st.ts[-2]
             st.armed = True
             st.peak = max(st.peak, v)
         if not st.armed:
@@ -233,8 +240,9 @@ class GestureReader:
         if not (v <= 0 or raw <= st.top - s.turn_margin):
             return 0
         ys, ts = st.ys, st.ts
-        deepest = max(range(4), key=ys.__getitem__)
-        if 0 < deepest < 3 and st.n >= 4:
+        first = HISTORY - 4
+        deepest = max(range(first, HISTORY), key=ys.__getitem__)
+        if first < deepest < HISTORY - 1 and st.n >= 4:
             # The velocity changes sign around the deepest frame: it crosses zero between the midpoints
             # of the intervals before and after it.
             va = (ys[deepest] - ys[deepest - 1]) / max(ts[deepest] - ts[deepest - 1], 1)
@@ -243,13 +251,19 @@ class GestureReader:
                 ma = (ts[deepest - 1] + ts[deepest]) / 2
                 mb = (ts[deepest] + ts[deepest + 1]) / 2
                 return int(ma + va / (va - vb) * (mb - ma))
+        if st.peak2 < PREDICT_MIN_SPEED:  # a slow turn, eased into: the vertex of the fitted parabola
+            vertex = self._vertex(st)
+            frame = self.frame_ns or (ts[-1] - ts[-2])
+            if vertex and st.top_t - 3 * frame <= vertex <= ts[-1]:
+                return vertex
         return st.top_t
 
     def _predicted_impact(self, st: _StrikeState, t_ns: int) -> int:
         """The predicted impact if the hit must be committed now to sound on time, else 0."""
         if st.n < 3:
             return 0
-        (y0, y1, y2), (t0, t1, t2) = st.ys[1:], st.ts[1:]
+        y0, y1, y2 = st.ys[-3], st.ys[-2], st.ys[-1]
+        t0, t1, t2 = st.ts[-3], st.ts[-2], st.ts[-1]
         v1 = (y1 - y0) / max(t1 - t0, 1)
         v2 = (y2 - y1) / max(t2 - t1, 1)
         predicted = 0
@@ -260,15 +274,20 @@ class GestureReader:
         speed = (y2 - y0) / max(t2 - t0, 1)
         st.peak2 = max(st.peak2, speed * 1e9)
         if st.peak2 < PREDICT_MIN_SPEED:
-            # Too slow for the model's steps: its motion is lost in the 1.3-px steps and jitter, and no
-            # braking can be read from it (the demo's nod). Such a motion is timed by its turn.
-            return 0
+            # Too slow for braking to be read from two intervals: the 1.3-px steps and the jitter are as
+            # large as a frame's motion (the demo's nod). It eases into its lowest point like a
+            # parabola: the vertex of one fitted to the last frames.
+            predicted = self._vertex(st)
+            if predicted < t_ns - frame:
+                return 0  # no vertex, or one behind: the turn will say so
         # A stalled step mid-stroke looks like braking for one frame: braking is believed only near the
         # depth where this player's strokes land, once one has been seen.
         near_plane = st.learned >= 1 and st.depth - y2 <= max(
             NEAR_PLANE * (st.depth - st.start), peak * frame
         )
-        if near_plane and 0 < v2 < v1 and v2 <= BRAKE_RATIO * peak:
+        if predicted:
+            pass
+        elif near_plane and 0 < v2 < v1 and v2 <= BRAKE_RATIO * peak:
             m1, m2 = (t0 + t1) / 2, (t1 + t2) / 2
             predicted = int(m2 + v2 * (m2 - m1) / (v1 - v2))
         elif st.learned >= 2 and (y2 - y0) / max(t2 - t0, 1) >= PLANE_SPEED * peak:
@@ -289,12 +308,47 @@ class GestureReader:
             st.plane_pred_ns = 0
         return max(predicted, t_ns - frame)
 
+    def _vertex(self, st: _StrikeState) -> int:
+        """The time of the vertex of a parabola least-squares fitted to the track since the stroke armed
+        (at most HISTORY frames and VERTEX_WINDOW_NS), if it opens downwards the strike's way; else 0."""
+        ys, ts = st.ys, st.ts
+        t_last = ts[-1]
+        k = min(st.n, HISTORY)
+        s0 = s1 = s2 = s3 = s4 = sy = sty = stty = 0.0
+        used = 0
+        for i in range(HISTORY - k, HISTORY):
+            if t_last - ts[i] > VERTEX_WINDOW_NS or ts[i] < st.arm_t:
+                continue
+            tau = (ts[i] - t_last) * 1e-9
+            y = ys[i]
+            tt = tau * tau
+            s0 += 1.0
+            s1 += tau
+            s2 += tt
+            s3 += tt * tau
+            s4 += tt * tt
+            sy += y
+            sty += tau * y
+            stty += tt * y
+            used += 1
+        if used < VERTEX_MIN_FRAMES:
+            return 0
+        # Normal equations of y = a + b tau + c tau^2, by Cramer's rule for b and c.
+        det = s0 * (s2 * s4 - s3 * s3) - s1 * (s1 * s4 - s2 * s3) + s2 * (s1 * s3 - s2 * s2)
+        if det == 0:
+            return 0
+        b = (s0 * (sty * s4 - s3 * stty) - sy * (s1 * s4 - s2 * s3) + s2 * (s1 * stty - sty * s2)) / det
+        c = (s0 * (s2 * stty - sty * s3) - s1 * (s1 * stty - sty * s2) + sy * (s1 * s3 - s2 * s2)) / det
+        if c >= 0:
+            return 0  # not easing into a lowest point
+        return t_last + int(-b / (2 * c) * 1e9)
+
     def _learn_after_commit(self, s: Strike, st: _StrikeState, raw: float, v: float) -> None:
         """After a committed hit, the turn tells where and when this stroke really landed: the impact
         plane's depth and the plane prediction's error follow it."""
         if raw > st.top:
             if raw > st.top + s.turn_margin / 4:
-                st.top_t = st.ts[3]
+                st.top_t = st.ts[-1]
             st.top = raw
             return
         impact = self._seen_turn(s, st, raw, v)
@@ -302,7 +356,7 @@ class GestureReader:
             return
         st.committed = False
         st.depth = st.top if st.learned == 0 else st.depth + LEARN_RATE * (st.top - st.depth)
-        frame = self.frame_ns or (st.ts[3] - st.ts[2])
+        frame = self.frame_ns or (st.ts[-1] - st.ts[-2])
         error = impact - st.plane_pred_ns
         if st.plane_pred_ns and abs(error) < HORIZON_FRAMES * frame:  # a stroke read wrongly teaches nothing
             st.bias_ns = error if st.learned < 2 else int(st.bias_ns + LEARN_RATE * (error - st.bias_ns))
@@ -360,7 +414,7 @@ class GestureReader:
         if crossed:
             impact = 0
             if s.timing == "impact":  # the crossing, between the two frames
-                t_prev = st.ts[2]
+                t_prev = st.ts[-2]
                 impact = int(t_prev + (line - prev) / (p - prev) * (t_ns - t_prev))
             self._fire(s, st, t_ns, xn, yn, abs(v), impact)
 
