@@ -56,7 +56,6 @@ class _StrikeState:
         "plane_pred_ns",
         "pos",
         "raw",
-        "raw_vel",
         "ready",
         "ref",
         "start",
@@ -64,7 +63,6 @@ class _StrikeState:
         "top",
         "top_t",
         "ts",
-        "vel",
         "ys",
     )
 
@@ -83,7 +81,7 @@ class _StrikeState:
         self.filt.reset()
         self.t = -1
         self.n = 0
-        self.pos = self.vel = self.peak = self.peak2 = self.raw = self.raw_vel = self.top = self.start = 0.0
+        self.pos = self.peak = self.peak2 = self.raw = self.top = self.start = 0.0
         self.top_t = 0
         self.arm_t = 0  # when the stroke armed: the vertex fit uses only its own frames
         self.armed = False  # moving fast enough along the strike direction
@@ -193,13 +191,13 @@ class GestureReader:
         st.ts.append(t_ns)
         st.n += 1
         if s.mode == "line":
-            st.t, st.pos, st.vel, st.raw = t_ns, p, v, raw
+            st.t, st.pos, st.raw = t_ns, p, raw
             self._update_line(s, st, t_ns, xn, yn, p, prev, v)
             return
         if s.timing == "turn":
-            self._update_turn(s, st, t_ns, xn, yn, raw, p, v, dt)
+            self._update_turn(s, st, t_ns, xn, yn, raw, p, v)
             return
-        st.t, st.pos, st.vel, st.raw = t_ns, p, v, raw
+        st.t, st.pos, st.raw = t_ns, p, raw
         if not st.ready:
             st.ref = max(st.ref, p)  # the lowest point reached since the last hit
             if st.committed:
@@ -234,6 +232,17 @@ class GestureReader:
         self._fire(s, st, t_ns, xn, yn, st.peak, impact)
         st.ref, st.committed = p, True
 
+    def _frame(self, st: _StrikeState) -> int:
+        """The frame interval: the reader's running one, or this strike's last before it has one."""
+        return self.frame_ns or (st.ts[-1] - st.ts[-2])
+
+    def _plane_ns(self, st: _StrikeState, t_ns: int) -> int:
+        """When the stroke reaches the learned plane at the speed of its last two intervals (moving down)."""
+        left = st.depth - st.ys[-1]
+        if left <= 0:
+            return t_ns
+        return t_ns + int(left * (st.ts[-1] - st.ts[-3]) / (st.ys[-1] - st.ys[-3]))
+
     def _seen_turn(self, s: Strike, st: _StrikeState, raw: float, v: float) -> int:
         """The impact once the turn is seen (0: not yet): where the velocity crosses zero between the
         last two intervals' midpoints, or the deepest frame where the turn was slow."""
@@ -253,8 +262,7 @@ class GestureReader:
                 return int(ma + va / (va - vb) * (mb - ma))
         if st.peak2 < PREDICT_MIN_SPEED:  # a slow turn, eased into: the vertex of the fitted parabola
             vertex = self._vertex(st)
-            frame = self.frame_ns or (ts[-1] - ts[-2])
-            if vertex and st.top_t - 3 * frame <= vertex <= ts[-1]:
+            if vertex and st.top_t - 3 * self._frame(st) <= vertex <= ts[-1]:
                 return vertex
         return st.top_t
 
@@ -270,7 +278,7 @@ class GestureReader:
         # The int8 model moves a keypoint in 1.3-px steps: one interval's speed jumps by half mid-stroke,
         # so braking is read against the smoothed peak, not the interval before.
         peak = st.peak * 1e-9
-        frame = self.frame_ns or (t2 - t1)
+        frame = self._frame(st)
         speed = (y2 - y0) / max(t2 - t0, 1)
         st.peak2 = max(st.peak2, speed * 1e9)
         if st.peak2 < PREDICT_MIN_SPEED:
@@ -285,15 +293,13 @@ class GestureReader:
         near_plane = st.learned >= 1 and st.depth - y2 <= max(
             NEAR_PLANE * (st.depth - st.start), peak * frame
         )
-        if predicted:
-            pass
-        elif near_plane and 0 < v2 < v1 and v2 <= BRAKE_RATIO * peak:
-            m1, m2 = (t0 + t1) / 2, (t1 + t2) / 2
-            predicted = int(m2 + v2 * (m2 - m1) / (v1 - v2))
-        elif st.learned >= 2 and (y2 - y0) / max(t2 - t0, 1) >= PLANE_SPEED * peak:
-            # Still near full speed (a stroke, not a slow nod that eases into its turn): time to the plane.
-            left = st.depth - y2
-            predicted = t_ns + (int(left * (t2 - t0) / (y2 - y0)) if left > 0 else 0) + st.bias_ns
+        if not predicted:
+            if near_plane and 0 < v2 < v1 and v2 <= BRAKE_RATIO * peak:
+                m1, m2 = (t0 + t1) / 2, (t1 + t2) / 2
+                predicted = int(m2 + v2 * (m2 - m1) / (v1 - v2))
+            elif st.learned >= 2 and speed >= PLANE_SPEED * peak:
+                # Still near full speed (a stroke, not a nod that eases into its turn): time to the plane.
+                predicted = self._plane_ns(st, t_ns) + st.bias_ns
         if predicted == 0:
             return 0
         if predicted - t_ns > HORIZON_FRAMES * frame:
@@ -301,11 +307,7 @@ class GestureReader:
         # The next pose arrives a frame and a delay from now: wait for it if the sound is not due before.
         if predicted + self.latency_ns >= t_ns + frame + self.delay_ns + COMMIT_GUARD_NS:
             return 0
-        if st.learned >= 2 and y2 > y0:
-            left = st.depth - y2
-            st.plane_pred_ns = t_ns + (int(left * (t2 - t0) / (y2 - y0)) if left > 0 else 0)
-        else:
-            st.plane_pred_ns = 0
+        st.plane_pred_ns = self._plane_ns(st, t_ns) if st.learned >= 2 and y2 > y0 else 0
         return max(predicted, t_ns - frame)
 
     def _vertex(self, st: _StrikeState) -> int:
@@ -356,9 +358,10 @@ class GestureReader:
             return
         st.committed = False
         st.depth = st.top if st.learned == 0 else st.depth + LEARN_RATE * (st.top - st.depth)
-        frame = self.frame_ns or (st.ts[-1] - st.ts[-2])
         error = impact - st.plane_pred_ns
-        if st.plane_pred_ns and abs(error) < HORIZON_FRAMES * frame:  # a stroke read wrongly teaches nothing
+        if st.plane_pred_ns and abs(error) < HORIZON_FRAMES * self._frame(
+            st
+        ):  # a stroke read wrongly teaches nothing
             st.bias_ns = error if st.learned < 2 else int(st.bias_ns + LEARN_RATE * (error - st.bias_ns))
         st.learned += 1
 
@@ -372,10 +375,9 @@ class GestureReader:
         raw: float,
         p: float,
         v: float,
-        dt: float,
     ) -> None:
         """timing = "turn": the reader as it was, firing when it sees the motion come back."""
-        st.t, st.pos, st.vel, st.raw = t_ns, p, v, raw
+        st.t, st.pos, st.raw = t_ns, p, raw
         if not st.ready:
             st.ref = max(st.ref, p)
             if st.ref - p >= s.rearm or (not st.hit and abs(v) < s.min_speed / 2):
