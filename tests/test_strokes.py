@@ -166,6 +166,12 @@ def test_osc_sends_a_hit_due_later_as_a_time_tagged_bundle():
     assert message.address == "/lalelu/hit" and message.params == ["hand", 38, 100]
     out.note_on(10, 36, 90, "now")  # due now: a plain message
     assert rx.recv(1024).startswith(b"/lalelu/hit")
+    # A lost backend's all-notes-off, sent at once, is tagged after the hit still due, not before it.
+    out.all_notes_off()
+    off = OscBundle(rx.recv(1024))
+    assert off.timestamp >= bundle.timestamp and next(iter(off)).address == "/lalelu/off"
+    out.note_off(10, 36)  # nothing due: at once
+    assert rx.recv(1024).startswith(b"/lalelu/off")
     rx.close()
 
 
@@ -233,6 +239,16 @@ def test_jack_midi_places_each_note_on_the_frame_it_is_due(jack_server):
             # seen under load), sent at once the notes would all land within a period of each other.
             assert abs((frame - events[0][0]) - gap / 1e3 * rate) <= rate / 1000
         assert out.late == 0
+        # Note-offs sent at once (a lost backend) never reach the receiver before the hit still due.
+        before = take(listener.events, 100, timeout_s=0.1)
+        out.note_on(10, 40, 100, "probe", now_ns() + 200_000_000)
+        out.note_off(10, 40)
+        out.note_on(10, 41, 100, "probe", now_ns() + 150_000_000)
+        out.all_notes_off()
+        later = [e for e in take(listener.events, 100, timeout_s=1.0) if e[1][0] in (0x99, 0x89, 0xB9)]
+        order = [(e[1][0], e[1][1]) for e in later]
+        assert order.index((0x99, 40)) < order.index((0x89, 40)), (before, order)
+        assert order.index((0x99, 41)) < order.index((0x89, 41)) < order.index((0xB9, 123)), order
     finally:
         out.close()
         listener.close()

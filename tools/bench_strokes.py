@@ -90,16 +90,25 @@ def toml_text(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_case(base: dict, case: dict, fps: float, seconds: float, workdir: Path) -> dict:
+def case_config(base: dict, case: dict, fps: float) -> dict:
     data = json.loads(json.dumps(base))
     data.setdefault("camera", {}).update(case, fps=fps)
     data.setdefault("output", {}).update(mapping="demo-nod")
     data.setdefault("monitor", {}).update(enabled=False)
-    config = workdir / "config.toml"
+    return data
+
+
+def run_live(data: dict, fps: float, seconds: float, workdir: Path, stem: str) -> dict:
+    """One live demo of the case: its configuration, recording and summary as workdir/stem.*"""
+    config = workdir / f"{stem}.toml"
     config.write_text(toml_text(data))
-    cfg = config_from_dict(data, str(config))
-    recording = workdir / "poses.npz"
-    live = run_demo(seconds, config, quiet=True, fps=fps, record=recording)
+    live = run_demo(seconds, config, quiet=True, fps=fps, record=workdir / f"{stem}.npz")
+    (workdir / f"{stem}.json").write_text(json.dumps(live))
+    return live
+
+
+def analyse(data: dict, live: dict, recording: Path, workdir: Path) -> dict:
+    cfg = config_from_dict(data)
     rec = load_recording(recording)
     impacts = session_impacts(cfg, rec)
     assert impacts is not None
@@ -116,7 +125,7 @@ def run_case(base: dict, case: dict, fps: float, seconds: float, workdir: Path) 
         hits = replay(rec, variant, cfg.output.latency_ms)
         scheduled = versus_impacts(sound_times_s(rec, hits, cfg.output.latency_ms), impacts)
         try:
-            wav = session_wav(rec, hits, variant, cfg, workdir / f"{timing}.wav", impacts)
+            wav = session_wav(rec, hits, variant, cfg, workdir / f"{recording.stem}-{timing}.wav", impacts)
             rendered = wav["timing"].get("vs_impact", {})
         except Exception as exc:  # no synth here: the scheduled times stand in, and the row says so
             rendered = {"error": str(exc)}
@@ -133,6 +142,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="per case (default 15)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument(
+        "--keep", type=Path, help="keep each case's configuration, recording and live summary in this folder"
+    )
+    ap.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="no live runs: analyse the sessions a --keep run left in this folder (a GPU machine's, "
+        "rendered here with the synth)",
+    )
     args = ap.parse_args()
     base = tomllib.loads(args.config.read_text())
     latency_ms = config_from_dict(base).output.latency_ms
@@ -144,8 +163,15 @@ def main() -> None:
     print(header)
     for fps in args.fps:
         for name in args.cases.split(","):
+            data, stem = case_config(base, CASES[name], fps), f"{fps:g}fps-{name}"
             with tempfile.TemporaryDirectory(prefix="lalelu-strokes-") as tmp:
-                r = run_case(base, CASES[name], fps, args.seconds, Path(tmp))
+                workdir = args.source or args.keep or Path(tmp)
+                workdir.mkdir(parents=True, exist_ok=True)
+                if args.source:
+                    live = json.loads((workdir / f"{stem}.json").read_text())
+                else:
+                    live = run_live(data, fps, args.seconds, workdir, stem)
+                r = analyse(data, live, workdir / f"{stem}.npz", Path(tmp))
             rows.append({"fps": fps, "case": name, **r})
             for timing in ("turn", "impact"):
                 v = r[timing]["rendered"] if "mean_ms" in r[timing]["rendered"] else r[timing]["scheduled"]

@@ -27,12 +27,14 @@ class Hit:
 
 # Impact timing ("impact"): how a downstroke's impact is estimated, and when the hit is committed.
 BRAKE_RATIO = 0.4  # the last interval's speed below this fraction of the stroke's peak: the hand brakes
-PREDICT_MIN_SPEED = 1.8  # frame heights a second over two intervals: slower strokes are timed by the turn
+PREDICT_MIN_SPEED = 1.8  # frame heights a second over SPEED_SPAN_NS: slower strokes are timed by the turn
+SPEED_SPAN_NS = 20_000_000  # two intervals at 100 fps
 PLANE_SPEED = 0.5  # the plane prediction needs the last two intervals at this fraction of the peak speed
 NEAR_PLANE = 0.25  # braking counts within this fraction of the stroke's travel above the learned depth
 VERTEX_WINDOW_NS = 160_000_000  # a slow motion's parabola is fitted to at most this much of its track
 VERTEX_MIN_FRAMES = 5
-HISTORY = 16  # raw positions kept per strike
+VERTEX_MAX_SPEED = 0.5  # a vertex is believed once the motion is below this fraction of its peak speed
+HISTORY = 40  # raw positions kept per strike: the vertex window (160 ms) at 240 fps
 HORIZON_FRAMES = 3.0  # a prediction further ahead than this many frames is not trusted
 COMMIT_GUARD_NS = 1_000_000  # the next pose must arrive this long before the sound is due to wait for it
 LOST_GRACE_NS = 100_000_000  # a keypoint missing this long loses its stroke; shorter gaps are bridged
@@ -53,6 +55,8 @@ class _StrikeState:
         "n",
         "peak",
         "peak2",
+        "pending_ns",
+        "pending_plane_ns",
         "plane_pred_ns",
         "pos",
         "raw",
@@ -90,6 +94,10 @@ class _StrikeState:
         self.hit = False  # the last event was a hit: only travelling back re-arms, not a pause
         self.committed = False  # impact timing: this stroke's hit is out, the turn is awaited to learn
         self.plane_pred_ns = 0  # the plane prediction (without bias) at the commit, for learning
+        # The last prediction made while the reader could still wait: it stands when the next frames,
+        # at the lowest point, show neither braking nor the turn yet (200 fps: steps below the model's).
+        self.pending_ns = 0
+        self.pending_plane_ns = 0
         self.lost_ns = 0
 
 
@@ -222,7 +230,7 @@ class GestureReader:
         if st.top - st.start < s.rearm:
             # Not yet a stroke: a tremble or the model's jitter. If it turns back, it never was one.
             if v <= 0:
-                st.armed, st.peak, st.start = False, 0.0, raw
+                st.armed, st.peak, st.start, st.pending_ns = False, 0.0, raw, 0
             return
         impact = self._seen_turn(s, st, raw, v)
         if impact == 0:
@@ -280,7 +288,12 @@ class GestureReader:
         peak = st.peak * 1e-9
         frame = self._frame(st)
         speed = (y2 - y0) / max(t2 - t0, 1)
-        st.peak2 = max(st.peak2, speed * 1e9)
+        # The stroke's peak speed over SPEED_SPAN_NS: over two 5-ms intervals (200 fps) one 1.3-px step
+        # alone is 1 frame height a second, and a nod would pass for a stroke.
+        k = 3
+        while k < min(st.n, HISTORY) and t2 - st.ts[-k] < SPEED_SPAN_NS:
+            k += 1
+        st.peak2 = max(st.peak2, (y2 - st.ys[-k]) / max(t2 - st.ts[-k], 1) * 1e9)
         if st.peak2 < PREDICT_MIN_SPEED:
             # Too slow for braking to be read from two intervals: the 1.3-px steps and the jitter are as
             # large as a frame's motion (the demo's nod). It eases into its lowest point like a
@@ -288,6 +301,8 @@ class GestureReader:
             predicted = self._vertex(st)
             if predicted < t_ns - frame:
                 return 0  # no vertex, or one behind: the turn will say so
+            if speed > VERTEX_MAX_SPEED * st.peak2 * 1e-9:
+                return 0  # still near full speed: a vertex this soon is the steps' noise
         # A stalled step mid-stroke looks like braking for one frame: braking is believed only near the
         # depth where this player's strokes land, once one has been seen.
         near_plane = st.learned >= 1 and st.depth - y2 <= max(
@@ -300,14 +315,20 @@ class GestureReader:
             elif st.learned >= 2 and speed >= PLANE_SPEED * peak:
                 # Still near full speed (a stroke, not a nod that eases into its turn): time to the plane.
                 predicted = self._plane_ns(st, t_ns) + st.bias_ns
-        if predicted == 0:
-            return 0
         if predicted - t_ns > HORIZON_FRAMES * frame:
+            st.pending_ns = 0  # the stroke goes on: what was predicted before no longer holds
             return 0
+        if predicted == 0:
+            predicted = st.pending_ns
+            if predicted == 0:
+                return 0
+        else:
+            st.pending_ns = predicted
+            st.pending_plane_ns = self._plane_ns(st, t_ns) if st.learned >= 2 and y2 > y0 else 0
         # The next pose arrives a frame and a delay from now: wait for it if the sound is not due before.
         if predicted + self.latency_ns >= t_ns + frame + self.delay_ns + COMMIT_GUARD_NS:
             return 0
-        st.plane_pred_ns = self._plane_ns(st, t_ns) if st.learned >= 2 and y2 > y0 else 0
+        st.plane_pred_ns = st.pending_plane_ns
         return max(predicted, t_ns - frame)
 
     def _vertex(self, st: _StrikeState) -> int:
@@ -432,6 +453,7 @@ class GestureReader:
                 note = z.note
                 break
         st.armed, st.ready, st.peak, st.peak2, st.hit = False, False, 0.0, 0.0, True
+        st.pending_ns = st.pending_plane_ns = 0
         self.on_hit(Hit(t_ns, s.name, note, velocity, impact_ns, self._now))
 
     def _update_control(self, c: Control, cs: _ControlState, t_ns: int, xn: float, yn: float) -> None:

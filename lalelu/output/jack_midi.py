@@ -39,7 +39,9 @@ class JackMidiOutput:
         self._port = self._client.midi_outports.register("out")
         self._incoming: collections.deque[tuple[int, bytes]] = collections.deque()
         self._pending: list[tuple[int, bytes]] = []  # touched by the process callback only
-        self._sounding: set[tuple[int, int]] = set()
+        # Sounding notes and the frame each was scheduled for: a note-off never leaves before its note-on
+        # (a hit is scheduled ahead, an all-notes-off at a lost backend is not).
+        self._sounding: dict[tuple[int, int], int] = {}
         self.late = 0  # messages written after their frame had passed (at the period's start)
         self._client.set_process_callback(self._process)
         self._client.activate()
@@ -85,17 +87,24 @@ class JackMidiOutput:
         ahead = max(0, at_ns - now_ns()) if at_ns else 0
         return self._client.frame_time + ahead * self.rate // 1_000_000_000
 
-    def send(self, message: bytes | list[int], at_ns: int = 0) -> None:
+    def send(self, message: bytes | list[int], at_ns: int = 0, not_before: int = 0) -> int:
+        """Queues `message` for the frame at `at_ns`, or at frame `not_before` if that is later; returns
+        the frame."""
+        frame = max(self.frame_at(at_ns), not_before)
         if len(self._incoming) < MAX_PENDING:
-            self._incoming.append((self.frame_at(at_ns), bytes(message)))
+            self._incoming.append((frame, bytes(message)))
+        return frame
 
     def note_on(self, channel: int, note: int, velocity: int, name: str, at_ns: int = 0) -> None:
-        self.send([0x90 | (channel - 1), note, velocity], at_ns)
-        self._sounding.add((channel, note))
+        key = (channel, note)
+        # Sorted by frame, a re-struck note's note-off of the earlier hit still comes first.
+        self._sounding[key] = self.send(
+            [0x90 | (channel - 1), note, velocity], at_ns, self._sounding.get(key, 0)
+        )
 
     def note_off(self, channel: int, note: int, at_ns: int = 0) -> None:
-        self.send([0x80 | (channel - 1), note, 0], at_ns)
-        self._sounding.discard((channel, note))
+        on_frame = self._sounding.pop((channel, note), 0)
+        self.send([0x80 | (channel - 1), note, 0], at_ns, on_frame)
 
     def control(self, channel: int, kind: str, number: int, value: int, name: str) -> None:
         if kind == "pitchbend":
@@ -104,10 +113,11 @@ class JackMidiOutput:
             self.send([0xB0 | (channel - 1), number, value])
 
     def all_notes_off(self) -> None:
+        last = max(self._sounding.values(), default=0)  # after the last note-on still to leave
         for channel, note in list(self._sounding):
             self.note_off(channel, note)
         for ch in range(16):
-            self.send([0xB0 | ch, 123, 0])  # All Notes Off, for whatever a receiver still holds
+            self.send([0xB0 | ch, 123, 0], not_before=last)  # All Notes Off, whatever a receiver still holds
 
     def close(self) -> None:
         if self._client is None:
