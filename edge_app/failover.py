@@ -16,7 +16,15 @@ from edge_app.link import BackendUnavailable, connect_backend
 from lalelu.clock import now_ns
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.realtime import leave_realtime
-from lalelu.wire import PixelFormat, ProtocolError, Status, encode_frame_header, payload_size, round_trip
+from lalelu.wire import (
+    PixelFormat,
+    ProtocolError,
+    Status,
+    encode_frame_header,
+    payload_size,
+    reply_problem,
+    round_trip,
+)
 
 log = logging.getLogger("lalelu.edge")
 
@@ -63,6 +71,11 @@ class Reconnector:
             reply = round_trip(sock, header, payload, np.zeros((NUM_KEYPOINTS, 3), np.float32))
             if reply.status != Status.OK:
                 raise BackendUnavailable(f"the backend answered the probe frame with {reply.status.name}")
+            problem = reply_problem(reply, 0, width, height)
+            if problem:
+                raise BackendUnavailable(
+                    f"the backend's answer to the probe frame is not believed: {problem}"
+                )
         except BaseException:
             sock.close()
             raise

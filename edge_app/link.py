@@ -20,6 +20,7 @@ from lalelu.wire import (
     Reply,
     encode_frame_header,
     parse_reply_into,
+    reply_problem,
     split_address,
 )
 
@@ -70,6 +71,8 @@ class BackendLink:
         self._budget_ns = int(latency_budget_ms * 1e6)
         self._service_ns = 0  # the backend's time per frame, smoothed (receiver thread writes it)
         self._sent_at = [0] * max_in_flight  # monotonic ns of each frame in flight, by send count
+        self._sent_seq = [0] * max_in_flight  # and its sequence number: the reply it must get
+        self._frame_size = (1, 1)  # width, height of the frames sent
         self._last_reply_ns = 0  # monotonic ns of the last reply (receiver thread writes it)
         self.sent = 0
         self.replies = 0
@@ -100,6 +103,8 @@ class BackendLink:
             raise BackendUnavailable(f"the backend at {self.address} went away: {self.error}")
         header = encode_frame_header(seq, capture_ns, fmt, width, height, frame.nbytes)
         self._sent_at[self.sent % len(self._sent_at)] = time.monotonic_ns()
+        self._sent_seq[self.sent % len(self._sent_seq)] = seq
+        self._frame_size = (width, height)
         try:
             self.sock.sendmsg([header, frame.data.cast("B")])
         except OSError as exc:
@@ -155,6 +160,11 @@ class BackendLink:
                         raise ConnectionError("connection closed by the backend")
                     got += n
                 reply = parse_reply_into(buf, keypoints)
+                problem = reply_problem(
+                    reply, self._sent_seq[self.replies % len(self._sent_seq)], *self._frame_size
+                )
+                if problem:  # a lying or broken backend: failed over from like a lost one
+                    raise ProtocolError(f"reply not believed: {problem}", fatal=True)
                 served = reply.send_ns - reply.recv_ns  # the backend's clock, a duration: no clock sync
                 self._service_ns += (served - self._service_ns) // 8 if self._service_ns else served
                 self._last_reply_ns = time.monotonic_ns()

@@ -179,6 +179,37 @@ def parse_reply_into(data: bytes | bytearray | memoryview, keypoints_out: np.nda
     return Reply(Status(status), seq, recv, t0, t1, send, keypoints_out)
 
 
+# A reply's backend timestamps span at most this long (its clock, a duration): a frame that took longer
+# has been given up on by any edge's reply timeout.
+MAX_SERVE_NS = 60 * 10**9
+
+
+def reply_problem(reply: Reply, expected_seq: int, width: int, height: int) -> str:
+    """Why a parsed reply is not to be believed ("" when it is): the backend serves in order, so it answers
+    the oldest frame in flight; its timestamps run forward over a plausible span; an OK pose's keypoints are
+    finite, inside the frame (letterbox padding: up to a frame beyond it) and scored 0..1."""
+    if reply.seq != expected_seq:
+        return f"it answered frame {reply.seq}, but the oldest frame in flight is {expected_seq}"
+    if not 0 <= reply.send_ns - reply.recv_ns <= MAX_SERVE_NS:
+        return f"its reply spans {reply.send_ns - reply.recv_ns} ns from receiving the frame to sending"
+    if reply.status != Status.OK:
+        return ""
+    kp = reply.keypoints
+    if not np.isfinite(kp).all():
+        return "its keypoints are not finite numbers"
+    x, y, score = kp[:, 0], kp[:, 1], kp[:, 2]
+    if (
+        x.min() < -width
+        or x.max() > 2 * width
+        or y.min() < -height
+        or y.max() > 2 * height
+        or score.min() < 0
+        or score.max() > 1
+    ):
+        return f"its keypoints lie outside the {width}x{height} frame or score outside 0..1"
+    return ""
+
+
 def round_trip(sock, header: bytes, payload: bytes, keypoints_out: np.ndarray) -> Reply:
     """Send one frame on a blocking socket and read its reply (a tool's client, not the edge's hot path).
     Raises ConnectionError when the backend closes the connection first."""

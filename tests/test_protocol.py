@@ -461,3 +461,82 @@ def test_busy_polling_link_gets_every_reply_and_closes_promptly(slow_server):
     start = time.monotonic()
     link.close()
     assert time.monotonic() - start < 1.0
+
+
+def _lying_backend(sock: socket.socket, lie: str) -> None:
+    """Answers each frame well-formed, but with `lie`: another sequence, NaN or off-frame keypoints, or
+    timestamps that run backwards."""
+    out = bytearray(REPLY_SIZE)
+    with contextlib.suppress(OSError):
+        while True:
+            header = recv_exactly(sock, FRAME_HEADER.size)
+            if len(header) < FRAME_HEADER.size:
+                return
+            h = parse_frame_header(header, MAX_PAYLOAD)
+            seq, width, height = h.seq, h.width, h.height
+            recv_exactly(sock, h.payload_len)
+            kp = np.tile(np.array([width / 2, height / 2, 0.9], np.float32), (17, 1))
+            recv_ns, send_ns = 1000, 2000
+            if lie == "sequence":
+                seq += 1000
+            elif lie == "largest sequence":
+                seq = 2**64 - 1
+            elif lie == "nan":
+                kp[3, 0] = np.nan
+            elif lie == "infinity":
+                kp[5, 2] = np.inf
+            elif lie == "off the frame":
+                kp[0, 1] = 1e9
+            elif lie == "backwards":
+                recv_ns, send_ns = 2000, 1000
+            encode_reply_into(out, Status.OK, seq, recv_ns, recv_ns, send_ns, send_ns, kp)
+            sock.sendall(out)
+
+
+@pytest.mark.parametrize(
+    ("lie", "reason"),
+    [
+        ("sequence", "answered frame 1000, but the oldest frame in flight is 0"),
+        ("largest sequence", "answered frame 18446744073709551615"),
+        ("nan", "not finite"),
+        ("infinity", "not finite"),
+        ("off the frame", "outside the 32x24 frame"),
+        ("backwards", "spans -1000 ns"),
+    ],
+)
+def test_a_lying_backend_is_not_believed_and_is_left_like_a_lost_one(lie, reason):
+    from edge_app.link import BackendLink, BackendUnavailable
+
+    ours, theirs = socket.socketpair()
+    liar = threading.Thread(target=_lying_backend, args=(theirs, lie), daemon=True)
+    liar.start()
+    believed = []
+    link = BackendLink(ours, "liar:1", believed.append, 2, 2.0)
+    frame = np.zeros((24, 32, 3), np.uint8)
+    try:
+        with pytest.raises(BackendUnavailable, match="reply not believed: .*" + reason.replace(".", r"\.")):
+            for seq in range(50):
+                link.send(seq, 1, PixelFormat.RGB888, 32, 24, frame)
+                time.sleep(0.01)
+        assert believed == []  # no pose of the liar reached the edge
+    finally:
+        link.close()
+        theirs.close()
+
+
+def test_an_honest_reply_is_believed():
+    from edge_app.link import BackendLink
+
+    ours, theirs = socket.socketpair()
+    threading.Thread(target=_lying_backend, args=(theirs, "none"), daemon=True).start()
+    believed = []
+    link = BackendLink(ours, "honest:1", believed.append, 2, 2.0)
+    frame = np.zeros((24, 32, 3), np.uint8)
+    try:
+        for seq in range(5):
+            link.send(seq, 1, PixelFormat.RGB888, 32, 24, frame)
+        assert link.in_flight_done(2.0) and not link.error
+        assert [r.seq for r in believed] == list(range(5))
+    finally:
+        link.close()
+        theirs.close()
