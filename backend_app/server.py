@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from lalelu.clock import now_ns
+from lalelu.errors import LaleluError
 from lalelu.gestures.consumer import PoseConsumer
 from lalelu.inference import PoseEstimator
 from lalelu.keypoints import NUM_KEYPOINTS
@@ -103,7 +104,15 @@ class InferenceServer:
         self.telemetry = TelemetryRing(8192, BACKEND_TELEMETRY_DTYPE)
         self.gpu_clock = gpu_clock
         self._sel = selectors.DefaultSelector()
-        self._listener = socket.create_server((host, port), backlog=16, reuse_port=False)
+        try:
+            self._listener = socket.create_server((host, port), backlog=16, reuse_port=False)
+        except OSError as exc:
+            raise LaleluError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another backend may hold the port; "
+                "stop it, or choose another [backend] port / --port"
+            ) from exc
+        except UnicodeError as exc:
+            raise LaleluError(f"[backend] listen_host = {host!r} is not a valid host name ({exc})") from exc
         self._listener.setblocking(False)
         self._sel.register(self._listener, selectors.EVENT_READ, None)
         self.address = self._listener.getsockname()[:2]

@@ -38,6 +38,10 @@ def connect_backend(address: str, timeout_s: float) -> socket.socket:
         if host_port is None:
             raise OSError(f"{address!r} is not HOST:PORT")
         sock = socket.create_connection(host_port, timeout=timeout_s)
+    except UnicodeError as exc:  # a host name IDNA cannot encode (empty labels, ...)
+        raise BackendUnavailable(
+            f"[edge] backend = {address!r}: the host is not a valid name ({exc}); give HOST:PORT"
+        ) from exc
     except OSError as exc:
         raise BackendUnavailable(
             f"cannot reach the backend at {address} ({exc.strerror or exc}): is `lalelu backend` running "

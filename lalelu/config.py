@@ -387,10 +387,14 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             f"cannot read configuration {path}: {exc.strerror}; check the path given to --config"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}): a configuration is a TOML file; save it as UTF-8"
         ) from exc
     try:
         data = tomllib.loads(text)

@@ -47,3 +47,39 @@ def test_broken_toml_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="cannot read configuration"):
         load_config(tmp_path / "missing.toml")
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[output]\nmapping = "Schlagzeug-\u00e4"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml is not UTF-8 text \(byte 31\).*save it as UTF-8"):
+        load_config(latin1)
+
+
+def test_a_mapping_that_is_not_utf8_is_one_clear_error(tmp_path):
+    from lalelu.gestures.mapping import load_mapping
+
+    bad = tmp_path / "drums.toml"
+    bad.write_bytes(b"\xff\xfe[instrument]\n")
+    with pytest.raises(ConfigError, match=r"drums\.toml is not UTF-8 text \(byte 0\)"):
+        load_mapping(bad)
+
+
+def test_a_backend_host_that_cannot_be_encoded_is_unavailable_not_a_traceback():
+    from edge_app.link import BackendUnavailable, connect_backend
+
+    with pytest.raises(BackendUnavailable, match="the host is not a valid name"):
+        connect_backend("\u2603..\u2603:7600", 1.0)
+
+
+def test_a_busy_backend_port_is_one_line_naming_the_fix():
+    import socket
+
+    from backend_app.server import InferenceServer
+    from lalelu.errors import LaleluError
+
+    holder = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(
+            LaleluError, match=r"cannot listen on 127\.0\.0\.1:\d+ .*another backend may hold"
+        ):
+            InferenceServer(None, "127.0.0.1", holder.getsockname()[1], 1024)  # type: ignore[arg-type]
+    finally:
+        holder.close()

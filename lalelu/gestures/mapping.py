@@ -218,10 +218,14 @@ def mapping_from_dict(data: dict[str, Any], origin: str = "mapping") -> Mapping:
 
 def load_mapping(path: Path) -> Mapping:
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(
             f"cannot read mapping {path}: {exc.strerror}; check --mapping / [output] mapping"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}): a mapping is a TOML file; save it as UTF-8"
         ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
