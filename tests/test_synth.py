@@ -132,6 +132,23 @@ def test_every_silencing_path_reaches_the_output(tmp_path):
     assert out.calls[-2:] == [("off", 11, 40), ("close",)]
 
 
+def test_a_note_struck_again_while_it_sounds_is_ended_first(tmp_path):
+    """Two note-ons of one note without a note-off between are a hanging note to a receiver that pairs
+    them: the consumer retriggers (note-off, then the new note-on); other notes keep sounding."""
+    path = tmp_path / "m.toml"
+    path.write_text(
+        '[instrument]\nchannel = 10\nnote_length_ms = 10000\n[[strike]]\nkeypoint = "nose"\nnote = 38\n'
+    )
+    out = RecordingOutput()
+    consumer = GestureConsumer(load_mapping(path), out, 320, 240, path)
+    consumer._hit(Hit(0, "n", 38, 100, 0))
+    consumer._hit(Hit(0, "n", 36, 100, 0))
+    consumer._hit(Hit(0, "n", 38, 100, 0))
+    assert out.calls == [("on", 10, 38), ("on", 10, 36), ("off", 10, 38), ("on", 10, 38)]
+    consumer.close()
+    assert sorted(out.calls[4:6]) == [("off", 10, 36), ("off", 10, 38)]
+
+
 class JackListener:
     """A JACK client with one audio input: reports (wall time of the period, first audible sample) of
     every sound that starts after at least `silent_periods` silent periods."""

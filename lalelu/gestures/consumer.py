@@ -106,6 +106,12 @@ class GestureConsumer:
 
     def _hit(self, hit: Hit) -> None:
         ch = self.mapping.channel
+        # A note struck again while it sounds is ended first (a drum module's retrigger): two note-ons of
+        # one note without a note-off between leave the receiver to guess which note-off ends which.
+        again = np.flatnonzero((self._off_due != 0) & (self._off_note == hit.note))
+        for i in again:
+            self.output.note_off(ch, hit.note)
+            self._off_due[i] = 0
         free = np.flatnonzero(self._off_due == 0)
         if free.size:
             slot = int(free[0])

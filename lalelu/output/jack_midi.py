@@ -39,9 +39,11 @@ class JackMidiOutput:
         self._port = self._client.midi_outports.register("out")
         self._incoming: collections.deque[tuple[int, bytes]] = collections.deque()
         self._pending: list[tuple[int, bytes]] = []  # touched by the process callback only
-        # Sounding notes and the frame each was scheduled for: a note-off never leaves before its note-on
-        # (a hit is scheduled ahead, an all-notes-off at a lost backend is not).
-        self._sounding: dict[tuple[int, int], int] = {}
+        # The last frame queued for each note (on or off) and the notes sounding: a note's messages leave
+        # in the order they were given, so a note-off never leaves before its note-on (a hit is scheduled
+        # ahead, an all-notes-off at a lost backend is not).
+        self._last_frame: dict[tuple[int, int], int] = {}
+        self._sounding: set[tuple[int, int]] = set()
         self.late = 0  # messages written after their frame had passed (at the period's start)
         self._client.set_process_callback(self._process)
         self._client.activate()
@@ -95,16 +97,16 @@ class JackMidiOutput:
             self._incoming.append((frame, bytes(message)))
         return frame
 
+    def _send_note(self, key: tuple[int, int], message: list[int], at_ns: int) -> None:
+        self._last_frame[key] = self.send(message, at_ns, self._last_frame.get(key, 0))
+
     def note_on(self, channel: int, note: int, velocity: int, name: str, at_ns: int = 0) -> None:
-        key = (channel, note)
-        # Sorted by frame, a re-struck note's note-off of the earlier hit still comes first.
-        self._sounding[key] = self.send(
-            [0x90 | (channel - 1), note, velocity], at_ns, self._sounding.get(key, 0)
-        )
+        self._send_note((channel, note), [0x90 | (channel - 1), note, velocity], at_ns)
+        self._sounding.add((channel, note))
 
     def note_off(self, channel: int, note: int, at_ns: int = 0) -> None:
-        on_frame = self._sounding.pop((channel, note), 0)
-        self.send([0x80 | (channel - 1), note, 0], at_ns, on_frame)
+        self._send_note((channel, note), [0x80 | (channel - 1), note, 0], at_ns)
+        self._sounding.discard((channel, note))
 
     def control(self, channel: int, kind: str, number: int, value: int, name: str) -> None:
         if kind == "pitchbend":
@@ -113,7 +115,7 @@ class JackMidiOutput:
             self.send([0xB0 | (channel - 1), number, value])
 
     def all_notes_off(self) -> None:
-        last = max(self._sounding.values(), default=0)  # after the last note-on still to leave
+        last = max(self._last_frame.values(), default=0)  # after every note message still to leave
         for channel, note in list(self._sounding):
             self.note_off(channel, note)
         for ch in range(16):
