@@ -110,14 +110,19 @@ class RecordingOutput:
         self.calls.append(("close",))
 
 
-def test_every_silencing_path_reaches_the_output(tmp_path):
-    """Backend loss (a hole in the pose stream), a mapping reload and shutdown each end what sounds."""
+def recorded_consumer(tmp_path) -> tuple:
+    """A consumer of a one-strike mapping (channel 10, note 38, long notes) playing into a RecordingOutput."""
     path = tmp_path / "m.toml"
     path.write_text(
         '[instrument]\nchannel = 10\nnote_length_ms = 10000\n[[strike]]\nkeypoint = "nose"\nnote = 38\n'
     )
     out = RecordingOutput()
-    consumer = GestureConsumer(load_mapping(path), out, 320, 240, path)
+    return path, out, GestureConsumer(load_mapping(path), out, 320, 240, path)
+
+
+def test_every_silencing_path_reaches_the_output(tmp_path):
+    """Backend loss (a hole in the pose stream), a mapping reload and shutdown each end what sounds."""
+    path, out, consumer = recorded_consumer(tmp_path)
     consumer._hit(Hit(0, "n", 38, 100, 0))
     consumer.all_notes_off()
     assert out.calls[-2:] == [("off", 10, 38), ("all off",)]
@@ -135,12 +140,7 @@ def test_every_silencing_path_reaches_the_output(tmp_path):
 def test_a_note_struck_again_while_it_sounds_is_ended_first(tmp_path):
     """Two note-ons of one note without a note-off between are a hanging note to a receiver that pairs
     them: the consumer retriggers (note-off, then the new note-on); other notes keep sounding."""
-    path = tmp_path / "m.toml"
-    path.write_text(
-        '[instrument]\nchannel = 10\nnote_length_ms = 10000\n[[strike]]\nkeypoint = "nose"\nnote = 38\n'
-    )
-    out = RecordingOutput()
-    consumer = GestureConsumer(load_mapping(path), out, 320, 240, path)
+    _path, out, consumer = recorded_consumer(tmp_path)
     consumer._hit(Hit(0, "n", 38, 100, 0))
     consumer._hit(Hit(0, "n", 36, 100, 0))
     consumer._hit(Hit(0, "n", 38, 100, 0))
