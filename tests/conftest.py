@@ -126,9 +126,11 @@ def jack_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("jack") / "jackd.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            # -t: a generous client timeout, so a busy test machine does not zombify the non-realtime
-            # test clients (JACK then silently drops their MIDI).
-            ["jackd", "--no-realtime", "-t", "10000", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128"],
+            # --sync: each cycle waits for every client (up to -t ms): on a busy 2-core machine the
+            # non-realtime clients are often late, and in the default asynchronous mode JACK then drops
+            # that cycle's MIDI (an xrun: test_recovery saw a note-off reach a second monitor but not
+            # the drum module). -t: generous, so a busy machine does not zombify a client.
+            ["jackd", "--no-realtime", "--sync", "-t", "10000", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128"],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
