@@ -130,7 +130,21 @@ def jack_server(tmp_path_factory):
             # non-realtime clients are often late, and in the default asynchronous mode JACK then drops
             # that cycle's MIDI (an xrun: test_recovery saw a note-off reach a second monitor but not
             # the drum module). -t: generous, so a busy machine does not zombify a client.
-            ["jackd", "--no-realtime", "--sync", "-t", "10000", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128"],
+            [
+                "jackd",
+                "--no-realtime",
+                "--sync",
+                "-t",
+                "10000",
+                "-n",
+                name,
+                "-d",
+                "dummy",
+                "-r",
+                "48000",
+                "-p",
+                "128",
+            ],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,

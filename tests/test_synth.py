@@ -162,12 +162,15 @@ class JackListener:
         self.peak = 0.0
         self._silent = 0
         self.silent_periods = silent_periods
+        self.recorded: list[tuple[int, np.ndarray]] | None = None  # (first frame, audio) of each period
         self.client.set_process_callback(self._process)
         self.client.activate()
 
     def _process(self, frames: int) -> None:
         now = time.monotonic_ns()
         audio = self.port.get_array()
+        if self.recorded is not None:
+            self.recorded.append((self.client.last_frame_time, audio.copy()))
         loud = np.flatnonzero(np.abs(audio) > 1e-4)
         self.peak = float(np.abs(audio).max())
         if loud.size == 0:
@@ -266,3 +269,121 @@ def test_demo_writes_a_wav_whose_onsets_are_its_hits(tmp_path):
     vs = timing["vs_impact"]
     assert vs["onsets"] >= 1 and vs["missed"] == 0 and vs["extra"] == 0
     assert result["vs_impact"]["impacts"] == vs["impacts"]
+
+
+class DriverStandIn:
+    """Calls a BlockScheduler the way an audio driver does: `period` frames per call into zeroed float
+    buffers, each call late by `jitter_ns[k]` after its period's start on a steady card clock."""
+
+    def __init__(self, scheduler, period: int, t0_ns: int, jitter_ns) -> None:
+        self.scheduler, self.period, self.t0 = scheduler, period, t0_ns
+        self.jitter = list(jitter_ns)
+        self.now = t0_ns
+        scheduler._clock = lambda: self.now
+        self.audio: list[np.ndarray] = []
+
+    def run(self, calls: int) -> None:
+        for _ in range(calls):
+            k = len(self.audio)
+            self.now = self.t0 + k * self.period * 1_000_000_000 // RATE + self.jitter[k % len(self.jitter)]
+            left, right = np.zeros(self.period, np.float32), np.zeros(self.period, np.float32)
+            out = [left.ctypes.data, right.ctypes.data]
+            assert self.scheduler.render(self.period, 0, [], 2, out) == 0
+            self.audio.append(left)
+
+    def first_sound(self) -> int:
+        return int(np.flatnonzero(np.abs(np.concatenate(self.audio)) > 0)[0])
+
+
+def scheduler_and_driver(period: int, jitter_ns=(0,)) -> tuple:
+    fluidsynth = synth_module.load_fluidsynth()
+    synth = synth_module.drum_synth(find_soundfont(""), RATE, 1.0)
+    scheduler = synth_module.BlockScheduler(synth, synth_module._libfluidsynth(fluidsynth), RATE)
+    return scheduler, DriverStandIn(scheduler, period, 10**12, jitter_ns)
+
+
+def at_frame(t0_ns: int, frame: int) -> int:
+    return t0_ns + -(-frame * 1_000_000_000 // RATE)  # the first ns whose frame is `frame`
+
+
+def test_a_scheduled_note_starts_on_the_block_nearest_its_due_frame():
+    """Real FluidSynth rendered through the scheduler as a driver would call it, with periods that do and
+    do not divide into FluidSynth's 64-frame blocks, calls late by up to 0.4 ms, and the note queued
+    ahead or in the period before it is due: it always starts on the block nearest its due frame."""
+    scheduler, driver = scheduler_and_driver(256)
+    scheduler.queue(synth_module.NOTE_ON, 9, 38, 100, 0)  # at once: where the SoundFont's sample starts
+    driver.run(4)
+    attack = driver.first_sound()  # the snare's first nonzero sample, from a block's start
+    assert attack < synth_module.BLOCK
+    rng = np.random.default_rng(5)
+    for period in (256, 100, 64, 333):
+        for due in (2000, 2016, 2017, 2047, 2048, 3333, 5000):
+            for ahead in (True, False):
+                jitter = np.concatenate([[0], rng.integers(0, 400_000, 63)])
+                scheduler, driver = scheduler_and_driver(period, jitter)
+                at_ns = at_frame(driver.t0, due)
+                if ahead:
+                    scheduler.queue(synth_module.NOTE_ON, 9, 38, 100, at_ns)
+                else:  # queued during the period that ends just before the due frame
+                    driver.run(due // period - 1)
+                    scheduler.queue(synth_module.NOTE_ON, 9, 38, 100, at_ns)
+                driver.run(-(-(due + 2 * synth_module.BLOCK) // period) - len(driver.audio) + 1)
+                nearest = (due + synth_module.BLOCK // 2) // synth_module.BLOCK * synth_module.BLOCK
+                assert driver.first_sound() == nearest + attack, (period, due, ahead)
+                assert scheduler.late == 0
+                scheduler.synth.delete()
+
+
+def test_a_note_due_in_the_past_starts_on_the_next_block_and_is_counted_late():
+    scheduler, driver = scheduler_and_driver(100)
+    driver.run(10)  # 1000 frames rendered
+    scheduler.queue(synth_module.NOTE_ON, 9, 38, 100, at_frame(driver.t0, 500))
+    driver.run(10)
+    assert scheduler.late == 1
+    scheduler2, driver2 = scheduler_and_driver(100)
+    scheduler2.queue(synth_module.NOTE_ON, 9, 38, 100, 0)
+    driver2.run(4)
+    # the next block after frame 1000 (where the call that saw it began): 1024
+    assert driver.first_sound() == 1024 + driver2.first_sound()
+    scheduler.synth.delete()
+    scheduler2.synth.delete()
+
+
+def test_a_note_off_never_starts_before_its_note_on():
+    """A held organ note scheduled ahead, then ended 'at once' before it has begun: the note-off waits
+    for its note-on, so the note sounds and then releases; overtaken, the organ would sound for ever."""
+    scheduler, driver = scheduler_and_driver(128)
+    sfid = scheduler.synth.sfload(str(find_soundfont("")))
+    scheduler.synth.program_select(0, sfid, 0, 19)  # church organ on channel 1: sustains while held
+    scheduler.queue(synth_module.NOTE_ON, 0, 60, 110, at_frame(driver.t0, 4800))
+    scheduler.queue(synth_module.NOTE_OFF, 0, 60)
+    driver.run(RATE * 2 // 128)
+    audio = np.abs(np.concatenate(driver.audio))
+    assert 4800 - 32 <= driver.first_sound() < 4800 + 32 + synth_module.BLOCK
+    assert audio[-RATE // 4 :].max() < 1e-4, "the organ still sounds: its note-off came first"
+    scheduler.synth.delete()
+
+
+@pytest.mark.process
+def test_notes_queued_together_sound_at_their_due_times_through_jack(synth_and_listener):
+    """Eight closed hi-hats (short: each ends before the next) handed to the synth at one moment, due 61.7 ms apart: through a real JACK server each
+    sounds at its own time (an at-once synth would sound them together), spaced as they were due to
+    within a block or two of JACK's jitter on this machine."""
+    out, listener = synth_and_listener
+    recorded: list[tuple[int, np.ndarray]] = []
+    listener.recorded = recorded
+    time.sleep(0.3)  # the render clock settles over its first periods
+    spacing_ns = 61_700_000
+    t0 = time.monotonic_ns() + 100_000_000
+    for i in range(8):
+        out.note_on(10, 42, 100, "closed hi-hat", t0 + i * spacing_ns)
+    time.sleep(0.1 + 8 * spacing_ns / 1e9 + 0.3)
+    first_frame = recorded[0][0]
+    audio = np.zeros(recorded[-1][0] - first_frame + len(recorded[-1][1]), np.float32)
+    for frame, block in recorded:
+        audio[frame - first_frame : frame - first_frame + len(block)] = block
+    onsets = detect_onsets(audio, RATE)
+    assert len(onsets) == 8, f"{len(onsets)} onsets for 8 notes: {onsets}"
+    gaps_ms = np.diff(onsets) * 1e3
+    print(f"synth through JACK, notes due 61.7 ms apart: onset gaps {np.round(gaps_ms, 2).tolist()} ms")
+    assert np.all(np.abs(gaps_ms - spacing_ns / 1e6) < 5.0), gaps_ms

@@ -1,18 +1,27 @@
 """The built-in drum sound: a General MIDI drum kit played by FluidSynth (libfluidsynth through pyfluidsynth).
 
-Live, FluidSynth's own audio driver renders in its audio thread (PipeWire, PulseAudio, JACK or ALSA). A hit sounds
-when the reader fires it (the live synth does not yet schedule a hit for its impact + latency; the WAV
-renderer, `render.py`, places every hit at its exact sample).
+Live, FluidSynth's own audio driver (PipeWire, PulseAudio, JACK or ALSA) calls `BlockScheduler.render` for
+every period, and the scheduler renders the synth in slices: a note due at monotonic time T starts on the
+FluidSynth block (64 frames, 1.3 ms at 48 kHz) nearest to the sample rendered at T. FluidSynth applies
+events only at the start of a block, so that is as close as it gets (within half a block; the WAV
+renderer, `render.py`, mixes one-shots at the exact sample instead). The sound leaves the card the
+driver's buffer (periods x period size) after it is rendered: a constant.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ctypes
 import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from lalelu.clock import now_ns
 from lalelu.config import OutputConfig
 from lalelu.output import OutputError
 
@@ -25,6 +34,23 @@ DEBIAN_SOUNDFONTS = ("default-GM.sf2", "FluidR3_GM.sf2", "TimGM6mb.sf2")
 # JACK where one runs, then the card itself.
 AUTO_DRIVERS = ("pipewire", "pulseaudio", "jack", "alsa")
 DRUM_BANK = 128  # the SoundFont bank that holds the percussion kits
+BLOCK = 64  # FluidSynth renders, and applies events, in blocks of this many frames
+# The render clock: the earliest of the last CLOCK_WINDOW periods' (call time - frames rendered / rate).
+# A driver calls late, never early, so the earliest is the steady one; a window, not all time, so that
+# the clock follows the card's drift and settles again after an xrun.
+CLOCK_WINDOW = 64
+MAX_QUEUED = 512  # notes waiting for their block; more means the loop schedules faster than it plays
+NOTE_ON, NOTE_OFF, ALL_OFF = 0, 1, 2
+# int fluid_audio_func_t(void *data, int len, int nfx, float *fx[], int nout, float *out[])
+AUDIO_FUNC = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.POINTER(ctypes.c_void_p),
+    ctypes.c_int,
+    ctypes.POINTER(ctypes.c_void_p),
+)
 
 
 def load_fluidsynth() -> Any:
@@ -84,6 +110,143 @@ def drum_synth(soundfont: Path, sample_rate: int, gain: float, **settings: Any) 
     return synth
 
 
+def _libfluidsynth(fluidsynth: Any) -> Any:
+    """The C library pyfluidsynth loaded, with the two entry points it does not wrap declared."""
+    lib = fluidsynth._fl
+    lib.new_fluid_audio_driver2.restype = ctypes.c_void_p
+    lib.new_fluid_audio_driver2.argtypes = [ctypes.c_void_p, AUDIO_FUNC, ctypes.c_void_p]
+    lib.fluid_synth_process.restype = ctypes.c_int
+    lib.fluid_synth_process.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+    ]
+    return lib
+
+
+class BlockScheduler:
+    """Plays notes on the FluidSynth block nearest their due time, from inside the audio callback.
+
+    The loop queues (due, event) through a deque (appends and pops are atomic); `render` places each on
+    the sample clock it keeps from its own call times, renders the synth up to that block, applies the
+    event and renders on. A note's events keep the order they were given: a note-off never starts
+    before its note-on, however the two were timed. An event due in the past starts on the next block.
+    """
+
+    def __init__(self, synth: Any, lib: Any, sample_rate: int, clock: Callable[[], int] = now_ns) -> None:
+        self.synth = synth
+        self._lib = lib
+        self._handle = synth.synth
+        self.rate = sample_rate
+        self._clock = clock
+        self._incoming: collections.deque[tuple[int, int, int, int, int]] = collections.deque()
+        self._pending: list[tuple[int, int, int, int, int]] = []  # (frame, kind, channel, note, velocity)
+        self._last_frame: dict[tuple[int, int], int] = {}  # touched by `render` only
+        self._starts = np.zeros(CLOCK_WINDOW, np.int64)
+        self._calls = 0
+        self.frames = 0  # rendered since the start; FluidSynth's own block grid counts from the same 0
+        self.late = 0  # events whose block had passed when they were seen (they start on the next one)
+        self._out_slices: dict[int, Any] = {}
+        self._fx_slices: dict[int, Any] = {}
+        self._out_in: Any = None
+        self._fx_in: Any = None
+        self.error: BaseException | None = None  # the first exception in `render` (it plays silence then)
+
+    def queue(self, kind: int, channel: int, note: int, velocity: int = 0, at_ns: int = 0) -> None:
+        if len(self._incoming) < MAX_QUEUED:
+            self._incoming.append((at_ns, kind, channel, note, velocity))
+
+    def frame_at(self, at_ns: int) -> int:
+        """The frame rendered at monotonic time `at_ns` on the render clock."""
+        origin = int(self._starts[: min(self._calls, CLOCK_WINDOW)].min())
+        return (at_ns - origin) * self.rate // 1_000_000_000
+
+    @staticmethod
+    def _slice(cache: dict[int, Any], count: int, pointers: Any, offset: int) -> Any:
+        """A float*[count] of `pointers` moved `offset` frames on, reused from call to call."""
+        array = cache.get(count)
+        if array is None:
+            array = cache[count] = (ctypes.c_void_p * count)()
+        for i in range(count):
+            array[i] = pointers[i] + 4 * offset
+        return array
+
+    def _process(self, start: int, length: int, nfx: int, nout: int) -> None:
+        if length <= 0:
+            return
+        out = self._slice(self._out_slices, nout, self._out_in, start)
+        # No effect buffers from the driver: the effects (off here) mix into the dry ones.
+        fx = self._slice(self._fx_slices, nfx, self._fx_in, start) if nfx else out
+        self._lib.fluid_synth_process(
+            self._handle, length, nfx if nfx else nout, ctypes.addressof(fx), nout, ctypes.addressof(out)
+        )
+
+    def callback(self, data: Any, length: int, nfx: int, fx: Any, nout: int, out: Any) -> int:
+        try:
+            return self.render(length, nfx, fx, nout, out)
+        except Exception as exc:  # raised into C it would only print; kept for close() to report
+            if self.error is None:
+                self.error = exc
+            return 0
+
+    def render(self, length: int, nfx: int, fx: Any, nout: int, out: Any) -> int:
+        """FluidSynth's fluid_audio_func_t: fill `out` (zeroed by the driver) with the next `length`
+        frames. `fx` and `out` hold float* addresses (ints); `fx` may be empty."""
+        now = self._clock()
+        self._starts[self._calls % CLOCK_WINDOW] = now - self.frames * 1_000_000_000 // self.rate
+        self._calls += 1
+        self._out_in, self._fx_in = out, fx
+        if not fx:
+            nfx = 0
+        first, end = self.frames, self.frames + length
+        while self._incoming:
+            at_ns, kind, channel, note, velocity = self._incoming.popleft()
+            frame = self.frame_at(at_ns) if at_ns else first
+            frame = (frame + BLOCK // 2) // BLOCK * BLOCK  # the nearest block
+            if kind == ALL_OFF:
+                frame = max(frame, *self._last_frame.values(), first)
+            else:
+                frame = max(frame, self._last_frame.get((channel, note), 0))
+                self._last_frame[(channel, note)] = frame
+            if frame < first and at_ns:
+                self.late += 1
+            self._pending.append((frame, kind, channel, note, velocity))
+        done = 0
+        if self._pending:
+            self._pending.sort(key=_frame_of)
+            kept = 0
+            for event in self._pending:
+                if event[0] >= end:
+                    self._pending[kept] = event
+                    kept += 1
+                    continue
+                at = max(event[0] - first, done)
+                self._process(done, at - done, nfx, nout)
+                done = at
+                self._apply(event)
+            del self._pending[kept:]
+        self._process(done, length - done, nfx, nout)
+        self.frames = end
+        return 0
+
+    def _apply(self, event: tuple[int, int, int, int, int]) -> None:
+        _, kind, channel, note, velocity = event
+        if kind == NOTE_ON:
+            self.synth.noteon(channel, note, velocity)
+        elif kind == NOTE_OFF:
+            self.synth.noteoff(channel, note)
+        else:
+            for ch in range(16):
+                self.synth.all_notes_off(ch)
+
+
+def _frame_of(event: tuple[int, int, int, int, int]) -> int:
+    return event[0]
+
+
 class SynthOutput:
     """Hits as notes of FluidSynth's drum kit, heard through the host's sound system."""
 
@@ -99,12 +262,15 @@ class SynthOutput:
         client_name: str = "lalelu",
     ) -> None:
         fluidsynth = load_fluidsynth()
+        lib = _libfluidsynth(fluidsynth)
         self.synth = drum_synth(
             soundfont,
             sample_rate,
             gain,
             **{"audio.period-size": period_size, "audio.periods": periods},
         )
+        self.scheduler = BlockScheduler(self.synth, lib, sample_rate)
+        self._callback = AUDIO_FUNC(self.scheduler.callback)  # kept alive as long as the driver
         self.soundfont = soundfont
         self.driver = ""
         tried = []
@@ -115,7 +281,7 @@ class SynthOutput:
             if name == "jack":
                 self.synth.setting("audio.jack.id", client_name)
                 self.synth.setting("audio.jack.autoconnect", 1)  # to the system's playback ports
-            handle = fluidsynth.new_fluid_audio_driver(self.synth.settings, self.synth.synth)
+            handle = lib.new_fluid_audio_driver2(self.synth.settings, self._callback, None)
             if handle:
                 self.synth.audio_driver = handle  # Synth.delete() closes it first
                 self.driver = name
@@ -150,11 +316,10 @@ class SynthOutput:
         )
 
     def note_on(self, channel: int, note: int, velocity: int, name: str, at_ns: int = 0) -> None:
-        # Sounds at once: scheduling on FluidSynth's sequencer was tried and not kept (README).
-        self.synth.noteon(channel - 1, note, velocity)
+        self.scheduler.queue(NOTE_ON, channel - 1, note, velocity, at_ns)
 
-    def note_off(self, channel: int, note: int) -> None:
-        self.synth.noteoff(channel - 1, note)
+    def note_off(self, channel: int, note: int, at_ns: int = 0) -> None:
+        self.scheduler.queue(NOTE_OFF, channel - 1, note, 0, at_ns)
 
     def control(self, channel: int, kind: str, number: int, value: int, name: str) -> None:
         if kind == "pitchbend":
@@ -163,12 +328,15 @@ class SynthOutput:
             self.synth.cc(channel - 1, number, value)
 
     def all_notes_off(self) -> None:
-        for channel in range(16):  # like MIDI's All Notes Off: sounding notes go to their release
-            self.synth.all_notes_off(channel)
+        # Like MIDI's All Notes Off (sounding notes go to their release), after every note still queued.
+        self.scheduler.queue(ALL_OFF, 0, 0)
 
     def close(self) -> None:
         if self.synth is None:
             return
-        self.all_notes_off()
-        self.synth.delete()
+        self.synth.delete()  # the driver first, so the callback has stopped when the synth goes
         self.synth = None
+        if self.scheduler.error is not None:
+            log.error("the synth's audio callback failed and played silence: %r", self.scheduler.error)
+        if self.scheduler.late:
+            log.info("synth: %d notes arrived after their block and started on the next", self.scheduler.late)
