@@ -5,7 +5,7 @@ import pytest
 from conftest import REFERENCE
 
 from lalelu.engines import create_engine
-from lalelu.errors import ModelError
+from lalelu.errors import LaleluError, ModelError
 from lalelu.keypoints import KEYPOINT_INDEX
 from lalelu_commands.pose_image import estimate_pose
 
@@ -96,4 +96,58 @@ def test_pose_command_on_a_missing_image_is_clear(tmp_path):
 
     r = subprocess.run(lalelu_cmd("pose", str(tmp_path / "nope.jpg")), capture_output=True, timeout=60)
     assert r.returncode == 2
-    assert "cannot read" in r.stderr.decode() and "Traceback" not in r.stderr.decode()
+    assert "nope.jpg does not exist" in r.stderr.decode() and "Traceback" not in r.stderr.decode()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height, with one tiny compressed row after it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_pose_command_refuses_bombs_and_pictures_too_small_for_a_person(tmp_path):
+    import subprocess
+
+    import cv2
+    from conftest import lalelu_cmd
+
+    from lalelu_commands.pose_image import read_rgb
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(100_000, 100_000))
+    r = subprocess.run(lalelu_cmd("pose", str(bomb)), capture_output=True, timeout=60)
+    assert r.returncode == 2, r.stderr.decode()
+    assert "declares 100000x100000 pixels" in r.stderr.decode() and "Traceback" not in r.stderr.decode()
+
+    _, jpeg = cv2.imencode(".jpg", np.full((40, 60, 3), 128, np.uint8))
+    data = bytearray(jpeg.tobytes())
+    sof = data.index(b"\xff\xc0")
+    assert data[sof + 5 : sof + 9] == (40).to_bytes(2, "big") + (60).to_bytes(2, "big")
+    data[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") * 2  # the frame header now declares 60000x60000
+    (tmp_path / "bomb.jpg").write_bytes(bytes(data))
+    with pytest.raises(LaleluError, match="declares 60000x60000 pixels"):
+        read_rgb(tmp_path / "bomb.jpg")
+
+    for w, h in ((512, 1), (1, 1), (31, 400)):
+        path = tmp_path / f"{w}x{h}.png"
+        cv2.imwrite(str(path), np.zeros((h, w, 3), np.uint8))
+        with pytest.raises(LaleluError, match=f"is {w}x{h} pixels: too small to hold a person"):
+            read_rgb(path)
+    cv2.imwrite(str(tmp_path / "32x32.png"), np.zeros((32, 32, 3), np.uint8))
+    assert read_rgb(tmp_path / "32x32.png").shape == (32, 32, 3)
+    with pytest.raises(LaleluError, match="is a folder"):
+        read_rgb(tmp_path)
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(LaleluError, match=r"cannot read .* as an image"):
+        read_rgb(tmp_path / "notes.png")
