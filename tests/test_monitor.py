@@ -4,12 +4,14 @@ page itself in a real browser (Debian's chromium driven by Playwright) against a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -169,14 +171,28 @@ def test_page_in_a_browser_follows_the_instrument(tmp_path):
             assert edge.poll() is None and time.monotonic() < deadline, "the monitor page never answered"
             time.sleep(0.2)
         assert http_status(f"http://127.0.0.1:{port}/") == 401  # no token, no page
+        assert http_status(f"http://127.0.0.1:{port}/static/monitor.js") == 401  # nor its files
+        assert http_status(f"http://127.0.0.1:{port}/?token=t0K") == 401
         with socket.create_connection(("127.0.0.1", port)) as raw:  # a malformed request
             raw.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
             assert b" 400 Bad Request" in raw.recv(100).split(b"\r\n")[0]
+        with socket.create_connection(("127.0.0.1", port)) as raw:  # a 100-KB header
+            raw.sendall(b"GET /?token=t0k HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+            assert raw.recv(100).split(b"\r\n")[0].split(b" ")[1] in (b"400", b"431")
+        # The token is in no process's argv (`ps`), and the monitor's journal line does not carry it.
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                assert b"t0k" not in cmdline.read_bytes(), cmdline
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone's screen
             page.goto(url)
             page.wait_for_function("monitor.pictures >= 3 && monitor.poses >= 50", timeout=30_000)
+            # The first load set a session cookie (the page's WebSocket rides on it) and the token
+            # left the address bar.
+            assert "token" not in page.url, page.url
+            cookie = {c["name"]: c for c in page.context.cookies()}["lalelu_monitor"]
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and "t0k" not in cookie["value"]
 
             def state() -> dict:
                 return page.evaluate(
@@ -231,5 +247,8 @@ def test_page_in_a_browser_follows_the_instrument(tmp_path):
             page.wait_for_function("monitor.state.startsWith('backend lost')", timeout=20_000)
             assert page.locator("#banner").is_hidden()  # playing on: a state, not a blackout
             browser.close()
+    log = (tmp_path / "edge.log").read_text()
+    assert "Traceback" not in log and "t0k" not in log, log
+    assert "refused a malformed request" in log, log
     shot = cv2.imread(str(tmp_path / "monitor.png"))
     assert shot is not None and shot.shape[1] == 390

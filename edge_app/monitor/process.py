@@ -60,10 +60,15 @@ class MonitorProcess:
             "page": page,
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_app.monitor", str(feed.path), json.dumps(settings)],
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "edge_app.monitor", str(feed.path)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
         )
+        assert self.proc.stdin is not None
+        # The token through a pipe, never in argv (ps) or the environment; a monitor that died at once
+        # says why itself.
+        with contextlib.suppress(BrokenPipeError), self.proc.stdin:
+            self.proc.stdin.write(json.dumps(settings).encode())
 
     def close(self) -> None:
         if self.proc.poll() is None:

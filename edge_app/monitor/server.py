@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -54,6 +56,26 @@ STATS_S = 0.5
 CAMERA_LOST_S = 1.0  # the loop has not taken a frame for this long
 QUEUE = 8  # messages a page may be behind before its pictures are dropped
 STALLED_S = 10.0  # a page that took nothing for this long is closed
+SESSION_COOKIE = "lalelu_monitor"
+
+
+def session_value(token: str) -> str:
+    """The cookie a page gets for the token: derived from it, so the token itself is sent only once."""
+    return hmac.new(token.encode(), b"lalelu monitor session", hashlib.sha256).hexdigest()
+
+
+class OneLineRequestErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse (garbage, a 100-KB header) with a traceback at ERROR: one
+    warning line instead, naming the peer's mistake."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            record.msg, record.args = "monitor: refused a malformed request: %s", (reason[:200],)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 @dataclass(eq=False)  # pages are told apart by identity: a set of them
@@ -76,6 +98,7 @@ class MonitorServer:
         self._frame_seq_sent = -1
         self._allow = {ipaddress.ip_address(a) for a in settings.get("allow", [])}
         self._token = settings.get("token", "")
+        self._session = session_value(self._token) if self._token else ""
         self._closing: set[asyncio.Future] = set()  # closes of stalled pages, kept until done
 
     # --- HTTP ------------------------------------------------------------------------------------
@@ -96,16 +119,27 @@ class MonitorServer:
                 ok = False
             if not ok:
                 raise web.HTTPForbidden(text="this address is not in [monitor] allow\n")
-        if (
-            self._token
-            and request.query.get("token") != self._token
-            and not request.path.startswith("/static/")
-        ):
+        if self._token and not self._authorized(request):
             raise web.HTTPUnauthorized(text="open the monitor with ?token=... ([monitor] token)\n")
         return await handler(request)
 
+    def _authorized(self, request: web.Request) -> bool:
+        """The token once in the address (the first load), then the session cookie it set, or the token
+        as a bearer header; every comparison in constant time."""
+        given = request.query.get("token")
+        if given is not None and hmac.compare_digest(given.encode(), self._token.encode()):
+            return True
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie is not None and hmac.compare_digest(cookie.encode(), self._session.encode()):
+            return True
+        bearer = request.headers.get("Authorization", "")
+        return bearer.startswith("Bearer ") and hmac.compare_digest(bearer[7:].encode(), self._token.encode())
+
     async def _index(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        reply = web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        if self._token:  # the page drops ?token from its address; its requests carry the cookie
+            reply.set_cookie(SESSION_COOKIE, self._session, httponly=True, samesite="Strict", path="/")
+        return reply
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         if len(self.pages) >= self.settings["max_clients"]:
@@ -261,7 +295,12 @@ async def serve(feed: MonitorFeed, settings: dict[str, Any]) -> None:
         raise SystemExit(1) from None
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     feed.header[H_PORT] = port
-    log.info("monitor: %s", monitor_url(settings["listen_host"], port, settings.get("token", "")))
+    # Never the token itself: this line goes to the journal.
+    log.info(
+        "monitor: %s%s",
+        monitor_url(settings["listen_host"], port),
+        " (open it with ?token= and [monitor] token)" if settings.get("token") else "",
+    )
     try:
         await server.pump()
     finally:
@@ -269,6 +308,7 @@ async def serve(feed: MonitorFeed, settings: dict[str, Any]) -> None:
 
 
 def run_monitor(feed_path: Path, settings: dict[str, Any]) -> None:
+    logging.getLogger("aiohttp.server").addFilter(OneLineRequestErrors())
     avoid = set(settings.get("avoid_cpus", []))
     cpus = set(os.sched_getaffinity(0)) - avoid
     if cpus:

@@ -23,8 +23,9 @@ function rgb(c) { return `rgb(${c[0]}, ${c[1]}, ${c[2]})`; }
 function connect() {
   const url = new URL("ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  const token = new URLSearchParams(location.search).get("token");
-  if (token) url.searchParams.set("token", token);
+  // The first load's ?token set a session cookie, which the WebSocket request carries: the token
+  // leaves the address bar (and the history) at once.
+  if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
   const ws = new WebSocket(url);
   ws.binaryType = "blob";
   ws.onmessage = (ev) => (typeof ev.data === "string" ? onJson(JSON.parse(ev.data)) : onPicture(ev.data));
