@@ -13,7 +13,7 @@ from typing import IO
 import numpy as np
 
 from backend_app.server import InferenceServer
-from lalelu.config import Config
+from lalelu.config import Config, load_link_key
 from lalelu.engines import GPU_ENGINES, engine_from_config
 from lalelu.gestures.consumer import pose_consumer, request_reload, sound_leaves_here
 from lalelu.gpu_clock import SmClockSampler
@@ -44,6 +44,7 @@ def _log_report(rows: np.ndarray, counters: dict[str, int], out: IO[str] | None)
 
 def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = None) -> dict:
     b = cfg.backend
+    key = load_link_key(b.key_file, "backend")  # before the engine's seconds of loading: a typo shows at once
     with contextlib.ExitStack() as stack:
         service = stack.enter_context(RealtimeService(b.cpus, b.sched_fifo, b.fifo_priority))
         engine = engine_from_config(cfg.engine)
@@ -69,6 +70,7 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
             consumer_factory,
             gpu_clock,
             busy_poll_s=cfg.backend.busy_poll_ms / 1000,
+            key=key,
         )
         telemetry = stack.enter_context(open(cfg.backend.telemetry, "w")) if cfg.backend.telemetry else None
         reporter = stack.enter_context(Reporter())  # closed before the file: its writes are done first

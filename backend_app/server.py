@@ -27,12 +27,18 @@ from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.timing import BACKEND_TELEMETRY_DTYPE, TelemetryRing
 from lalelu.wire import (
     FRAME_HEADER,
+    FRAME_MAGIC,
+    HELLO,
+    PROOF,
     REPLY_SIZE,
     FrameHeader,
     ProtocolError,
     Status,
+    encode_challenge,
     encode_reply_into,
     parse_frame_header,
+    parse_hello,
+    proof_is_valid,
 )
 
 log = logging.getLogger("lalelu.backend")
@@ -80,6 +86,11 @@ class Connection:
     last_log_ns: int = 0
     suppressed: int = 0
     plays: bool = False  # its poses reached the sound consumer
+    # The key exchange: its next message's bytes while it runs (None: keyless, or proven), both nonces.
+    auth: bytearray | None = None
+    edge_nonce: bytes = b""
+    backend_nonce: bytes = b""
+    connected_ns: int = field(default_factory=now_ns)
 
 
 class InferenceServer:
@@ -93,8 +104,10 @@ class InferenceServer:
         consumer_factory: Callable[[int, int], PoseConsumer] | None = None,
         gpu_clock: SmClockLike | None = None,
         busy_poll_s: float = 0.0,
+        key: bytes = b"",
     ) -> None:
         self.busy_poll_s = busy_poll_s
+        self.key = key  # the link key: an edge must prove it before a frame is read
         self.consumer_factory = consumer_factory  # (width, height) -> consumer, when the sound leaves here
         self.consumer: PoseConsumer | None = None
         self.estimator = estimator
@@ -165,7 +178,10 @@ class InferenceServer:
     def _drop_stalled(self) -> None:
         now = now_ns()
         for conn in list(self._connections.values()):
-            if conn.begun_ns and conn.begun_ns < now - STALL_S * 1e9:
+            if conn.auth is not None and conn.connected_ns < now - STALL_S * 1e9:
+                self.counters.dropped_clients += 1
+                self._drop(conn, f"did not complete the key exchange in {STALL_S:g} s")
+            elif conn.begun_ns and conn.begun_ns < now - STALL_S * 1e9:
                 self.counters.dropped_clients += 1
                 self._drop(conn, f"sent part of a frame, then nothing for {STALL_S:g} s")
             elif conn.last_byte_ns < now - IDLE_S * 1e9:
@@ -219,8 +235,11 @@ class InferenceServer:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.counters.connections += 1
-        log.info("edge connected: %s", peer)
         conn = Connection(sock, peer)
+        if self.key:
+            conn.auth = bytearray(HELLO.size)
+        else:
+            log.info("edge connected: %s", peer)
         self._connections[sock] = conn
         self._sel.register(sock, selectors.EVENT_READ, conn)
 
@@ -259,6 +278,10 @@ class InferenceServer:
         # that keeps a frame queued behind the one being inferred must not hold the loop (other edges,
         # the watchdog and the stall sweep wait for it).
         while True:
+            if conn.auth is not None:
+                if not self._on_auth_readable(conn):
+                    return
+                continue
             try:
                 if conn.frame is None and not conn.discard:
                     n = conn.sock.recv_into(memoryview(conn.header)[conn.got :])
@@ -289,6 +312,55 @@ class InferenceServer:
                 conn.first_byte_ns, conn.begun_ns = conn.begun_ns, 0
                 self._on_payload(conn)
                 return
+
+    def _on_auth_readable(self, conn: Connection) -> bool:
+        """Read the key exchange's next message; True once the edge has proven the key and may go on."""
+        assert conn.auth is not None
+        try:
+            n = conn.sock.recv_into(memoryview(conn.auth)[conn.got :])
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._drop(conn, str(exc))
+            return False
+        if n == 0:
+            self._drop(conn, "closed by the edge during the key exchange")
+            return False
+        conn.last_byte_ns = now_ns()
+        conn.got += n
+        if conn.got >= FRAME_HEADER.size and conn.auth[:4] == FRAME_MAGIC:
+            # A keyless edge's first frame: tell it why, then close.
+            seq = FRAME_HEADER.unpack_from(conn.auth)[4]
+            self._send(conn, Status.UNAUTHENTICATED, seq, 0, 0, 0, self._zeros)
+            self._flush(conn)
+            self._rate_limited_warning(
+                f"refused {conn.peer}: it sent frames without the link key (set [edge] key_file)"
+            )
+            self._drop(conn, "no key exchange")
+            return False
+        if conn.got < len(conn.auth):
+            return True
+        conn.got = 0
+        if not conn.edge_nonce:
+            try:
+                conn.edge_nonce = parse_hello(conn.auth)
+            except ProtocolError as err:
+                self._bad(conn, err)
+                self._drop(conn, f"no key exchange ({err.reason})")
+                return False
+            challenge, conn.backend_nonce = encode_challenge(self.key, conn.edge_nonce)
+            conn.auth = bytearray(PROOF.size)
+            self._queue(conn, challenge)
+            return True
+        if not proof_is_valid(self.key, conn.edge_nonce, conn.backend_nonce, conn.auth):
+            self.counters.bad_packets += 1
+            self._rate_limited_warning(f"refused {conn.peer}: it does not prove the link key")
+            self._drop(conn, "wrong link key")
+            return False
+        conn.auth = None
+        conn.last_byte_ns = now_ns()
+        log.info("edge connected: %s (link key proven)", conn.peer)
+        return True
 
     def _on_header(self, conn: Connection) -> None:
         conn.got = 0
@@ -365,18 +437,22 @@ class InferenceServer:
         self, conn: Connection, status: Status, seq: int, recv: int, t0: int, t1: int, keypoints: np.ndarray
     ) -> None:
         encode_reply_into(self._reply, status, seq, recv, t0, t1, now_ns(), keypoints)
+        self._queue(conn, self._reply)
+
+    def _queue(self, conn: Connection, data: bytes | bytearray) -> None:
+        """Send `data` now, or what the socket does not take once it can."""
         if conn.outbox:
-            conn.outbox += self._reply
+            conn.outbox += data
         else:
             try:
-                sent = conn.sock.send(self._reply)
+                sent = conn.sock.send(data)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
                 self._drop(conn, str(exc))
                 return
-            if sent < REPLY_SIZE:
-                conn.outbox += self._reply[sent:]
+            if sent < len(data):
+                conn.outbox += data[sent:]
         if conn.outbox:
             if len(conn.outbox) > MAX_OUTBOX:
                 self.counters.dropped_clients += 1

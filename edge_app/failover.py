@@ -39,8 +39,10 @@ class Reconnector:
         connect_timeout_s: float,
         first_delay_s: float = 0.25,
         max_delay_s: float = 4.0,
+        key: bytes = b"",
     ) -> None:
         self.address = address
+        self._key = key
         self._probe = (fmt, width, height, bytes(payload_size(fmt, width, height)))
         self._timeout_s = connect_timeout_s
         self._first_delay_s, self._max_delay_s = first_delay_s, max_delay_s
@@ -63,12 +65,16 @@ class Reconnector:
 
     def _try_once(self) -> socket.socket:
         fmt, width, height, payload = self._probe
-        sock = connect_backend(self.address, self._timeout_s)
+        sock = connect_backend(self.address, self._timeout_s, self._key)
         try:
             # A listening socket is not enough (a stopped process still accepts): it must answer a frame.
             sock.settimeout(self._timeout_s)
             header = encode_frame_header(0, now_ns(), fmt, width, height, len(payload))
             reply = round_trip(sock, header, payload, np.zeros((NUM_KEYPOINTS, 3), np.float32))
+            if reply.status == Status.UNAUTHENTICATED:
+                raise BackendUnavailable(
+                    "the backend needs the link key: set [edge] key_file to a copy of its [backend] key_file"
+                )
             if reply.status != Status.OK:
                 raise BackendUnavailable(f"the backend answered the probe frame with {reply.status.name}")
             problem = reply_problem(reply, 0, width, height)

@@ -18,6 +18,8 @@ from lalelu.wire import (
     PixelFormat,
     ProtocolError,
     Reply,
+    Status,
+    authenticate,
     encode_frame_header,
     parse_reply_into,
     reply_problem,
@@ -31,8 +33,9 @@ class BackendUnavailable(LaleluError):
     pass
 
 
-def connect_backend(address: str, timeout_s: float) -> socket.socket:
-    """A connected TCP socket to the backend (blocking, no delay), or BackendUnavailable."""
+def connect_backend(address: str, timeout_s: float, key: bytes = b"") -> socket.socket:
+    """A connected TCP socket to the backend (blocking, no delay), or BackendUnavailable. With a link
+    key the backend must prove it, and this edge proves it back, before the socket is returned."""
     try:
         host_port = split_address(address)
         if host_port is None:
@@ -48,6 +51,12 @@ def connect_backend(address: str, timeout_s: float) -> socket.socket:
             "there and is [edge] backend right?"
         ) from exc
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if key:
+        try:
+            authenticate(sock, key)
+        except (OSError, ProtocolError) as exc:
+            sock.close()
+            raise BackendUnavailable(f"the backend at {address} is not trusted: {exc}") from exc
     return sock
 
 
@@ -164,6 +173,12 @@ class BackendLink:
                         raise ConnectionError("connection closed by the backend")
                     got += n
                 reply = parse_reply_into(buf, keypoints)
+                if reply.status == Status.UNAUTHENTICATED:
+                    raise ProtocolError(
+                        "the backend needs the link key: set [edge] key_file to a copy of the file its "
+                        "[backend] key_file names",
+                        fatal=True,
+                    )
                 problem = reply_problem(
                     reply, self._sent_seq[self.replies % len(self._sent_seq)], *self._frame_size
                 )

@@ -24,7 +24,7 @@ from edge_app.monitor.feed import MODE_LOCAL, MODE_RECONNECTING, MODE_REMOTE, Mo
 from edge_app.monitor.process import MonitorTap, edge_monitor
 from edge_app.poses import BackendPoses, LocalPoses, PoseSource
 from lalelu.clock import now_ns
-from lalelu.config import Config
+from lalelu.config import Config, load_link_key
 from lalelu.engines import engine_from_config
 from lalelu.gestures.consumer import PoseConsumer, pose_consumer, request_reload
 from lalelu.gestures.recording import PoseRecorder
@@ -106,6 +106,7 @@ class EdgeLoop:
             self._local = LocalPoses(estimator, src.pixel_format, src.width, src.height, self._deliver)
             self._poses = self._local
         if cfg.edge.backend:
+            key = load_link_key(cfg.edge.key_file, "edge")
             self._reconnector = Reconnector(
                 cfg.edge.backend,
                 src.pixel_format,
@@ -113,10 +114,11 @@ class EdgeLoop:
                 src.height,
                 cfg.edge.connect_timeout_s,
                 max_delay_s=cfg.edge.reconnect_max_s,
+                key=key,
             )
             try:
                 self._poses = self._backend_poses(
-                    connect_backend(cfg.edge.backend, cfg.edge.connect_timeout_s)
+                    connect_backend(cfg.edge.backend, cfg.edge.connect_timeout_s, key)
                 )
                 log.info("sending frames to the backend at %s", cfg.edge.backend)
             except BackendUnavailable as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +103,13 @@ class BackendConfig:
     fifo_priority: int = field(default=50, metadata=_rule(1, 99))
     max_payload: int = field(default=1920 * 1080 * 3, metadata=_rule(1024, 64 * 1024 * 1024))
     allow: list[str] = field(default_factory=list, metadata=_rule(doc="client IPs allowed; empty = any"))
+    key_file: str = field(
+        default="",
+        metadata=_rule(
+            doc="file holding the link key every edge must prove before a frame is read (the same file as "
+            "the edges' [edge] key_file); empty = no key"
+        ),
+    )
     telemetry: str = field(
         default="", metadata=_rule(doc="JSON-lines file for per-frame stage telemetry of the backend")
     )
@@ -122,6 +131,12 @@ class BackendConfig:
 @dataclass(frozen=True)
 class EdgeConfig:
     backend: str = field(default="", metadata=_rule(doc="host:port of the backend; empty = infer locally"))
+    key_file: str = field(
+        default="",
+        metadata=_rule(
+            doc="file holding the link key the backend's [backend] key_file holds; empty = no key"
+        ),
+    )
     cpus: list[int] = field(default_factory=list, metadata=_rule(0, 4095))
     sched_fifo: bool = True
     fifo_priority: int = field(default=60, metadata=_rule(1, 99))
@@ -350,6 +365,12 @@ def validate(cfg: Config, origin: str = "configuration") -> None:
         cfg.monitor.allow,
         'list the addresses of the phones or laptops (e.g. "192.168.1.30")',
     )
+    if not is_loopback(cfg.backend.listen_host) and not (cfg.backend.allow or cfg.backend.key_file):
+        raise ConfigError(
+            f"{origin}: [backend] listen_host = {cfg.backend.listen_host!r} serves anyone on the network: set "
+            "[backend] allow (the edges' IP addresses) or key_file (a link key the edges must prove), or "
+            'listen on "127.0.0.1"'
+        )
     if (
         cfg.monitor.enabled
         and not is_loopback(cfg.monitor.listen_host)
@@ -366,6 +387,33 @@ def validate(cfg: Config, origin: str = "configuration") -> None:
         )
     if cfg.camera.pixel_format == "yuv420" and (cfg.camera.width % 2 or cfg.camera.height % 2):
         raise ConfigError(f"{origin}: [camera] yuv420 needs an even width and height")
+
+
+MIN_KEY_BYTES = 16
+
+
+def load_link_key(path: str, section: str) -> bytes:
+    """The link key in `path` (surrounding whitespace dropped), b"" for no path; ConfigError naming the
+    file and the fix when it is missing, too short, or readable by every user."""
+    if not path:
+        return b""
+    where = f"[{section}] key_file = {path!r}"
+    try:
+        mode = os.stat(path).st_mode
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{where}: cannot read it ({exc.strerror}); make one with `openssl rand -hex 32 > {path}` and "
+            "copy it to the edges and the backend"
+        ) from None
+    if mode & stat.S_IROTH:
+        raise ConfigError(f"{where}: every user can read it; chmod o-r {path}")
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            f"{where}: {len(key)} bytes, a link key needs at least {MIN_KEY_BYTES} "
+            f"(`openssl rand -hex 32 > {path}`)"
+        )
+    return key
 
 
 def is_loopback(host: str) -> bool:

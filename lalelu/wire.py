@@ -9,11 +9,24 @@ Frame (edge -> backend), 32-byte header then `payload_len` bytes of pixels:
 Reply (backend -> edge), 48-byte header then 17 x (x, y, score) float32 in frame pixels:
     magic b"LLDR", version u16, status u8, n_keypoints u8, seq u64,
     recv_ns i64, infer_start_ns i64, infer_end_ns i64, send_ns i64
+
+With a pre-shared link key (both sides' `key_file`) a connection opens with a mutual challenge-response
+before any frame, HMAC-SHA256 over both sides' fresh 32-byte nonces:
+    edge -> backend  hello:     magic b"LLDH", version u16, 2 zero bytes, edge nonce (32)
+    backend -> edge  challenge: magic b"LLDC", version u16, 2 zero bytes, backend nonce (32),
+                                HMAC(key, "lalelu backend" + edge nonce + backend nonce) (32)
+    edge -> backend  proof:     magic b"LLDP", version u16, 2 zero bytes,
+                                HMAC(key, "lalelu edge" + backend nonce + edge nonce) (32)
+Each side proves the key on the other's nonce, so neither a recorded exchange nor a reflected one passes.
+A keyed backend answers a frame sent without the exchange with status UNAUTHENTICATED and closes.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
+import os
 import struct
 from dataclasses import dataclass
 
@@ -30,6 +43,13 @@ KEYPOINT_BYTES = NUM_KEYPOINTS * 3 * 4
 REPLY_SIZE = REPLY_HEADER.size + KEYPOINT_BYTES
 MAX_DIMENSION = 4096
 DEFAULT_MAX_PAYLOAD = 1920 * 1080 * 3
+HELLO_MAGIC = b"LLDH"
+CHALLENGE_MAGIC = b"LLDC"
+PROOF_MAGIC = b"LLDP"
+NONCE_BYTES = 32
+HELLO = struct.Struct("<4sH2x32s")
+CHALLENGE = struct.Struct("<4sH2x32s32s")
+PROOF = struct.Struct("<4sH2x32s")
 
 
 class PixelFormat(enum.IntEnum):
@@ -46,6 +66,7 @@ class Status(enum.IntEnum):
     OK = 0
     BAD_FRAME = 1  # header parsed but the frame was rejected (size, format); the connection stays up
     ENGINE_ERROR = 2
+    UNAUTHENTICATED = 3  # a keyed backend got a frame before the key exchange; it closes the connection
 
 
 def split_address(address: str) -> tuple[str, int] | None:
@@ -96,6 +117,11 @@ def parse_frame_header(
     if len(data) != FRAME_HEADER.size:
         raise ProtocolError(f"header is {len(data)} bytes, expected {FRAME_HEADER.size}", fatal=True)
     magic, version, fmt, _flags, seq, capture_ns, width, height, length = FRAME_HEADER.unpack(data)
+    if magic == HELLO_MAGIC:
+        raise ProtocolError(
+            "an edge opened the link key exchange: give this backend the same key ([backend] key_file)",
+            fatal=True,
+        )
     if magic != FRAME_MAGIC:
         raise ProtocolError(f"bad magic {magic!r} (expected {FRAME_MAGIC!r}): not a lalelu edge", fatal=True)
     if version != VERSION:
@@ -221,3 +247,75 @@ def round_trip(sock, header: bytes, payload: bytes, keypoints_out: np.ndarray) -
             raise ConnectionError("the backend closed the connection")
         data += chunk
     return parse_reply_into(data, keypoints_out)
+
+
+def _mac(key: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(key, label + first + second, hashlib.sha256).digest()
+
+
+def encode_hello() -> tuple[bytes, bytes]:
+    """(the edge's hello, its nonce)."""
+    nonce = os.urandom(NONCE_BYTES)
+    return HELLO.pack(HELLO_MAGIC, VERSION, nonce), nonce
+
+
+def parse_hello(data: bytes | bytearray | memoryview) -> bytes:
+    """The edge's nonce from a hello; ProtocolError (fatal) for anything else."""
+    magic, version, nonce = HELLO.unpack(data)
+    if magic != HELLO_MAGIC:
+        raise ProtocolError(f"bad hello magic {magic!r}: not a lalelu edge with the link key", fatal=True)
+    if version != VERSION:
+        raise ProtocolError(f"edge speaks protocol {version}, this backend {VERSION}", fatal=True)
+    return bytes(nonce)
+
+
+def encode_challenge(key: bytes, edge_nonce: bytes) -> tuple[bytes, bytes]:
+    """(the backend's challenge, its nonce): it proves the key on the edge's nonce."""
+    nonce = os.urandom(NONCE_BYTES)
+    mac = _mac(key, b"lalelu backend", edge_nonce, nonce)
+    return CHALLENGE.pack(CHALLENGE_MAGIC, VERSION, nonce, mac), nonce
+
+
+def check_challenge(key: bytes, edge_nonce: bytes, data: bytes | bytearray | memoryview) -> bytes:
+    """The proof to send back, once the challenge shows the backend holds `key`; ProtocolError if not."""
+    magic, version, backend_nonce, mac = CHALLENGE.unpack(data)
+    if magic != CHALLENGE_MAGIC:
+        raise ProtocolError(
+            f"the backend answered the key exchange with {bytes(magic)!r}: is that port a lalelu backend "
+            "with [backend] key_file?",
+            fatal=True,
+        )
+    if version != VERSION:
+        raise ProtocolError(f"backend speaks protocol {version}, edge speaks {VERSION}", fatal=True)
+    if not hmac.compare_digest(mac, _mac(key, b"lalelu backend", edge_nonce, backend_nonce)):
+        raise ProtocolError(
+            "the backend does not prove the link key: [edge] key_file and [backend] key_file differ",
+            fatal=True,
+        )
+    return PROOF.pack(PROOF_MAGIC, VERSION, _mac(key, b"lalelu edge", backend_nonce, edge_nonce))
+
+
+def proof_is_valid(key: bytes, edge_nonce: bytes, backend_nonce: bytes, data: bytes | bytearray) -> bool:
+    magic, version, mac = PROOF.unpack(data)
+    expected = _mac(key, b"lalelu edge", backend_nonce, edge_nonce)
+    return magic == PROOF_MAGIC and version == VERSION and hmac.compare_digest(mac, expected)
+
+
+def authenticate(sock, key: bytes) -> None:
+    """The edge's side of the key exchange on a blocking socket (its timeout applies); ProtocolError
+    naming the mismatch, ConnectionError when the backend closes first."""
+    hello, nonce = encode_hello()
+    sock.sendall(hello)
+    data = bytearray()
+    while len(data) < CHALLENGE.size:
+        try:
+            chunk = sock.recv(CHALLENGE.size - len(data))
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            raise ConnectionError(
+                "the backend closed the connection at the key exchange: it has no [backend] key_file, or "
+                "does not allow this address"
+            )
+        data += chunk
+    sock.sendall(check_challenge(key, nonce, data))

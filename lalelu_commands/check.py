@@ -15,14 +15,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lalelu.config import Config
-from lalelu.errors import LaleluError
+from lalelu.config import Config, load_link_key
+from lalelu.errors import ConfigError, LaleluError
 from lalelu.gestures.consumer import sound_leaves_here
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, cpu_list, read_kernel_value
 from lalelu.state import SERVICE_STATE, read_state, state_path
 from lalelu.timing import summarize_ns
-from lalelu.wire import PixelFormat, encode_frame_header, round_trip, split_address
+from lalelu.wire import (
+    PixelFormat,
+    ProtocolError,
+    Status,
+    authenticate,
+    encode_frame_header,
+    round_trip,
+    split_address,
+)
 
 GO, WARN, NO_GO = "go", "warn", "NO-GO"
 
@@ -245,7 +253,7 @@ def check_output(cfg: Config) -> Check:
     return Check("sound output", GO, cfg.output.kind)
 
 
-def check_backend(address: str, frames: int, p99_limit_ms: float) -> list[Check]:
+def check_backend(address: str, frames: int, p99_limit_ms: float, key: bytes = b"") -> list[Check]:
     w, h = 320, 240
     frame = np.full((h, w, 3), 90, np.uint8).tobytes()
     out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
@@ -256,12 +264,18 @@ def check_backend(address: str, frames: int, p99_limit_ms: float) -> list[Check]
         if host_port is None:
             raise ValueError(f"{address!r} is not HOST:PORT")
         with socket.create_connection(host_port, timeout=max(5.0, p99_limit_ms / 1000)) as sock:
+            if key:
+                authenticate(sock, key)
             for i in range(frames):
                 t0 = time.perf_counter_ns()
                 reply = round_trip(sock, encode_frame_header(i, 1, PixelFormat.RGB888, w, h), frame, out)
+                if reply.status == Status.UNAUTHENTICATED:
+                    return [Check("backend", NO_GO, f"{address} needs the link key: set [edge] key_file")]
                 if int(reply.status) != 0:
                     return [Check("backend", NO_GO, f"{address} answered status {int(reply.status)}")]
                 rtts[i] = time.perf_counter_ns() - t0
+    except ProtocolError as exc:
+        return [Check("backend", NO_GO, f"{address} is not trusted: {exc}")]
     except (OSError, ValueError) as exc:
         return [Check("backend", NO_GO, f"{address} unreachable ({exc}): is `lalelu backend` running there?")]
     s = summarize_ns(rtts)
@@ -312,11 +326,17 @@ def run_checks(
         check_power_and_heat(),
         check_service(role, pid, state),
     ]
+    key = b""
+    if role == "edge" and cfg.edge.backend:
+        try:
+            key = load_link_key(cfg.edge.key_file, "edge")
+        except ConfigError as exc:  # the backend checks could only fail on it
+            return [*checks, Check("link key", NO_GO, str(exc))]
     if role == "edge" and pid:
         checks += check_running_edge(cfg, p99_limit_ms, min_fps_ratio)  # the camera is the service's now
         if cfg.edge.backend:
             # one frame: the running edge's own latency is the live figure; this only asks "is it there"
-            backend = check_backend(cfg.edge.backend, 1, p99_limit_ms)[0]
+            backend = check_backend(cfg.edge.backend, 1, p99_limit_ms, key)[0]
             if backend.verdict == NO_GO and cfg.edge.fallback:
                 # the edge plays on its local model meanwhile: degraded, not silent
                 backend = Check("backend", WARN, backend.detail + " (the edge plays on its local model)")
@@ -324,7 +344,7 @@ def run_checks(
     elif role == "edge":
         checks.append(check_camera(cfg, min_fps_ratio=min_fps_ratio))
         if cfg.edge.backend:
-            checks += check_backend(cfg.edge.backend, frames, p99_limit_ms)
+            checks += check_backend(cfg.edge.backend, frames, p99_limit_ms, key)
         else:
             checks += check_local_model(cfg, frames, p99_limit_ms)
     else:

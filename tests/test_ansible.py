@@ -109,6 +109,7 @@ def model_file(tmp_path_factory) -> tuple[Path, str]:
 
 # The edge's ansible_host here is its root's path, not the IP address the backend would allow
 PC_ALLOW = 'lalelu_backend_allow: ["192.0.2.20"]'
+LINK_KEY = "test-link-key-5f0c2a9e77d1b3"
 
 
 def _inventory(
@@ -128,6 +129,7 @@ all:
     nvidia_gpu_install_wheels: false
     lalelu_app_manage_services: false
     lalelu_app_models: [{{src: "{model[0]}", sha256: "{model[1]}"}}]
+    lalelu_link_key: "{LINK_KEY}"
   children:
     edge:
       hosts:
@@ -234,18 +236,24 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
                 str(root),
                 "/opt/lalelu/venv/bin/python",
                 "-c",
-                "import sys, lalelu, edge_app, backend_app; from lalelu.config import load_config; "
-                "c = load_config(sys.argv[1]); print(c.engine.kind)",
+                "import sys, lalelu, edge_app, backend_app; from lalelu.config import load_config, load_link_key; "
+                "c = load_config(sys.argv[1]); s = getattr(c, sys.argv[2]); "
+                "print(c.engine.kind, load_link_key(s.key_file, sys.argv[2]).decode())",
                 f"/etc/lalelu/{role}.toml",
+                role,
             ]
         )
-        assert r.returncode == 0 and r.stdout.strip() == "litert", r.stderr
+        # The inventory's link key, in a file of the app's group only, named by the role's key_file.
+        assert r.returncode == 0 and r.stdout.split() == ["litert", LINK_KEY], r.stderr
+        key_stat = (root / "etc/lalelu/link.key").stat()
+        assert key_stat.st_mode & 0o777 == 0o640 and key_stat.st_uid == 0
         assert (
             root / "opt/lalelu/models/movenet_singlepose_lightning_int8_4.tflite"
         ).read_bytes() == model_file[0].read_bytes()
         limits = (root / "etc/security/limits.d/90-lalelu-rt.conf").read_text()
         assert "lalelu - rtprio 95" in limits
     assert 'allow = ["192.0.2.20"]' in (pc / "etc/lalelu/backend.toml").read_text()
+    assert LINK_KEY not in first.stdout + first.stderr  # no_log: the key is not in the run's output
     assert 'kind = "synth"' in (pi / "etc/lalelu/edge.toml").read_text()
     assert not (pc / "usr/share/sounds/sf2").exists()  # the backend plays no sound
     r = _run(  # the installed edge renders a hit with the installed synth and SoundFont
@@ -314,6 +322,7 @@ def validation_root(base_rootfs, tmp_path_factory):
             {"lalelu_app_models": '[{src: "MODEL", sha256: "' + "ab" * 32 + '"}]'},
             "lalelu_app_models: .* has sha256 .*the inventory says",
         ),
+        ({"lalelu_link_key": '"short"'}, "lalelu_link_key on pi-rootfs is 5 characters"),
     ],
 )
 def test_bad_inventory_fails_before_changing_anything(

@@ -117,6 +117,9 @@ def test_the_edge_plays_through_the_backend(rig):
     wait_for("the backend's counters growing", lambda: backend_frames(pc) > before, 120)
     poses = state["poses"]
     wait_for("the edge's poses growing", lambda: edge_state(pi).get("poses", 0) > poses, 120)
+    # Over the link key the inventory gave both (a file of the app's group only).
+    assert "link key proven" in journal(pc, "-u lalelu-backend")
+    assert pc.ssh("sudo stat -c %a:%U:%G /etc/lalelu/link.key").stdout.strip() == "640:root:lalelu"
 
 
 def test_second_run_changes_nothing_on_either(rig):

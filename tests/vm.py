@@ -664,6 +664,7 @@ VM_EDGE_CONFIG = {
     },
     "output": {"kind": "log", "where": "edge", "mapping": VM_MAPPING},
 }
+VM_LINK_KEY = "vm-rig-link-key-9d2f41c0a7e3b5"
 FIGURES: dict[str, object] = {}  # printed at the end of the session (pytest -s)
 
 
@@ -784,6 +785,7 @@ class Rig:
                             # emulated, one frame takes 0.5-5 s (a real Pi: ~0.02 s); the real rig's
                             # 5 s watchdog would kill a loop that is only slow
                             "lalelu_app_watchdog_s": 30,
+                            "lalelu_link_key": VM_LINK_KEY,  # edge and backend prove it to each other
                         },
                         "children": {
                             "edge": {"hosts": {"pi-vm": edge}},
