@@ -50,10 +50,13 @@ class Reconnector:
         self._ready: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self.last_error = ""
+        self._hold_s = 0.0
 
-    def start(self) -> None:
+    def start(self, hold_s: float = 0.0) -> None:
+        """Look for the backend in the background; the first attempt after `hold_s`."""
         if self._thread is not None and self._thread.is_alive():
             return
+        self._hold_s = hold_s
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="lalelu-reconnect", daemon=True)
         self._thread.start()
@@ -89,6 +92,8 @@ class Reconnector:
 
     def _run(self) -> None:
         leave_realtime()  # never competes with the frame loop for its CPU
+        if self._hold_s and self._stop.wait(self._hold_s):
+            return
         delay = self._first_delay_s
         while not self._stop.is_set():
             try:

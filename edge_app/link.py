@@ -33,6 +33,10 @@ class BackendUnavailable(LaleluError):
     pass
 
 
+class BackendDistrusted(BackendUnavailable):
+    """The backend answered with a reply not to be believed: left like a lost one, asked again later."""
+
+
 def connect_backend(address: str, timeout_s: float, key: bytes = b"") -> socket.socket:
     """A connected TCP socket to the backend (blocking, no delay), or BackendUnavailable. With a link
     key the backend must prove it, and this edge proves it back, before the socket is returned."""
@@ -91,6 +95,7 @@ class BackendLink:
         self.replies = 0
         self.skipped = 0
         self.error: str = ""
+        self.lied = False  # the error is a reply not believed
         self._closed = False
         self._poll_ns = int(busy_poll_ms * 1e6)
         self._sending = threading.Event()  # set by each send: wakes a busy-polling receiver
@@ -102,7 +107,7 @@ class BackendLink:
     ) -> bool:
         """Send a frame; False when it was skipped for the latency budget (the next one will go)."""
         if self.error:
-            raise BackendUnavailable(f"the backend at {self.address} went away: {self.error}")
+            self._raise_error()
         if self._budget_ns and self._over_budget():
             self.skipped += 1
             return False
@@ -113,7 +118,7 @@ class BackendLink:
                 f"the backend at {self.address} answered nothing for {self._reply_timeout_s:g} s"
             )
         if self.error:
-            raise BackendUnavailable(f"the backend at {self.address} went away: {self.error}")
+            self._raise_error()
         header = encode_frame_header(seq, capture_ns, fmt, width, height, frame.nbytes)
         self._sent_at[self.sent % len(self._sent_at)] = time.monotonic_ns()
         self._sent_seq[self.sent % len(self._sent_seq)] = seq
@@ -126,6 +131,10 @@ class BackendLink:
         if self._poll_ns:
             self._sending.set()
         return True
+
+    def _raise_error(self) -> None:
+        kind = BackendDistrusted if self.lied else BackendUnavailable
+        raise kind(f"the backend at {self.address} went away: {self.error}")
 
     def _free_slot(self) -> bool:
         """Wait up to reply_timeout_s for a frame slot, keeping the caller's watchdog fed meanwhile."""
@@ -183,6 +192,7 @@ class BackendLink:
                     reply, self._sent_seq[self.replies % len(self._sent_seq)], *self._frame_size
                 )
                 if problem:  # a lying or broken backend: failed over from like a lost one
+                    self.lied = True
                     raise ProtocolError(f"reply not believed: {problem}", fatal=True)
                 served = reply.send_ns - reply.recv_ns  # the backend's clock, a duration: no clock sync
                 self._service_ns += (served - self._service_ns) // 8 if self._service_ns else served

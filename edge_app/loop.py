@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_app.cameras import FrameSource, open_source
 from edge_app.failover import Reconnector
-from edge_app.link import BackendUnavailable, connect_backend
+from edge_app.link import BackendDistrusted, BackendUnavailable, connect_backend
 from edge_app.monitor.feed import MODE_LOCAL, MODE_RECONNECTING, MODE_REMOTE, MonitorFeed
 from edge_app.monitor.process import MonitorTap, edge_monitor
 from edge_app.poses import BackendPoses, LocalPoses, PoseSource
@@ -37,6 +37,13 @@ from lalelu.timing import TelemetryRing, stage_summary, write_jsonl
 
 log = logging.getLogger("lalelu.edge")
 MODE_TEXT = {MODE_REMOTE: "remote", MODE_LOCAL: "local", MODE_RECONNECTING: "local, reconnecting"}
+LIE_HOLD_S = 30.0  # after a backend's first reply not believed, it is asked again this much later
+LIE_HOLD_MAX_S = 600.0  # doubling with each lie, up to this
+
+
+def distrust_hold_s(lies: int) -> float:
+    """How long the edge waits before asking a backend again after its `lies`-th lie (1, 2, ...)."""
+    return min(LIE_HOLD_S * 2 ** min(lies - 1, 20), LIE_HOLD_MAX_S)
 
 
 class EdgeLoop:
@@ -62,6 +69,7 @@ class EdgeLoop:
         self._poses: PoseSource | None = None
         self._local: LocalPoses | None = None
         self._reconnector: Reconnector | None = None
+        self.lies = 0  # replies not believed, each ending a connection
         self._local_since = 0.0
         self.backend_losses = 0
         self.reconnects = 0
@@ -138,8 +146,10 @@ class EdgeLoop:
         fmt, w, h = src.pixel_format, src.width, src.height
         return BackendPoses(sock, self.cfg.edge, fmt, w, h, self._deliver, keepalive=self._keepalive)
 
-    def _to_local(self, why: str) -> None:
-        """The backend is gone: end its link, silence the notes, play on with local poses, look for it."""
+    def _to_local(self, why: str, lied: bool = False) -> None:
+        """The backend is gone: end its link, silence the notes, play on with local poses, look for it
+        (after a hold that doubles with each lie: a backend that answers the probe honestly and lies
+        after is not taken back at once, again and again)."""
         assert self._poses is not None
         lost = self._poses.close()  # no late reply reaches the consumer after this
         self._poses = self._local
@@ -149,14 +159,19 @@ class EdgeLoop:
         self._local_since = time.monotonic()
         if self._local is None:
             raise BackendUnavailable(f"{why}; [edge] fallback = false, so the edge stops here")
+        hold_s = 0.0
+        if lied:
+            self.lies += 1
+            hold_s = distrust_hold_s(self.lies)
         log.warning(
-            "backend lost (%s): %d frames in flight lost; inferring locally with %s, reconnecting",
+            "backend lost (%s): %d frames in flight lost; inferring locally with %s, reconnecting%s",
             why,
             lost,
             self._local.estimator.engine.name,
+            f" in {hold_s:g} s (it lied {self.lies} times)" if hold_s else "",
         )
         assert self._reconnector is not None
-        self._reconnector.start()
+        self._reconnector.start(hold_s)
 
     def _to_backend(self, sock: socket.socket) -> None:
         self._poses = self._backend_poses(sock)
@@ -178,7 +193,7 @@ class EdgeLoop:
             if not poses.submit(seq, capture_ns, frame):
                 self.skipped += 1  # the backend is behind: this frame would arrive too late to matter
         except BackendUnavailable as exc:
-            self._to_local(str(exc))
+            self._to_local(str(exc), lied=isinstance(exc, BackendDistrusted))
             self._step(frame, capture_ns, seq)  # this frame is not lost: it is the first local one
             return
         if not poses.remote:
@@ -273,6 +288,7 @@ class EdgeLoop:
             "dropped": self.source.dropped,
             "hits": getattr(self.consumer, "hits", 0),
             "backend_losses": self.backend_losses,
+            "backend_lies": self.lies,
         }
         assert self._reporter is not None
         self._reporter.submit(self._write_report, recent, new, counts)
@@ -345,6 +361,7 @@ class EdgeLoop:
             "overhead_ms": {k: round(s["overhead"].get(k, 0.0), 3) for k in pick},
             "hits": getattr(self.consumer, "hits", 0),
             "backend_losses": self.backend_losses,
+            "backend_lies": self.lies,
             "reconnects": self.reconnects,
             "frames_local": self.frames_local,
             "frames_lost_with_backend": self.lost_in_flight,

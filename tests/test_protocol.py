@@ -506,7 +506,7 @@ def _lying_backend(sock: socket.socket, lie: str) -> None:
     ],
 )
 def test_a_lying_backend_is_not_believed_and_is_left_like_a_lost_one(lie, reason):
-    from edge_app.link import BackendLink, BackendUnavailable
+    from edge_app.link import BackendDistrusted, BackendLink
 
     ours, theirs = socket.socketpair()
     liar = threading.Thread(target=_lying_backend, args=(theirs, lie), daemon=True)
@@ -515,7 +515,8 @@ def test_a_lying_backend_is_not_believed_and_is_left_like_a_lost_one(lie, reason
     link = BackendLink(ours, "liar:1", believed.append, 2, 2.0)
     frame = np.zeros((24, 32, 3), np.uint8)
     try:
-        with pytest.raises(BackendUnavailable, match="reply not believed: .*" + reason.replace(".", r"\.")):
+        # Distrusted, not only lost: the edge asks it again only after a hold (below).
+        with pytest.raises(BackendDistrusted, match="reply not believed: .*" + reason.replace(".", r"\.")):
             for seq in range(50):
                 link.send(seq, 1, PixelFormat.RGB888, 32, 24, frame)
                 time.sleep(0.01)
@@ -541,3 +542,33 @@ def test_an_honest_reply_is_believed():
     finally:
         link.close()
         theirs.close()
+
+
+def test_a_backend_that_lied_is_asked_again_only_after_a_doubling_hold(slow_server):
+    """A liar that answers the probe honestly would otherwise be taken back at once, again and again."""
+    from edge_app.failover import Reconnector
+    from edge_app.loop import LIE_HOLD_MAX_S, LIE_HOLD_S, distrust_hold_s
+
+    assert [distrust_hold_s(n) for n in (1, 2, 3)] == [LIE_HOLD_S, 2 * LIE_HOLD_S, 4 * LIE_HOLD_S]
+    assert distrust_hold_s(8) == distrust_hold_s(10**6) == LIE_HOLD_MAX_S
+    server, _ticks = slow_server
+    address = f"127.0.0.1:{server.address[1]}"
+    reconnector = Reconnector(address, PixelFormat.RGB888, 64, 48, 5.0, first_delay_s=0.05)
+    try:
+        t0 = time.monotonic()
+        reconnector.start(hold_s=1.0)
+        sock = None
+        while sock is None and time.monotonic() - t0 < 10:
+            sock = reconnector.take()
+            time.sleep(0.01)
+        assert sock is not None, "the honest backend was never taken back"
+        assert time.monotonic() - t0 >= 1.0  # not before the hold
+        sock.close()
+        t0 = time.monotonic()
+        reconnector.start()  # a plain loss: at once
+        while (sock := reconnector.take()) is None and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        assert sock is not None and time.monotonic() - t0 < 1.0
+        sock.close()
+    finally:
+        reconnector.close()
