@@ -232,6 +232,17 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
         assert r.returncode == 0, r.stdout + r.stderr
         r = _run(
             [
+                "systemd-analyze",
+                "security",
+                "--offline=true",
+                f"--root={root}",
+                "--threshold=49",  # exit non-zero above 4.9: below 5 is OK
+                f"/etc/systemd/system/lalelu-{role}.service",
+            ]
+        )
+        assert r.returncode == 0 and "OK" in r.stdout.splitlines()[-1], r.stdout[-3000:] + r.stderr
+        r = _run(
+            [
                 "chroot",
                 str(root),
                 "/opt/lalelu/venv/bin/python",

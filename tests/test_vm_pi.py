@@ -14,7 +14,7 @@ import time
 
 import pytest
 import vm as vmlib
-from vm import FIGURES, edge_state, journal, main_pid, wait_for
+from vm import FIGURES, edge_state, exposure, journal, main_pid, wait_for
 
 UNIT = "lalelu-edge"
 
@@ -62,6 +62,9 @@ def test_the_edge_plays_pinned_and_real_time(rig):
     assert pi.ssh(f"taskset -pc {pid}").stdout.split(":")[-1].strip() == "3"
     assert pi.ssh(f"ps -o cls=,rtprio= -p {pid}").stdout.split() == ["FF", "60"]  # [edge] fifo_priority
     assert pi.ssh(f"ps -o user= -p {pid}").stdout.strip() == "lalelu"
+    # Hardened (below 5: OK) and still real-time, with its locked-memory limit
+    assert exposure(pi, UNIT) < 5.0
+    assert "unlimited" in pi.ssh(f"sudo grep 'Max locked memory' /proc/{pid}/limits").stdout
     wait_for("hits in the edge's journal", lambda: hits(pi) >= 2, 300)
     # the login user still logs in and may sudo (the service's user is another account)
     assert pi.ssh("id -un && sudo -n true && echo sudo-ok").stdout.split() == ["pi", "sudo-ok"]

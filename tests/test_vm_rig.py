@@ -25,6 +25,7 @@ from vm import (
     EDGE_SEEN_FROM,
     FIGURES,
     edge_state,
+    exposure,
     journal,
     main_pid,
     playbook,
@@ -103,6 +104,7 @@ def test_the_backend_serves_only_the_inventorys_edge_pinned_and_real_time(rig):
     pid = wait_for("lalelu-backend active", lambda: main_pid(pc, "lalelu-backend"), 300)
     assert pc.ssh(f"taskset -pc {pid}").stdout.split(":")[-1].strip() == "3"
     assert pc.ssh(f"ps -o cls= -p {pid}").stdout.strip() == "FF"
+    assert exposure(pc, "lalelu-backend.service") < 5.0  # hardened, and real-time all the same
     assert "0.0.0.0:7600" in pc.ssh("ss -ltn").stdout
     assert f'allow = ["{EDGE_SEEN_FROM}"]' in pc.ssh("sudo cat /etc/lalelu/backend.toml").stdout
 

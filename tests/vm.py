@@ -718,6 +718,16 @@ def journal(vm: VM, match: str) -> str:
     return vm.ssh(f"sudo journalctl -b --no-pager -o cat {match}", check=False).stdout
 
 
+def exposure(vm: VM, unit: str) -> float:
+    """`systemd-analyze security`'s overall exposure of a unit on the running machine (0 safe .. 10)."""
+    import re
+
+    out = vm.ssh(f"sudo systemd-analyze security --no-pager {unit}").stdout
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert found, out[-2000:]
+    return float(found[1])
+
+
 def edge_state(pi: VM) -> dict:
     """The running edge's state file (lalelu.state), {} while it has written none."""
     import json
