@@ -48,6 +48,7 @@ pytestmark = [
 def fab(inv: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
         [FAB, "-r", str(ROOT), *args, "--inventory", str(inv)],
+        stdin=subprocess.DEVNULL,  # Ansible's inventory reader refuses a non-blocking stdin
         capture_output=True,
         text=True,
         timeout=timeout,

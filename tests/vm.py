@@ -78,6 +78,8 @@ PARTITION_OFFSET = 1 << 20
 
 
 def run(cmd: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    if "input" not in kw:
+        kw["stdin"] = subprocess.DEVNULL  # never pytest's own stdin (see VM.ssh)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if r.returncode != 0:
         raise RuntimeError(
@@ -382,7 +384,11 @@ class VM:
         ]  # fmt: skip
         self.boots.append(Boot(cmdline, time.monotonic()))
         return subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
 
     def _supervise(self) -> None:
@@ -429,7 +435,10 @@ class VM:
                 raise RuntimeError(
                     f"QEMU exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
                 )
-            r = self.ssh("true", timeout=20, check=False)
+            try:
+                r = self.ssh("true", timeout=20, check=False)
+            except subprocess.TimeoutExpired:  # sshd up but the booting guest too slow to answer: not yet
+                continue
             if r.returncode == 0:
                 took = time.monotonic() - t0
                 self.boots[-1].ssh_after_s = took
@@ -483,11 +492,14 @@ class VM:
         ]  # fmt: skip
 
     def ssh(self, command: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        # stdin from /dev/null: ssh makes its stdin non-blocking and, killed at a timeout, leaves it so;
+        # inherited, that was pytest's, and every later ansible-playbook refused to run on it.
         r = subprocess.run(
-            ["ssh", *self.ssh_args(), f"{self.user}@127.0.0.1", command],
+            ["ssh", "-n", *self.ssh_args(), f"{self.user}@127.0.0.1", command],
             capture_output=True,
             text=True,
             timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
         if check and r.returncode != 0:
             raise RuntimeError(
@@ -682,6 +694,7 @@ def playbook(inv: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]
         capture_output=True,
         text=True,
         timeout=3600,
+        stdin=subprocess.DEVNULL,  # Ansible refuses a non-blocking stdin
     )
     (inv.parent / f"site-{len(list(inv.parent.glob('site-*.log')))}.log").write_text(r.stdout + r.stderr)
     return r, time.monotonic() - t0
