@@ -17,6 +17,7 @@ from lalelu.clock import now_ns
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.realtime import leave_realtime
 from lalelu.wire import (
+    NEEDS_KEY,
     PixelFormat,
     ProtocolError,
     Status,
@@ -75,9 +76,7 @@ class Reconnector:
             header = encode_frame_header(0, now_ns(), fmt, width, height, len(payload))
             reply = round_trip(sock, header, payload, np.zeros((NUM_KEYPOINTS, 3), np.float32))
             if reply.status == Status.UNAUTHENTICATED:
-                raise BackendUnavailable(
-                    "the backend needs the link key: set [edge] key_file to a copy of its [backend] key_file"
-                )
+                raise BackendUnavailable(NEEDS_KEY)
             if reply.status != Status.OK:
                 raise BackendUnavailable(f"the backend answered the probe frame with {reply.status.name}")
             problem = reply_problem(reply, 0, width, height)

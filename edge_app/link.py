@@ -14,6 +14,7 @@ import numpy as np
 from lalelu.errors import LaleluError
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.wire import (
+    NEEDS_KEY,
     REPLY_SIZE,
     PixelFormat,
     ProtocolError,
@@ -183,11 +184,7 @@ class BackendLink:
                     got += n
                 reply = parse_reply_into(buf, keypoints)
                 if reply.status == Status.UNAUTHENTICATED:
-                    raise ProtocolError(
-                        "the backend needs the link key: set [edge] key_file to a copy of the file its "
-                        "[backend] key_file names",
-                        fatal=True,
-                    )
+                    raise ProtocolError(NEEDS_KEY, fatal=True)
                 problem = reply_problem(
                     reply, self._sent_seq[self.replies % len(self._sent_seq)], *self._frame_size
                 )

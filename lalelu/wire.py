@@ -69,6 +69,10 @@ class Status(enum.IntEnum):
     UNAUTHENTICATED = 3  # a keyed backend got a frame before the key exchange; it closes the connection
 
 
+# What an edge without the key is told, wherever it meets a keyed backend (link, probe, `lalelu check`).
+NEEDS_KEY = "the backend needs the link key: set [edge] key_file to a copy of its [backend] key_file"
+
+
 def split_address(address: str) -> tuple[str, int] | None:
     """ "HOST:PORT" -> (host, port); None when it is not one (IPv6 hosts in brackets keep them)."""
     host, sep, port = address.rpartition(":")

@@ -23,6 +23,7 @@ from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, cpu_list, read_kernel_value
 from lalelu.state import SERVICE_STATE, read_state, state_path
 from lalelu.timing import summarize_ns
 from lalelu.wire import (
+    NEEDS_KEY,
     PixelFormat,
     ProtocolError,
     Status,
@@ -270,7 +271,7 @@ def check_backend(address: str, frames: int, p99_limit_ms: float, key: bytes = b
                 t0 = time.perf_counter_ns()
                 reply = round_trip(sock, encode_frame_header(i, 1, PixelFormat.RGB888, w, h), frame, out)
                 if reply.status == Status.UNAUTHENTICATED:
-                    return [Check("backend", NO_GO, f"{address} needs the link key: set [edge] key_file")]
+                    return [Check("backend", NO_GO, f"{address}: {NEEDS_KEY}")]
                 if int(reply.status) != 0:
                     return [Check("backend", NO_GO, f"{address} answered status {int(reply.status)}")]
                 rtts[i] = time.perf_counter_ns() - t0

@@ -151,8 +151,6 @@ class BlockScheduler:
         self.late = 0  # events whose block had passed when they were seen (they start on the next one)
         self._out_slices: dict[int, Any] = {}
         self._fx_slices: dict[int, Any] = {}
-        self._out_in: Any = None
-        self._fx_in: Any = None
         self.error: BaseException | None = None  # the first exception in `render` (it plays silence then)
 
     def queue(self, kind: int, channel: int, note: int, velocity: int = 0, at_ns: int = 0) -> None:
@@ -174,12 +172,13 @@ class BlockScheduler:
             array[i] = pointers[i] + 4 * offset
         return array
 
-    def _process(self, start: int, length: int, nfx: int, nout: int) -> None:
+    def _process(self, start: int, length: int, nfx: int, fx_in: Any, nout: int, out_in: Any) -> None:
+        """Render `length` frames into the driver's buffers from frame `start` of this period on."""
         if length <= 0:
             return
-        out = self._slice(self._out_slices, nout, self._out_in, start)
+        out = self._slice(self._out_slices, nout, out_in, start)
         # No effect buffers from the driver: the effects (off here) mix into the dry ones.
-        fx = self._slice(self._fx_slices, nfx, self._fx_in, start) if nfx else out
+        fx = self._slice(self._fx_slices, nfx, fx_in, start) if nfx else out
         self._lib.fluid_synth_process(
             self._handle, length, nfx if nfx else nout, ctypes.addressof(fx), nout, ctypes.addressof(out)
         )
@@ -198,7 +197,6 @@ class BlockScheduler:
         now = self._clock()
         self._starts[self._calls % CLOCK_WINDOW] = now - self.frames * 1_000_000_000 // self.rate
         self._calls += 1
-        self._out_in, self._fx_in = out, fx
         if not fx:
             nfx = 0
         first, end = self.frames, self.frames + length
@@ -224,11 +222,11 @@ class BlockScheduler:
                     kept += 1
                     continue
                 at = max(event[0] - first, done)
-                self._process(done, at - done, nfx, nout)
+                self._process(done, at - done, nfx, fx, nout, out)
                 done = at
                 self._apply(event)
             del self._pending[kept:]
-        self._process(done, length - done, nfx, nout)
+        self._process(done, length - done, nfx, fx, nout, out)
         self.frames = end
         return 0
 
