@@ -37,6 +37,7 @@ class Host:
     key: str
     venv: str
     groups: list[str]
+    monitor: str = ""  # the edge's monitor page as a phone on the LAN opens it; "" = this host only
     _connection: Connection | None = field(default=None, repr=False)
 
     def connect(self) -> Connection:
@@ -98,6 +99,16 @@ def load_inventory(path: Path) -> dict[str, Host]:
             groups.setdefault(name, [])
             if group not in groups[name]:
                 groups[name].append(group)
+
+    def monitor_page(name: str, v: dict) -> str:
+        """The monitor's address with its token (lalelu_monitor_token opens the page to the LAN)."""
+        token = v.get("lalelu_monitor_token", "")
+        if not token or "edge" not in groups.get(name, []):
+            return ""
+        shown = token if isinstance(token, str) and "{{" not in token else "LALELU_MONITOR_TOKEN"  # vaulted
+        port = _plain(name, v, "lalelu_app_monitor_port", "8700")
+        return f"http://{_plain(name, v, 'ansible_host', name)}:{port}/?token={shown}"
+
     hosts: dict[str, Host] = {}
     for name in members("all") or list(hostvars):
         v = hostvars.get(name, {})
@@ -109,6 +120,7 @@ def load_inventory(path: Path) -> dict[str, Host]:
             _plain(name, v, "ansible_ssh_private_key_file", ""),
             _plain(name, v, "lalelu_venv", DEFAULT_VENV),
             groups.get(name, []),
+            monitor_page(name, v),
         )
     return hosts
 
@@ -342,6 +354,13 @@ def check(c, group="all", hosts="", inventory="", config="", max_p99_ms=50.0, mi
             verdicts[host.name] = "UNREACHABLE"
             continue
         verdicts[host.name] = {0: "READY", 1: "NOT READY"}.get(r.exited, f"ERROR (exit {r.exited})")
+        if role == "edge":
+            print(
+                f"monitor page: {host.monitor} (open it on a phone on this network)"
+                if host.monitor
+                else "monitor page: on the Pi only (127.0.0.1:8700); set lalelu_monitor_token to open it to the LAN",
+                flush=True,
+            )
     width = max(len(n) for n in verdicts)
     print("\n".join(f"{name:<{width}}  {verdict}" for name, verdict in verdicts.items()))
     if any(v != "READY" for v in verdicts.values()):

@@ -431,6 +431,25 @@ def monitor_url(listen_host: str, port: int, token: str = "") -> str:
     return f"http://{'localhost' if local else listen_host}:{port}/" + (f"?token={token}" if token else "")
 
 
+# Where provisioning (ansible/roles/lalelu_app) puts each host's configuration (LALELU_CONFIG_DIR: another
+# root's, e.g. an image being built, or a test's)
+INSTALLED_CONFIG_DIR = Path(os.environ.get("LALELU_CONFIG_DIR", "/etc/lalelu"))
+
+
+def installed_config(role: str) -> Path | None:
+    """The provisioned host's configuration of `role` (/etc/lalelu/<role>.toml), None where there is none.
+    ConfigError when it is there but this user may not read it (it is the app's and root's only)."""
+    path = INSTALLED_CONFIG_DIR / f"{role}.toml"
+    if not path.exists():
+        return None
+    if not os.access(path, os.R_OK):
+        raise ConfigError(
+            f"{path} is readable by root and the app only: run it with sudo (sudo lalelu ...), "
+            "or give --config another file"
+        )
+    return path
+
+
 def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()

@@ -175,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="preflight: go / no-go table for this host; exit 1 on no-go")
     _common(check)
-    check.add_argument("--role", choices=("edge", "backend"), default="edge", help="which app this host runs")
+    check.add_argument(
+        "--role",
+        choices=("edge", "backend"),
+        default="edge",
+        help="which app this host runs; without --config its /etc/lalelu/ROLE.toml is read where it exists",
+    )
     check.add_argument("--backend", help="override [edge] backend (HOST:PORT; '' = local inference)")
     check.add_argument("--frames", type=int, default=50, help="frames of the live latency measurement")
     check.add_argument("--max-p99-ms", type=float, default=50.0, help="the live latency's p99 limit")
@@ -324,6 +329,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "check":
         from lalelu_commands.check import NO_GO, format_checks, run_checks
 
+        if args.config is None:
+            from lalelu.config import installed_config
+
+            args.config = installed_config(args.role)
+            if args.config is not None:
+                print(f"configuration: {args.config} (this host's; --config reads another)", file=sys.stderr)
         cfg = _config(args, args.role)
         if args.backend is not None:
             cfg = override(cfg, "edge", backend=args.backend)
@@ -343,15 +354,14 @@ def _run(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(report, indent=1))
         return 0
     if args.command == "demo":
-        from lalelu_commands.demo import run_demo
+        from lalelu_commands.demo import demo_verdict, run_demo
 
-        print(
-            json.dumps(
-                run_demo(
-                    args.seconds, args.config, args.quiet, args.fps, args.telemetry, args.wav, args.record
-                )
-            )
+        result = run_demo(
+            args.seconds, args.config, args.quiet, args.fps, args.telemetry, args.wav, args.record
         )
+        print(json.dumps(result), flush=True)  # stdout: one JSON line, for scripts
+        if not args.quiet:
+            print(demo_verdict(result), file=sys.stderr)  # for the person at the terminal
         return 0
     return 2
 

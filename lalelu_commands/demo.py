@@ -201,6 +201,30 @@ def run_demo(
     return result
 
 
+def demo_verdict(result: dict) -> str:
+    """One line a person reads after the demo's JSON: did it play what the photo did, how late."""
+    problems = []
+    if result.get("poses_received", 0) == 0:
+        problems.append("no pose came back (see the log above)")
+    timing = result.get("vs_impact", {})
+    if timing.get("missed"):
+        problems.append(f"{timing['missed']} nod(s) without a hit")
+    if timing.get("extra"):
+        problems.append(f"{timing['extra']} extra hit(s)")
+    lost = result.get("frames_lost", 0)
+    frames = result.get("frames_inferred", 0)
+    latency = result.get("latency_ms", {})
+    parts = [f"{result.get('hits', 0)} hits for {result.get('hits_expected', '?')} nods"]
+    if "mean_ms" in timing:
+        parts.append(
+            f"each {timing['mean_ms']:+.1f} ms from the photo's lowest point (SD {timing['sd_ms']:.1f})"
+        )
+    parts.append(f"{lost} of {frames} frames lost")
+    parts.append(f"capture to pose p50 {latency.get('p50', 0):.1f} ms, p99 {latency.get('p99', 0):.1f} ms")
+    verdict = "played as expected" if not problems else "NOT as expected: " + "; ".join(problems)
+    return f"demo: {verdict}: " + ", ".join(parts)
+
+
 def demo_timing(cfg: Config, recording: Path, wav: Path | None) -> dict:
     """The recorded session replayed through its mapping (the same hits it played: the reader is
     deterministic, and the recording keeps when each pose arrived), each hit's sound against the photo's

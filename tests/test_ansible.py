@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,7 @@ def model_file(tmp_path_factory) -> tuple[Path, str]:
 # The edge's ansible_host here is its root's path, not the IP address the backend would allow
 PC_ALLOW = 'lalelu_backend_allow: ["192.0.2.20"]'
 LINK_KEY = "test-link-key-5f0c2a9e77d1b3"
+MONITOR_TOKEN = "test-monitor-token-8c41"
 
 
 def _inventory(
@@ -130,6 +132,7 @@ all:
     lalelu_app_manage_services: false
     lalelu_app_models: [{{src: "{model[0]}", sha256: "{model[1]}"}}]
     lalelu_link_key: "{LINK_KEY}"
+    lalelu_monitor_token: "{MONITOR_TOKEN}"
   children:
     edge:
       hosts:
@@ -265,7 +268,15 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
         assert "lalelu - rtprio 95" in limits
     assert 'allow = ["192.0.2.20"]' in (pc / "etc/lalelu/backend.toml").read_text()
     assert LINK_KEY not in first.stdout + first.stderr  # no_log: the key is not in the run's output
-    assert 'kind = "synth"' in (pi / "etc/lalelu/edge.toml").read_text()
+    edge_toml = (pi / "etc/lalelu/edge.toml").read_text()
+    assert 'kind = "synth"' in edge_toml
+    # lalelu_monitor_token opens the edge's monitor page to the LAN behind it; the backend has no page
+    monitor = tomllib.loads(edge_toml)["monitor"]
+    assert (monitor["listen_host"], monitor["port"], monitor["token"]) == ("0.0.0.0", 8700, MONITOR_TOKEN)
+    assert "[monitor]" not in (pc / "etc/lalelu/backend.toml").read_text()
+    assert MONITOR_TOKEN not in first.stdout + first.stderr
+    for root in (pi, pc):  # `sudo lalelu check` with nothing else typed
+        assert os.readlink(root / "usr/local/bin/lalelu") == "/opt/lalelu/venv/bin/lalelu"
     assert not (pc / "usr/share/sounds/sf2").exists()  # the backend plays no sound
     r = _run(  # the installed edge renders a hit with the installed synth and SoundFont
         [
@@ -334,6 +345,7 @@ def validation_root(base_rootfs, tmp_path_factory):
             "lalelu_app_models: .* has sha256 .*the inventory says",
         ),
         ({"lalelu_link_key": '"short"'}, "lalelu_link_key on pi-rootfs is 5 characters"),
+        ({"lalelu_monitor_token": '"short"'}, "lalelu_monitor_token on pi-rootfs is 5 characters"),
     ],
 )
 def test_bad_inventory_fails_before_changing_anything(

@@ -45,6 +45,24 @@ def test_red_when_the_model_file_is_missing(tmp_path):
     assert "NOT READY: model" in r.stdout
 
 
+def test_without_config_the_provisioned_hosts_file_is_read(tmp_path):
+    """`sudo lalelu check` on a provisioned host: no paths to type, its /etc/lalelu/edge.toml is used."""
+    import os
+
+    (tmp_path / "edge.toml").write_text(
+        f'[engine]\nmodel = "{tmp_path}/stage.tflite"\n[edge]\nbackend = ""\n'
+    )
+    env = dict(os.environ, LALELU_CONFIG_DIR=str(tmp_path))
+    r = subprocess.run(lalelu_cmd("check"), capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"configuration: {tmp_path}/edge.toml" in r.stderr
+    assert "NO-GO  model" in r.stdout and "stage.tflite" in r.stdout
+    r = subprocess.run(
+        lalelu_cmd("check", "--role", "backend"), capture_output=True, text=True, timeout=120, env=env
+    )
+    assert "configuration:" not in r.stderr  # no backend.toml there: the built-in defaults, as before
+
+
 def test_power_and_heat_reads_the_pi_firmware_flags():
     from lalelu_commands.check import GO, NO_GO, WARN, throttle_check
 

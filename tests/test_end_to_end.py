@@ -135,6 +135,30 @@ def test_demo_prints_one_json_line():
     assert abs(result["hits"] - result["hits_expected"]) <= 1  # the nod of the moving photo
 
 
+def test_the_demo_ends_with_a_verdict_a_person_reads():
+    from lalelu_commands.demo import demo_verdict
+
+    good = {
+        "poses_received": 998,
+        "frames_inferred": 998,
+        "frames_lost": 0,
+        "hits": 9,
+        "hits_expected": 9,
+        "latency_ms": {"p50": 12.34, "p99": 24.0},
+        "vs_impact": {"impacts": 9, "onsets": 9, "missed": 0, "extra": 0, "mean_ms": 17.04, "sd_ms": 0.03},
+    }
+    assert demo_verdict(good) == (
+        "demo: played as expected: 9 hits for 9 nods, each +17.0 ms from the photo's lowest point (SD 0.0), "
+        "0 of 998 frames lost, capture to pose p50 12.3 ms, p99 24.0 ms"
+    )
+    off = dict(good, hits=10, vs_impact=dict(good["vs_impact"], extra=1))
+    assert demo_verdict(off).startswith("demo: NOT as expected: 1 extra hit(s): 10 hits for 9 nods")
+    silent = dict(
+        good, poses_received=0, hits=0, vs_impact={"impacts": 9, "onsets": 0, "missed": 9, "extra": 0}
+    )
+    assert "no pose came back" in demo_verdict(silent) and "9 nod(s) without a hit" in demo_verdict(silent)
+
+
 def test_sound_can_leave_from_the_backend(tmp_path):
     """[output] where = "backend": the backend runs the gestures and sends OSC; a real UDP socket hears it."""
     import socket

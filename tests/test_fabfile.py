@@ -155,3 +155,21 @@ def test_fab_reads_the_inventory_through_ansible_ini_and_group_vars(sshd, tmp_pa
     (tmp_path / "group_vars/backend.yml").write_text('lalelu_venv: "{{ somewhere }}"\n')
     r = fab("bench", "--inventory", str(tmp_path / "hosts.ini"), cwd=tmp_path)
     assert "pc: lalelu_venv = '{{ somewhere }}' is a template" in r.stderr + r.stdout
+
+
+def test_the_edges_monitor_page_address_comes_from_the_inventory(tmp_path):
+    """`fab check` prints it for the phones at the venue: the edge's address and its token, or says that
+    the page is the Pi's own."""
+    sys.path.insert(0, str(ROOT))
+    import fabfile
+
+    (tmp_path / "hosts.ini").write_text(
+        "[edge]\n"
+        "stage-left ansible_host=192.0.2.21 lalelu_monitor_token=venue-token-0123456789\n"
+        "stage-right ansible_host=192.0.2.22\n"
+        "[backend]\n"
+        "pc ansible_host=192.0.2.10 lalelu_monitor_token=not-an-edge-0123456789\n"
+    )
+    hosts = fabfile.load_inventory(tmp_path / "hosts.ini")
+    assert hosts["stage-left"].monitor == "http://192.0.2.21:8700/?token=venue-token-0123456789"
+    assert hosts["stage-right"].monitor == "" and hosts["pc"].monitor == ""

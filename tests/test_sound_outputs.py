@@ -90,7 +90,7 @@ def test_note_on_latency_through_jack(jack_server):
         if not got:
             # Seen here about once in 150 spaced notes with python-rtmidi 1.5.8 on jackd2 1.9 (dummy
             # driver, non-realtime, asynchronous: xruns; conftest now runs it --sync), and on a loaded
-            # machine notes later than 0.5 s: counted as lost and reported, not hidden. See the README.
+            # machine notes later than 0.5 s: counted as lost and reported, not hidden. See docs/performance.md.
             lost += 1
             continue
         assert got[0][0] == [0x99, 36 + i % 4, 100]

@@ -24,6 +24,7 @@ from vm import (
     BACKEND_ADDRESS,
     EDGE_SEEN_FROM,
     FIGURES,
+    VM_MONITOR_TOKEN,
     edge_state,
     exposure,
     journal,
@@ -147,6 +148,10 @@ def test_fab_over_the_inventory(rig):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.rstrip().splitlines()[-2:] == ["pi-vm  READY", "pc-vm  READY"], r.stdout
     assert f"go     inference      on the backend {BACKEND_ADDRESS}:7600" in r.stdout
+    assert (
+        f"monitor page: http://127.0.0.1:8700/?token={VM_MONITOR_TOKEN}" in r.stdout
+    )  # the Pi's ansible_host
+    assert '"0.0.0.0"' in rig.pi.ssh("sudo grep -A1 '^\\[monitor\\]' /etc/lalelu/edge.toml").stdout
     results = inv.parent / "results"
     r = fab(
         inv,

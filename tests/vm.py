@@ -677,6 +677,7 @@ VM_EDGE_CONFIG = {
     "output": {"kind": "log", "where": "edge", "mapping": VM_MAPPING},
 }
 VM_LINK_KEY = "vm-rig-link-key-9d2f41c0a7e3b5"
+VM_MONITOR_TOKEN = "vm-rig-monitor-token-52ae"
 FIGURES: dict[str, object] = {}  # printed at the end of the session (pytest -s)
 
 
@@ -787,6 +788,7 @@ class Rig:
             pi.inventory_vars(),
             pi_camera_install_packages=False,  # python3-picamera2, rpicam-apps: the Pi's own repository
             pi_camera_check=False,  # no camera in a VM
+            lalelu_monitor_token=VM_MONITOR_TOKEN,  # the page on the LAN, as at a venue
             lalelu_app_config=VM_EDGE_CONFIG,
             lalelu_edge_address=EDGE_SEEN_FROM,
         )

@@ -42,7 +42,7 @@ class MidiOutput:
         self._api = api
 
     def note_on(self, channel: int, note: int, velocity: int, name: str, at_ns: int = 0) -> None:
-        # rtmidi has no timed send: the note leaves now, when the reader fired (README: ALSA MIDI)
+        # rtmidi has no timed send: the note leaves now, when the reader fired (docs/timing.md: where each output puts the note)
         self._out.send_message([0x90 | (channel - 1), note, velocity])
         self._sounding.add((channel, note))
 
