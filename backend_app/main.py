@@ -19,6 +19,7 @@ from lalelu.gestures.consumer import pose_consumer, request_reload, sound_leaves
 from lalelu.gpu_clock import SmClockSampler
 from lalelu.inference import PoseEstimator
 from lalelu.reporter import Reporter
+from lalelu.sdnotify import StartingUp
 from lalelu.service import RealtimeService
 from lalelu.timing import backend_summary, write_jsonl
 from lalelu.wire import PixelFormat
@@ -47,20 +48,25 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
     key = load_link_key(b.key_file, "backend")  # before the engine's seconds of loading: a typo shows at once
     with contextlib.ExitStack() as stack:
         service = stack.enter_context(RealtimeService(b.cpus, b.sched_fifo, b.fifo_priority))
-        engine = engine_from_config(cfg.engine)
-        stack.callback(engine.close)
-        period_s = cfg.backend.gpu_clock_period_ms / 1000
-        gpu_clock = SmClockSampler(period_s=period_s) if cfg.engine.kind in GPU_ENGINES and period_s else None
-        if gpu_clock is not None:
-            stack.callback(gpu_clock.close)
-        consumer_factory = None
-        if sound_leaves_here(cfg, "backend"):  # made at the first frame: its size is the edge's
-            consumer_factory = partial(pose_consumer, cfg, "backend")
-        estimator = PoseEstimator(engine)
-        # The camera's geometry, where this file names it: its first frame then costs no set-up (a GPU
-        # engine captures a CUDA graph per geometry: 30-35 ms on the H100, paid here instead).
-        cam = cfg.camera
-        estimator.prepare(PixelFormat.named(cam.pixel_format), cam.width, cam.height)
+        # Loading can take minutes (torch.compile on a cold cache): systemd and `lalelu demo` are told it
+        # is still starting, with what it is doing, until it serves
+        heartbeat = ready_file.with_name(ready_file.name + ".starting") if ready_file is not None else None
+        with StartingUp(f"loading the {cfg.engine.kind} engine", heartbeat) as starting:
+            engine = engine_from_config(cfg.engine)
+            stack.callback(engine.close)
+            period_s = cfg.backend.gpu_clock_period_ms / 1000
+            gpu_clock = SmClockSampler(period_s=period_s) if engine.name in GPU_ENGINES and period_s else None
+            if gpu_clock is not None:
+                stack.callback(gpu_clock.close)
+            consumer_factory = None
+            if sound_leaves_here(cfg, "backend"):  # made at the first frame: its size is the edge's
+                consumer_factory = partial(pose_consumer, cfg, "backend")
+            estimator = PoseEstimator(engine)
+            # The camera's geometry, where this file names it: its first frame then costs no set-up (a GPU
+            # engine captures a CUDA graph per geometry: 30-35 ms on the H100, paid here instead).
+            cam = cfg.camera
+            starting.phase = f"preparing {cam.width}x{cam.height} {cam.pixel_format} frames on {engine.name}"
+            estimator.prepare(PixelFormat.named(cam.pixel_format), cam.width, cam.height)
         server = InferenceServer(
             estimator,
             cfg.backend.listen_host,

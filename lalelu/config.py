@@ -16,7 +16,8 @@ from lalelu.wire import split_address
 
 # The plug-in names, listed once: the configuration checks them, the CLI offers them, the factories
 # (engines.create_engine, edge_app.cameras.open_source, output.open_output) dispatch on them.
-ENGINE_KINDS = ("litert", "tf-savedmodel", "tensorrt", "torch-cuda")
+# auto: torch-cuda where torch sees a CUDA GPU and [engine] model is an ONNX file, litert elsewhere
+ENGINE_KINDS = ("auto", "litert", "tf-savedmodel", "tensorrt", "torch-cuda")
 CAMERA_SOURCES = ("still", "replay", "v4l2", "picamera2")
 OUTPUT_KINDS = ("log", "midi", "osc", "synth", "none")
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
+from pathlib import Path
 
 
 def _address() -> str | None:
@@ -61,3 +63,43 @@ class Watchdog:
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
+
+
+class StartingUp:
+    """While a service loads (seconds to minutes: a model, CUDA graphs, torch.compile), a helper thread
+    tells systemd every `every_s` that it is still starting (EXTEND_TIMEOUT_USEC, so a slow but moving
+    start is not killed at the unit's start timeout, and a stuck one still is, `extend_s` after its last
+    sign of life) with what it is doing (STATUS=), and keeps `heartbeat` fresh for a parent process that
+    waits for it (`lalelu demo`): its mtime is the last sign of life, its text the phase."""
+
+    def __init__(
+        self, phase: str, heartbeat: Path | None = None, every_s: float = 5.0, extend_s: float = 30.0
+    ) -> None:
+        self.phase = phase  # what it does now: set it as the start goes on
+        self.heartbeat = heartbeat
+        self.every_s, self.extend_s = every_s, extend_s
+        self._t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lalelu-starting", daemon=True)
+
+    def __enter__(self) -> StartingUp:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.heartbeat is not None:
+            self.heartbeat.unlink(missing_ok=True)
+
+    def _beat(self) -> None:
+        status = f"{self.phase} ({time.monotonic() - self._t0:.0f} s)"
+        notify(f"EXTEND_TIMEOUT_USEC={int(self.extend_s * 1e6)}\nSTATUS=starting: {status}")
+        if self.heartbeat is not None:
+            with contextlib.suppress(OSError):
+                self.heartbeat.write_text(status)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._beat()

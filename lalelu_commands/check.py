@@ -291,6 +291,28 @@ def check_backend(address: str, frames: int, p99_limit_ms: float, key: bytes = b
     ]
 
 
+def engine_device(engine: object) -> str:
+    """Where the engine runs, for the check's line: " on <GPU name>", " on the CPU", or "" (unknown)."""
+    device = getattr(engine, "device", None)
+    if getattr(device, "type", "") == "cuda":
+        import torch
+
+        return f" on {torch.cuda.get_device_name(device)}"
+    return " on the CPU" if getattr(engine, "name", "") == "litert" else ""
+
+
+def unused_gpu_check(engine_name: str, nvidia_device: str = "/dev/nvidia0") -> Check | None:
+    """A warning where the host has an NVIDIA GPU and the model runs on the CPU all the same."""
+    if engine_name != "litert" or not os.path.exists(nvidia_device):
+        return None
+    return Check(
+        "GPU",
+        WARN,
+        f'{nvidia_device} is there but the model runs on the CPU: set [engine] kind = "auto" (or '
+        '"torch-cuda") and model = an ONNX file (lalelu convert MODEL.tflite --to onnx)',
+    )
+
+
 def check_local_model(cfg: Config, frames: int, p99_limit_ms: float) -> list[Check]:
     from lalelu.engines import engine_from_config
 
@@ -304,10 +326,13 @@ def check_local_model(cfg: Config, frames: int, p99_limit_ms: float) -> list[Che
         t0 = time.perf_counter_ns()
         engine.infer(out)
         times[i] = time.perf_counter_ns() - t0
+    where = engine_device(engine)
     engine.close()
     s = summarize_ns(times)
+    gpu = unused_gpu_check(engine.name)
     return [
-        Check("model", GO, f"{cfg.engine.kind} loaded and warm"),
+        Check("model", GO, f"{engine.name} loaded and warm{where}"),
+        *([gpu] if gpu else []),
         Check(
             "live latency",
             GO if s["p99"] <= p99_limit_ms else NO_GO,

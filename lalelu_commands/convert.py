@@ -6,6 +6,7 @@ GPU; the TensorRT engine refuses to load when the manifest does not match the GP
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import time
@@ -15,6 +16,11 @@ import numpy as np
 
 from lalelu.errors import LaleluError
 from lalelu.manifests import cuda_gpu_name, write_manifest
+
+CONVERT_EXTRA = (
+    "conversion needs tf2onnx and onnxruntime (the convert extra): pip install 'lalelu-drums[convert]', "
+    "on the controller or any machine with this checkout: pip install -e '.[convert]'"
+)
 
 
 def to_onnx(source: Path, out: Path, opset: int = 17, log=print) -> Path:
@@ -26,12 +32,14 @@ def to_onnx(source: Path, out: Path, opset: int = 17, log=print) -> Path:
         if source.suffix == ".tflite"
         else ["--saved-model", str(source)]
     )
+    if importlib.util.find_spec("tf2onnx") is None:  # before a child's raw ModuleNotFoundError can say it
+        raise LaleluError(CONVERT_EXTRA)
     cmd = [sys.executable, "-m", "tf2onnx.convert", *kind, "--output", str(out), "--opset", str(opset)]
     log(f"converting {source} to ONNX (opset {opset}) with tf2onnx ...")
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        if "No module named tf2onnx" in r.stderr:
-            raise LaleluError("conversion needs tf2onnx and onnxruntime: pip install 'lalelu-drums[convert]'")
+        if "No module named 'tf2onnx" in r.stderr or "No module named tf2onnx" in r.stderr:
+            raise LaleluError(CONVERT_EXTRA)
         raise LaleluError(f"tf2onnx failed on {source}:\n{r.stderr[-3000:]}")
     write_manifest(out, source, "onnx", "fp32")
     return out

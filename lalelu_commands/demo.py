@@ -25,14 +25,32 @@ def lalelu_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lalelu_commands.cli", *args]
 
 
-def wait_until_ready(backend: subprocess.Popen, ready: Path, timeout_s: float = 60) -> dict:
-    """The started backend's ready file (address, CPUs), once it serves; LaleluError if it dies or stalls."""
-    deadline = time.monotonic() + timeout_s
+def wait_until_ready(
+    backend: subprocess.Popen, ready: Path, timeout_s: float = 60, quiet: bool = False, stale_s: float = 30
+) -> dict:
+    """The started backend's ready file (address, CPUs), once it serves; LaleluError if it dies or stalls.
+    The wait is `timeout_s`, longer for as long as the backend's start-up heartbeat (sdnotify.StartingUp)
+    is fresher than `stale_s`: a cold torch.compile takes over a minute, and says what it is doing."""
+    heartbeat = ready.with_name(ready.name + ".starting")
+    t0 = time.monotonic()
+    said = 0.0
     while not ready.exists():
         if backend.poll() is not None:
             raise LaleluError(f"the backend exited with code {backend.returncode} before it was ready")
-        if time.monotonic() > deadline:
-            raise LaleluError(f"the backend was not ready within {timeout_s:g} s")
+        now = time.monotonic()
+        try:
+            alive = time.time() - heartbeat.stat().st_mtime < stale_s
+            phase = heartbeat.read_text().strip()
+        except OSError:
+            alive, phase = False, ""
+        if now - t0 > timeout_s and not alive:
+            raise LaleluError(
+                f"the backend was not ready within {now - t0:.0f} s"
+                + (f" and stopped saying what it does (last: {phase})" if phase else "")
+            )
+        if not quiet and phase and now - said >= 10 and now - t0 >= 5:
+            print(f"demo: the backend is starting: {phase}", file=sys.stderr, flush=True)
+            said = now
         time.sleep(0.05)
     return json.loads(ready.read_text())
 
@@ -67,7 +85,7 @@ def backend_and_edge(
         )
         try:
             try:
-                port = wait_until_ready(backend, ready)["port"]
+                port = wait_until_ready(backend, ready, quiet=quiet)["port"]
             except LaleluError as exc:
                 raise LaleluError(f"{exc}{log_tail(workdir, 'backend')}") from None
             edge = subprocess.Popen(

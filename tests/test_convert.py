@@ -84,3 +84,16 @@ def test_tftrt_on_a_new_tensorflow_says_what_to_do(saved_model, tmp_path):
 def test_tensorrt_build_without_tensorrt_is_clear(saved_model, tmp_path):
     with pytest.raises(LaleluError, match="needs the `tensorrt` package and an NVIDIA GPU"):
         run_convert(saved_model, "tensorrt", None, True, 17, log=lambda m: None)
+
+
+def test_without_tf2onnx_the_fix_is_named_not_a_traceback(tmp_path, monkeypatch):
+    import importlib.util
+
+    import lalelu_commands.convert as convert
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a)
+    )
+    with pytest.raises(LaleluError, match=r"tf2onnx and onnxruntime \(the convert extra\): pip install"):
+        convert.to_onnx(BUNDLED_MODEL, tmp_path / "m.onnx")

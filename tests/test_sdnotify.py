@@ -41,6 +41,12 @@ def test_backend_reports_ready_and_kicks_the_watchdog(tmp_path):
     got = _run_with_notify(tmp_path, "backend", "--port", "0", "--no-fifo", seconds=6)
     messages = [m for _, m in got]
     assert "READY=1" in messages
+    # while it loads it says so, and asks systemd for more time, before it is ready
+    starting = [
+        i for i, m in enumerate(messages) if m.startswith("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=starting: ")
+    ]
+    assert starting and starting[0] < messages.index("READY=1"), messages[:5]
+    assert "loading the litert engine" in messages[starting[0]]
     kicks = [t for t, m in got if m == "WATCHDOG=1"]
     assert len(kicks) >= 4, messages
     assert max(b - a for a, b in itertools.pairwise(kicks)) < 1.0  # never late for a 1 s watchdog
@@ -86,3 +92,60 @@ def test_log_lines_carry_journald_priorities_only_under_journald(tmp_path, monke
         assert line.endswith("lalelu.edge WARNING plain") and line[:4].isdigit(), line
         assert not error_line("x", stream).startswith("<")
     logging.basicConfig(force=True)
+
+
+def test_a_long_start_keeps_saying_it_is_alive(tmp_path, monkeypatch):
+    """sdnotify.StartingUp: every period systemd hears EXTEND_TIMEOUT_USEC with the phase, and the
+    heartbeat file is fresh; once started the file is gone."""
+    from lalelu.sdnotify import StartingUp
+
+    path = tmp_path / "notify.sock"
+    heartbeat = tmp_path / "backend.json.starting"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(0.1)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        with StartingUp("loading", heartbeat, every_s=0.2, extend_s=3) as starting:
+            starting.phase = "compiling"
+            got = _collect(sock, 1.0)
+            assert heartbeat.read_text().startswith("compiling (")
+        assert not heartbeat.exists()
+    messages = [m for _, m in got]
+    assert len(messages) >= 3, messages
+    assert all(m.startswith("EXTEND_TIMEOUT_USEC=3000000\nSTATUS=starting: ") for m in messages)
+    assert "STATUS=starting: compiling (" in messages[-1]
+
+
+def test_the_demo_waits_for_a_backend_that_says_it_is_still_starting(tmp_path):
+    """A start longer than the demo's wait is waited for while its heartbeat is fresh; a silent one is not."""
+    import sys
+
+    from lalelu.errors import LaleluError
+    from lalelu_commands.demo import wait_until_ready
+
+    ready = tmp_path / "backend.json"
+    slow = (  # 3 s of start-up with a heartbeat every 0.3 s, then ready
+        "import json, pathlib, sys, time; hb = pathlib.Path(sys.argv[1] + '.starting')\n"
+        "for i in range(10):\n    hb.write_text(f'compiling ({i} s)'); time.sleep(0.3)\n"
+        "pathlib.Path(sys.argv[1]).write_text(json.dumps({'port': 7600}))\ntime.sleep(30)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", slow, str(ready)])
+    try:
+        assert wait_until_ready(proc, ready, timeout_s=1.0, quiet=True, stale_s=1.0) == {"port": 7600}
+    finally:
+        proc.kill()
+        proc.wait()
+    ready.unlink()
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        t0 = time.monotonic()
+        try:
+            wait_until_ready(silent, ready, timeout_s=1.0, quiet=True, stale_s=1.0)
+        except LaleluError as exc:
+            assert "not ready within" in str(exc)
+        else:
+            raise AssertionError("a backend that never got ready was waited for as if it had")
+        assert time.monotonic() - t0 < 10
+    finally:
+        silent.kill()
+        silent.wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -12,6 +14,7 @@ from lalelu.errors import ModelError
 from lalelu.keypoints import NUM_KEYPOINTS
 
 ENGINE_NAMES = ENGINE_KINDS
+log = logging.getLogger("lalelu.engine")
 GPU_ENGINES = ("tf-savedmodel", "tensorrt", "torch-cuda")  # their telemetry samples the GPU's clock
 BUNDLED_MODEL = (
     Path(__file__).resolve().parent.parent / "models" / "movenet_singlepose_lightning_int8_4.tflite"
@@ -78,8 +81,48 @@ def create_engine(
     raise ModelError(f"unknown engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}")
 
 
+def cuda_gpu() -> tuple[str, str]:
+    """(the name of GPU 0, "") where torch sees a CUDA GPU; ("", why not) elsewhere."""
+    try:
+        import torch
+    except ImportError:
+        return "", "torch is not installed (the gpu-torch extra)"
+    if not torch.cuda.is_available():
+        return "", f"torch {torch.__version__} sees no CUDA GPU (no NVIDIA driver or device, or a CPU build)"
+    return torch.cuda.get_device_name(0), ""
+
+
+def resolve_auto(cfg: EngineConfig, gpu: tuple[str, str] | None = None) -> tuple[EngineConfig, str]:
+    """[engine] kind = "auto" made concrete: torch-cuda with its ONNX model where torch sees a CUDA GPU,
+    LiteRT on the CPU elsewhere (with the model where it is a .tflite, else the bundled one); and the line
+    saying which and why. `gpu`: cuda_gpu()'s answer (asked here when not given)."""
+    if cfg.kind != "auto":
+        return cfg, f"engine {cfg.kind} (as configured)"
+    name, why_not = gpu if gpu is not None else cuda_gpu()
+    model = Path(cfg.model) if cfg.model else None
+    if name and model is not None and model.suffix == ".onnx" and model.exists():
+        return dataclasses.replace(
+            cfg, kind="torch-cuda"
+        ), f"engine auto: torch-cuda on {name} ({model.name})"
+    if name:
+        why_not = (
+            f"{name} found, but [engine] model is not an ONNX file that exists ({cfg.model or 'unset'}); "
+            "make one with: lalelu convert MODEL.tflite --to onnx"
+        )
+    cpu_model = cfg.model if model is not None and model.suffix == ".tflite" else ""
+    fallback = dataclasses.replace(cfg, kind="litert", model=cpu_model)
+    return (
+        fallback,
+        f"engine auto: litert on the CPU ({Path(cpu_model).name if cpu_model else 'the bundled model'}): {why_not}",
+    )
+
+
 def engine_from_config(cfg: EngineConfig, warm: bool = True) -> PoseEngine:
-    """The engine a host's [engine] section names, loaded and (unless told not to) warmed up."""
+    """The engine a host's [engine] section names, loaded and (unless told not to) warmed up; for
+    kind = "auto" the one resolve_auto chooses, said in one log line."""
+    if cfg.kind == "auto":
+        cfg, why = resolve_auto(cfg)
+        (log.info if cfg.kind == "torch-cuda" else log.warning)("%s", why)
     engine = create_engine(
         cfg.kind,
         Path(cfg.model) if cfg.model else None,
