@@ -51,7 +51,7 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
         # Loading can take minutes (torch.compile on a cold cache): systemd and `lalelu demo` are told it
         # is still starting, with what it is doing, until it serves
         heartbeat = ready_file.with_name(ready_file.name + ".starting") if ready_file is not None else None
-        with StartingUp(f"loading the {cfg.engine.kind} engine", heartbeat) as starting:
+        with StartingUp(f"loading the engine ({cfg.engine.kind})", heartbeat) as starting:
             engine = engine_from_config(cfg.engine)
             stack.callback(engine.close)
             period_s = cfg.backend.gpu_clock_period_ms / 1000

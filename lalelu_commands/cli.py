@@ -263,6 +263,13 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"plot: {plot_telemetry(edge_rows, backend_rows, out)}")
             return 0
 
+        if args.plot:  # before minutes of benchmarking, not after them
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
+                raise LaleluError(
+                    "--plot needs matplotlib: pip install 'lalelu-drums[bench]' (or leave --plot out)"
+                )
         chosen = args.configs or DEFAULT_CONFIGS.get(args.engine, DEFAULT_CONFIGS_OTHER)
         configs = [c for c in chosen.split(",") if c]
         if args.sched_fifo and "pinned+fifo" not in configs:

@@ -232,7 +232,12 @@ def demo_verdict(result: dict) -> str:
     lost = result.get("frames_lost", 0)
     frames = result.get("frames_inferred", 0)
     latency = result.get("latency_ms", {})
-    parts = [f"{result.get('hits', 0)} hits for {result.get('hits_expected', '?')} nods"]
+    hits, expected = result.get("hits", 0), result.get("hits_expected")
+    if expected is not None and abs(hits - expected) > 1:  # one either way: a nod cut by the start or end
+        problems.append(f"{hits} hits, {expected} expected")
+    parts = [
+        f"{hits} hits, {expected if expected is not None else '?'} expected (one either way at the ends)"
+    ]
     if "mean_ms" in timing:
         parts.append(
             f"each {timing['mean_ms']:+.1f} ms from the photo's lowest point (SD {timing['sd_ms']:.1f})"

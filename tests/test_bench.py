@@ -140,3 +140,18 @@ def test_demo_telemetry_of_both_apps_is_joined_and_explained(tmp_path):
     assert "edge stage" in r.stdout and "backend stage" in r.stdout
     assert any(line.startswith("others ") for line in r.stdout.splitlines())
     assert (tmp_path / "backend.png").stat().st_size > 10_000
+
+
+def test_plot_without_matplotlib_is_refused_before_the_benchmark(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    from lalelu_commands.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a)
+    )
+    assert main(["bench", "--n", "100000", "--plot", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    assert "--plot needs matplotlib: pip install 'lalelu-drums[bench]'" in out.err
+    assert "p50" not in out.out  # refused before benchmarking: no table

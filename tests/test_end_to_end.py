@@ -148,11 +148,13 @@ def test_the_demo_ends_with_a_verdict_a_person_reads():
         "vs_impact": {"impacts": 9, "onsets": 9, "missed": 0, "extra": 0, "mean_ms": 17.04, "sd_ms": 0.03},
     }
     assert demo_verdict(good) == (
-        "demo: played as expected: 9 hits for 9 nods, each +17.0 ms from the photo's lowest point (SD 0.0), "
+        "demo: played as expected: 9 hits, 9 expected (one either way at the ends), each +17.0 ms from the photo's lowest point (SD 0.0), "
         "0 of 998 frames lost, capture to pose p50 12.3 ms, p99 24.0 ms"
     )
     off = dict(good, hits=10, vs_impact=dict(good["vs_impact"], extra=1))
-    assert demo_verdict(off).startswith("demo: NOT as expected: 1 extra hit(s): 10 hits for 9 nods")
+    assert demo_verdict(off).startswith("demo: NOT as expected: 1 extra hit(s): 10 hits, 9 expected")
+    far = dict(good, hits=12)
+    assert demo_verdict(far).startswith("demo: NOT as expected: 12 hits, 9 expected: ")
     silent = dict(
         good, poses_received=0, hits=0, vs_impact={"impacts": 9, "onsets": 0, "missed": 9, "extra": 0}
     )

@@ -46,7 +46,7 @@ def test_backend_reports_ready_and_kicks_the_watchdog(tmp_path):
         i for i, m in enumerate(messages) if m.startswith("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=starting: ")
     ]
     assert starting and starting[0] < messages.index("READY=1"), messages[:5]
-    assert "loading the litert engine" in messages[starting[0]]
+    assert "loading the engine (litert)" in messages[starting[0]]
     kicks = [t for t, m in got if m == "WATCHDOG=1"]
     assert len(kicks) >= 4, messages
     assert max(b - a for a, b in itertools.pairwise(kicks)) < 1.0  # never late for a 1 s watchdog
