@@ -288,6 +288,47 @@ def status(c, group="all", hosts="", inventory=""):
             print(f"  {key:<12} {remote(host, cmd).stdout.strip()}")
 
 
+@task(
+    name="play-test",
+    help={
+        "hosts": "comma-separated inventory names instead of every edge",
+        "inventory": "Ansible inventory (default ansible/inventory/hosts.yml)",
+        "wait": "seconds to wait for each edge's note (it plays at its next pose)",
+    },
+)
+def play_test(c, hosts="", inventory="", wait=10.0):
+    """One note through each edge's output (a sound check without playing): SIGUSR1 to the running
+    lalelu-edge, then its journal's word that the note went out. Exit 1 unless every edge played it."""
+    failed = []
+    for host in select(inventory, "edge", hosts):
+        root = as_root(host)
+        pid = remote(host, ["systemctl", "show", "-p", "MainPID", "--value", "lalelu-edge"]).stdout.strip()
+        if not pid.isdigit() or pid == "0":
+            print(f"{host.name}: lalelu-edge is not running: start it (sudo systemctl start lalelu-edge)")
+            failed.append(host.name)
+            continue
+        since = remote(host, ["date", "+%Y-%m-%d %H:%M:%S"]).stdout.strip()
+        remote(host, [*root, "kill", "-USR1", pid])
+        line = ""
+        deadline = time.monotonic() + float(wait)
+        while not line and time.monotonic() < deadline:
+            time.sleep(0.5)
+            journal = remote(
+                host, [*root, "journalctl", "-u", "lalelu-edge", "--since", since, "-o", "cat", "--no-pager"]
+            ).stdout
+            line = next((ln for ln in journal.splitlines() if "test note" in ln and "played" in ln), "")
+            line = line or next((ln for ln in journal.splitlines() if "SIGUSR1:" in ln), "")
+        if "test note played" in line:
+            print(f"{host.name}: {line.split(': ', 1)[-1]}")
+        else:
+            print(
+                f"{host.name}: no test note within {float(wait):g} s ({line or 'no pose reached the player?'}); see fab logs"
+            )
+            failed.append(host.name)
+    if failed:
+        raise Exit("no test note from: " + ", ".join(failed), code=1)
+
+
 @task
 def logs(c, group="all", hosts="", inventory="", lines=100):
     """The services' journal."""

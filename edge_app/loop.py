@@ -26,7 +26,7 @@ from edge_app.poses import BackendPoses, LocalPoses, PoseSource
 from lalelu.clock import now_ns
 from lalelu.config import Config, load_link_key
 from lalelu.engines import engine_from_config
-from lalelu.gestures.consumer import PoseConsumer, pose_consumer, request_reload
+from lalelu.gestures.consumer import PoseConsumer, pose_consumer, request_reload, request_test_note
 from lalelu.gestures.recording import PoseRecorder
 from lalelu.inference import PoseEstimator
 from lalelu.reporter import Reporter
@@ -384,6 +384,7 @@ def run_edge(cfg: Config, summary_json: Path | None = None, record: Path | None 
         signal.signal(signal.SIGTERM, lambda *_: loop.stop())
         signal.signal(signal.SIGINT, lambda *_: loop.stop())
         signal.signal(signal.SIGHUP, lambda *_: request_reload(player))
+        signal.signal(signal.SIGUSR1, lambda *_: request_test_note(player))
         summary = loop.run()
     line = json.dumps({k: v for k, v in summary.items() if k != "stages_ms"})
     if summary_json is not None:

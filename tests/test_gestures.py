@@ -160,6 +160,57 @@ def test_latency_rig_fires_on_every_midline_crossing():
     assert all(h.note == 37 for h in hits)
 
 
+def test_a_test_note_goes_out_on_request_with_its_note_off(tmp_path, caplog):
+    """SIGUSR1 (`fab play-test`): the mapping's first note at the next pose, ended like any hit."""
+    import logging
+    import signal
+
+    from lalelu.clock import now_ns
+    from lalelu.gestures.consumer import GestureConsumer, request_test_note
+    from lalelu.gestures.mapping import load_mapping
+
+    class Heard:
+        def __init__(self) -> None:
+            self.events: list[tuple] = []
+
+        def note_on(self, channel, note, velocity, name, at_ns=0):
+            self.events.append(("on", channel, note, velocity, name))
+
+        def note_off(self, channel, note):
+            self.events.append(("off", channel, note))
+
+        def control(self, *args):
+            pass
+
+        def all_notes_off(self, channel):
+            pass
+
+        def close(self):
+            pass
+
+    path = tmp_path / "m.toml"
+    path.write_text(
+        '[instrument]\nchannel = 10\nnote_length_ms = 50\n[[strike]]\nkeypoint = "right_wrist"\nnote = 42\n'
+    )
+    out = Heard()
+    consumer = GestureConsumer(load_mapping(path), out, 320, 240)  # type: ignore[arg-type]
+    kp = np.zeros((17, 3), np.float32)
+    previous = signal.signal(signal.SIGUSR1, lambda *_: request_test_note(consumer))
+    try:
+        with caplog.at_level(logging.INFO):
+            signal.raise_signal(signal.SIGUSR1)
+            consumer.on_pose(0, now_ns(), kp)
+            assert out.events == [("on", 10, 42, 100, "test note")]
+            consumer.on_pose(1, now_ns(), kp)  # asked once, played once
+            assert len(out.events) == 1
+            later = now_ns() + 60_000_000
+            consumer._notes_off_due(later)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert out.events[-1] == ("off", 10, 42)
+    assert "test note played: note 42 velocity 100 on channel 10 through Heard" in caplog.text
+
+
 def test_mapping_reloads_on_request_and_keeps_the_old_one_when_broken(tmp_path):
     from lalelu.gestures.consumer import GestureConsumer
     from lalelu.gestures.mapping import load_mapping

@@ -152,6 +152,12 @@ def test_fab_over_the_inventory(rig):
         f"monitor page: http://127.0.0.1:8700/?token={VM_MONITOR_TOKEN}" in r.stdout
     )  # the Pi's ansible_host
     assert '"0.0.0.0"' in rig.pi.ssh("sudo grep -A1 '^\\[monitor\\]' /etc/lalelu/edge.toml").stdout
+    # a sound check without playing: one note through the Pi's output (its next pose plays it)
+    r = fab(inv, "play-test", "--wait", "60")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pi-vm: test note played: note 36 velocity 100 on channel 10 through LogOutput" in r.stdout, (
+        r.stdout
+    )
     results = inv.parent / "results"
     r = fab(
         inv,

@@ -91,6 +91,7 @@ class GestureConsumer:
         self._mtime = os.stat(mapping_path).st_mtime_ns if mapping_path else 0
         self._last_check = 0
         self.reload_requested = False
+        self.test_note_requested = False  # SIGUSR1 (`fab play-test`): one note through the output
         # Pending note-offs: (due_ns, note), fixed size, scanned once per pose.
         self._off_due = np.zeros(MAX_SOUNDING, np.int64)
         self._off_note = np.zeros(MAX_SOUNDING, np.int64)
@@ -126,6 +127,18 @@ class GestureConsumer:
         self._off_note[slot] = hit.note
         self.hits += 1
 
+    def _test_note(self, capture_ns: int) -> None:
+        """The mapping's first note at velocity 100, sounded at once, as a hit is (note-off included)."""
+        self.test_note_requested = False
+        note = self.mapping.strikes[0].note if self.mapping.strikes else 38
+        self._hit(Hit(capture_ns, "test note", note, 100))
+        log.info(
+            "test note played: note %d velocity 100 on channel %d through %s",
+            note,
+            self.mapping.channel,
+            type(self.output).__name__,
+        )
+
     def _control(self, control: Control, value: int, t_ns: int) -> None:
         self.output.control(self.mapping.channel, control.kind, control.cc, value, control.name)
 
@@ -137,6 +150,8 @@ class GestureConsumer:
 
     def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
         t = now_ns()
+        if self.test_note_requested:
+            self._test_note(capture_ns)
         self.reader.update(capture_ns, keypoints, t)
         if self._off_due.any():
             self._notes_off_due(t)
@@ -195,6 +210,14 @@ def gesture_consumer(
 ) -> GestureConsumer:
     path = resolve_mapping(cfg.mapping)
     return GestureConsumer(load_mapping(path), open_output(cfg), width, height, path, on_hit, cfg.latency_ms)
+
+
+def request_test_note(consumer: object) -> None:
+    """SIGUSR1 (`fab play-test`): one note through the output at the next pose, and a log line saying so."""
+    if isinstance(consumer, GestureConsumer):
+        consumer.test_note_requested = True
+    else:
+        log.warning("SIGUSR1: no test note (the sound leaves from the backend, not here)")
 
 
 def request_reload(consumer: object) -> None:
