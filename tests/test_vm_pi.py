@@ -99,15 +99,6 @@ def test_the_venv_keeps_the_system_numpy(rig):
     )
 
 
-def test_bench_may_choose_the_isolated_cpu(rig):
-    r = rig.pi.ssh(
-        "/opt/lalelu/venv/bin/lalelu bench --threads 1 --configs pinned --cpu-affinity 3 --warmup 1 --n 3",
-        timeout=300,
-        check=False,
-    )
-    assert r.returncode == 0 and "pinned" in r.stdout, r.stdout + r.stderr
-
-
 def test_journal_conventions_and_reload(rig):
     pi = rig.pi
     lines = journal(pi, f"-t {UNIT}").splitlines()

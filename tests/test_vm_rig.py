@@ -29,8 +29,6 @@ from vm import (
     exposure,
     journal,
     main_pid,
-    playbook,
-    recap,
     wait_for,
 )
 
@@ -124,19 +122,6 @@ def test_the_edge_plays_through_the_backend(rig):
     # Over the link key the inventory gave both (a file of the app's group only).
     assert "link key proven" in journal(pc, "-u lalelu-backend")
     assert pc.ssh("sudo stat -c %a:%U:%G /etc/lalelu/link.key").stdout.strip() == "640:root:lalelu"
-
-
-def test_second_run_changes_nothing_on_either(rig):
-    """The boot settings' roles again (their idempotence on a booted system decides whether a host would
-    reboot at every run); the whole playbook's second run, app included, is test_ansible's (in a chroot:
-    the full one here took 15 min of CI)."""
-    second, took = playbook(rig.inventory, "--tags", "rt,camera,readonly")
-    FIGURES["second_run_s"] = round(took, 1)
-    assert second.returncode == 0, second.stdout[-6000:]
-    assert {h: r["changed"] for h, r in recap(second.stdout).items()} == {"pi-vm": 0, "pc-vm": 0}, (
-        second.stdout[-8000:]
-    )
-    assert len(rig.pc.boots) == 2
 
 
 def test_fab_over_the_inventory(rig):

@@ -14,6 +14,7 @@ Images are built once per machine and cached (LALELU_VM_CACHE, default /var/cach
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -765,7 +766,11 @@ class Rig:
     @classmethod
     def up(cls, tmp: Path) -> Rig:
         t0 = time.monotonic()
-        pi_image(), pc_image()
+        ssh_key()  # before the two builds, which both put it into their images
+        # built side by side: the Pi's is mostly one emulated CPU (qemu-user), the PC's downloads and boots
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for build in [pool.submit(pi_image), pool.submit(pc_image)]:
+                build.result()  # a build's failure is raised here
         FIGURES["images_ready_s"] = round(time.monotonic() - t0, 1)
         backend_port = free_port()
         cable = LinkProxy(backend_port)
