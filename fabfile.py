@@ -302,13 +302,22 @@ def play_test(c, hosts="", inventory="", wait=10.0):
     failed = []
     for host in select(inventory, "edge", hosts):
         root = as_root(host)
-        pid = remote(host, ["systemctl", "show", "-p", "MainPID", "--value", "lalelu-edge"]).stdout.strip()
-        if not pid.isdigit() or pid == "0":
-            print(f"{host.name}: lalelu-edge is not running: start it (sudo systemctl start lalelu-edge)")
+        shown = remote(
+            host, ["systemctl", "show", "-p", "MainPID", "-p", "ActiveState", "--value", "lalelu-edge"]
+        ).stdout.split()
+        pid, state = [*shown, "", ""][:2]
+        if state != "active" or not pid.isdigit() or pid == "0":  # a starting edge is left alone
+            print(
+                f"{host.name}: lalelu-edge is not playing ({state or 'unknown'}): see fab status and fab logs"
+            )
             failed.append(host.name)
             continue
         since = remote(host, ["date", "+%Y-%m-%d %H:%M:%S"]).stdout.strip()
-        remote(host, [*root, "kill", "-USR1", pid])
+        sent = remote(host, [*root, "kill", "-USR1", pid])
+        if sent.exited != 0:
+            print(f"{host.name}: could not signal lalelu-edge: {sent.stderr.strip() or 'kill failed'}")
+            failed.append(host.name)
+            continue
         line = ""
         deadline = time.monotonic() + float(wait)
         while not line and time.monotonic() < deadline:

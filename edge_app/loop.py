@@ -370,6 +370,8 @@ class EdgeLoop:
 
 
 def run_edge(cfg: Config, summary_json: Path | None = None, record: Path | None = None) -> dict:
+    # SIGUSR1 (`fab play-test`) would end the process by default until its handler is set below
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # The consumer chain is built before the loop: the player, recorded on its way in when asked, and
     # the monitor's feed in front of both.
     source = open_source(cfg.camera)

@@ -69,15 +69,24 @@ class StartingUp:
     """While a service loads (seconds to minutes: a model, CUDA graphs, torch.compile), a helper thread
     tells systemd every `every_s` that it is still starting (EXTEND_TIMEOUT_USEC, so a slow but moving
     start is not killed at the unit's start timeout, and a stuck one still is, `extend_s` after its last
-    sign of life) with what it is doing (STATUS=), and keeps `heartbeat` fresh for a parent process that
-    waits for it (`lalelu demo`): its mtime is the last sign of life, its text the phase."""
+    sign of life, and at most `limit_s` in all) with what it is doing (STATUS=), and keeps `heartbeat` fresh
+    for a parent process that waits for it (`lalelu demo`): its mtime is the last sign of life, its text
+    the phase."""
 
     def __init__(
-        self, phase: str, heartbeat: Path | None = None, every_s: float = 5.0, extend_s: float = 30.0
+        self,
+        phase: str,
+        heartbeat: Path | None = None,
+        every_s: float = 5.0,
+        extend_s: float = 30.0,
+        limit_s: float = 600.0,
     ) -> None:
         self.phase = phase  # what it does now: set it as the start goes on
         self.heartbeat = heartbeat
         self.every_s, self.extend_s = every_s, extend_s
+        # The beats cannot tell a long compile from a hang (both may sit in native code): after limit_s
+        # they stop, and the unit's start timeout ends a start that never finishes
+        self.limit_s = limit_s
         self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lalelu-starting", daemon=True)
@@ -97,9 +106,14 @@ class StartingUp:
         status = f"{self.phase} ({time.monotonic() - self._t0:.0f} s)"
         notify(f"EXTEND_TIMEOUT_USEC={int(self.extend_s * 1e6)}\nSTATUS=starting: {status}")
         if self.heartbeat is not None:
-            with contextlib.suppress(OSError):
-                self.heartbeat.write_text(status)
+            with contextlib.suppress(OSError):  # written whole, then renamed: a reader never sees it empty
+                part = self.heartbeat.with_name(self.heartbeat.name + ".part")
+                part.write_text(status)
+                part.replace(self.heartbeat)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
+            if time.monotonic() - self._t0 > self.limit_s:
+                notify(f"STATUS=starting: {self.phase}: still not started after {self.limit_s:.0f} s")
+                return
             self._beat()

@@ -34,16 +34,18 @@ def wait_until_ready(
     heartbeat = ready.with_name(ready.name + ".starting")
     t0 = time.monotonic()
     said = 0.0
+    last_alive, phase = t0, ""
     while not ready.exists():
         if backend.poll() is not None:
             raise LaleluError(f"the backend exited with code {backend.returncode} before it was ready")
         now = time.monotonic()
         try:
-            alive = time.time() - heartbeat.stat().st_mtime < stale_s
-            phase = heartbeat.read_text().strip()
+            if time.time() - heartbeat.stat().st_mtime < stale_s:
+                last_alive = now
+            phase = heartbeat.read_text().strip() or phase
         except OSError:
-            alive, phase = False, ""
-        if now - t0 > timeout_s and not alive:
+            pass  # not yet written, or removed as loading ended: the last beat still counts for stale_s
+        if now - t0 > timeout_s and now - last_alive > stale_s:
             raise LaleluError(
                 f"the backend was not ready within {now - t0:.0f} s"
                 + (f" and stopped saying what it does (last: {phase})" if phase else "")

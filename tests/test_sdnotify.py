@@ -136,6 +136,20 @@ def test_the_demo_waits_for_a_backend_that_says_it_is_still_starting(tmp_path):
         proc.kill()
         proc.wait()
     ready.unlink()
+    (tmp_path / "backend.json.starting").unlink(missing_ok=True)
+    gap = (  # beats, then none for 1.5 s (loading ended, the server opens), then ready
+        "import json, pathlib, sys, time; hb = pathlib.Path(sys.argv[1] + '.starting')\n"
+        "for i in range(4):\n    hb.write_text('compiling'); time.sleep(0.3)\n"
+        "hb.unlink(); time.sleep(1.5); pathlib.Path(sys.argv[1]).write_text(json.dumps({'port': 1}))\n"
+        "time.sleep(30)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", gap, str(ready)])
+    try:
+        assert wait_until_ready(proc, ready, timeout_s=0.5, quiet=True, stale_s=3.0) == {"port": 1}
+    finally:
+        proc.kill()
+        proc.wait()
+    ready.unlink()
     silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         t0 = time.monotonic()
@@ -149,3 +163,18 @@ def test_the_demo_waits_for_a_backend_that_says_it_is_still_starting(tmp_path):
     finally:
         silent.kill()
         silent.wait()
+
+
+def test_a_start_that_never_ends_stops_asking_for_time(tmp_path, monkeypatch):
+    """After limit_s the beats stop, so the unit's start timeout ends a start that hangs."""
+    from lalelu.sdnotify import StartingUp
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(0.1)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        with StartingUp("compiling", every_s=0.1, extend_s=1, limit_s=0.35):
+            got = [m for _, m in _collect(sock, 1.2)]
+    assert got[-1] == "STATUS=starting: compiling: still not started after 0 s", got
+    assert 2 <= sum(m.startswith("EXTEND_TIMEOUT_USEC=") for m in got) <= 5, got
