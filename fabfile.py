@@ -259,7 +259,13 @@ def bench(
     help={"source": "model path on the backend", "to": "onnx, tensorrt or tf-trt", "fp16": "half precision"}
 )
 def convert(c, source, to="tensorrt", fp16=False, inventory="", hosts=""):
-    """Run `lalelu convert` on the backend."""
+    """Run `lalelu convert` on the backend: a TensorRT engine from the ONNX model site.yml copied there
+    (source: /opt/lalelu/models/NAME.onnx). ONNX itself is made on the controller (site.yml does it)."""
+    if to != "tensorrt":
+        raise Exit(
+            f"fab convert --to {to}: the backend has no converter (tf2onnx is the controller's convert extra); "
+            "site.yml converts the model to ONNX on the controller and copies it, or run `lalelu convert` here"
+        )
     for host in select(inventory, "backend", hosts):
         check_venv(host)
         fp16_flag = ["--fp16"] if fp16 else []

@@ -4,6 +4,7 @@ Raspberry Pi's boot files, one with GRUB's) through the community.general.chroot
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from lalelu.manifests import source_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "ansible"
@@ -114,8 +117,32 @@ LINK_KEY = "test-link-key-5f0c2a9e77d1b3"
 MONITOR_TOKEN = "test-monitor-token-8c41"
 
 
+# The PC as a GPU machine whose CUDA torch came with it (the lent GPU machine's case): the GPU engine chosen
+# by hand (a chroot has no GPU to find), torch kept from a package folder of the host's own
+GPU_PC_VARS = (
+    ", lalelu_app_gpu_engine: torch-cuda, lalelu_app_host_packages: [torch],"
+    " lalelu_app_venv_site_dirs: [/opt/host-torch/site-packages]"
+)
+
+
+def _fake_host_torch(root: Path) -> None:
+    """A stand-in for a host's own torch: an installed distribution pip sees, in a folder outside the venv."""
+    site = root / "opt/host-torch/site-packages"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch/__init__.py").write_text("__version__ = '2.10.0'\n")
+    info = site / "torch-2.10.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.10.0\n")
+    (info / "RECORD").write_text("")
+
+
 def _inventory(
-    tmp: Path, pi_root: Path, pc_root: Path | None, model: tuple[Path, str], pi_vars: str = ""
+    tmp: Path,
+    pi_root: Path,
+    pc_root: Path | None,
+    model: tuple[Path, str],
+    pi_vars: str = "",
+    pc_vars: str = "",
 ) -> Path:
     """The test inventory: real roles, with only what needs hardware or the Pi's repository switched off."""
     hosts = f"""
@@ -128,7 +155,6 @@ all:
     pi_camera_install_packages: false
     pi_camera_check: false
     nvidia_gpu_install_driver: false
-    nvidia_gpu_install_wheels: false
     lalelu_app_manage_services: false
     lalelu_app_models: [{{src: "{model[0]}", sha256: "{model[1]}"}}]
     lalelu_link_key: "{LINK_KEY}"
@@ -139,7 +165,7 @@ all:
         pi-rootfs: {{ansible_host: "{pi_root}", rt_tuning_isolated_cpus: [{ISO}]{pi_vars}}}
     backend:
       hosts:
-{f'        pc-rootfs: {{ansible_host: "{pc_root}", rt_tuning_isolated_cpus: [{ISO}], {PC_ALLOW}}}' if pc_root else "        {}"}
+{f'        pc-rootfs: {{ansible_host: "{pc_root}", rt_tuning_isolated_cpus: [{ISO}], {PC_ALLOW}{pc_vars}}}' if pc_root else "        {}"}
 """
     inv = tmp / "inventory"
     inv.mkdir(parents=True, exist_ok=True)
@@ -191,7 +217,8 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
         ", lalelu_app_config: {engine: {kind: litert, threads: 2}, camera: {source: still}, "
         'edge: {backend: "{{ lalelu_edge_backend }}", cpus: [3]}, output: {kind: synth, mapping: two-hands}}'
     )
-    inv = _inventory(tmp_path, pi, pc, model_file, pi_vars=synth_config)
+    inv = _inventory(tmp_path, pi, pc, model_file, pi_vars=synth_config, pc_vars=GPU_PC_VARS)
+    _fake_host_torch(pc)
     t0 = time.monotonic()
     first = _playbook(inv)
     t_first = time.monotonic() - t0
@@ -267,7 +294,45 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
         ).read_bytes() == model_file[0].read_bytes()
         limits = (root / "etc/security/limits.d/90-lalelu-rt.conf").read_text()
         assert "lalelu - rtprio 95" in limits
-    assert 'allow = ["192.0.2.20"]' in (pc / "etc/lalelu/backend.toml").read_text()
+    backend_toml = (pc / "etc/lalelu/backend.toml").read_text()
+    assert 'allow = ["192.0.2.20"]' in backend_toml
+    # The GPU engine's model: converted on the controller, checked, copied with its manifest, configured
+    sha12 = model_file[1][:12]
+    onnx = f"/opt/lalelu/models/movenet_singlepose_lightning_int8_4-{sha12}.onnx"
+    assert tomllib.loads(backend_toml)["engine"] == {"kind": "auto", "threads": 1, "model": onnx}
+    assert (pc / onnx.lstrip("/")).stat().st_size > 1_000_000
+    manifest = json.loads((pc / (onnx.lstrip("/") + ".manifest.json")).read_text())
+    assert manifest["kind"] == "onnx" and manifest["source_sha256"] == source_hash(model_file[0])
+    # The gpu-torch extra from the wheelhouse (onnx, nvidia-ml-py), the host's own torch kept: no torch in
+    # the venv, none downloaded, the venv importing the host's
+    r = _run(
+        [
+            "chroot",
+            str(pc),
+            "/opt/lalelu/venv/bin/python",
+            "-c",
+            "import importlib.metadata as m, torch, onnx; print(torch.__file__, m.version('nvidia-ml-py'))",
+        ]
+    )
+    assert r.returncode == 0 and r.stdout.startswith("/opt/host-torch/site-packages/torch/"), (
+        r.stdout + r.stderr
+    )
+    assert not list((pc / "opt/lalelu/venv/lib").glob("python3*/site-packages/torch"))
+    assert not list((pc / "opt/lalelu/wheelhouse").glob("torch-*")) and not list(
+        (pc / "opt/lalelu/wheelhouse").glob("nvidia_cu*")
+    )
+    # Every wheel a host got is its lock's pin
+    for root, lock in ((pi, "cp311-x86_64-glibc2.36-numpy1.24.2"), (pc, "cp311-x86_64-glibc2.36")):
+        pins = {
+            line.split("==")[0]: line.split("==")[1].split()[0]
+            for line in (ANSIBLE / "locks" / f"{lock}.txt").read_text().splitlines()
+            if line and not line.startswith("#")
+        }
+        wheels = sorted((root / "opt/lalelu/wheelhouse").glob("*.whl"))
+        assert wheels
+        for wheel in wheels:
+            name, version = wheel.name.split("-")[:2]
+            assert pins.get(name.lower().replace("_", "-")) == version, wheel.name
     assert LINK_KEY not in first.stdout + first.stderr  # no_log: the key is not in the run's output
     edge_toml = (pi / "etc/lalelu/edge.toml").read_text()
     assert 'kind = "synth"' in edge_toml

@@ -801,7 +801,6 @@ class Rig:
             pc.inventory_vars(),
             lalelu_backend_address=BACKEND_ADDRESS,
             nvidia_gpu_install_driver=False,  # no GPU in a VM: the backend's engine is litert (group_vars)
-            nvidia_gpu_install_wheels=False,
         )
         import json
 
