@@ -77,6 +77,7 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
             gpu_clock,
             busy_poll_s=cfg.backend.busy_poll_ms / 1000,
             key=key,
+            max_fps_per_edge=cfg.backend.max_fps_per_edge,
         )
         telemetry = stack.enter_context(open(cfg.backend.telemetry, "w")) if cfg.backend.telemetry else None
         reporter = stack.enter_context(Reporter())  # closed before the file: its writes are done first

@@ -1,6 +1,10 @@
 """The inference server: one thread, one pinned core, a selectors loop serving any number of edges.
 
-Frames are answered in arrival order. Every connection owns preallocated buffers; a bad packet is
+Frames are answered in arrival order, each edge within its share: a host (one address) gets at most
+`max_fps_per_edge` frames inferred a second and frames beyond it are answered BUSY at once; a host holds
+at most MAX_PER_ADDRESS connections (a new one replaces its oldest: an edge reconnecting after a crash
+is admitted at once), and unproven key exchanges have a pool of their own (MAX_PENDING_KEY), so
+strangers cannot fill the places of the inventory's edges. Every connection owns preallocated buffers; a bad packet is
 logged (rate-limited), counted, and either answered with BAD_FRAME (the stream is still framed) or
 ends that connection (it is not), never the server.
 """
@@ -50,6 +54,8 @@ class SmClockLike(Protocol):
 
 MAX_OUTBOX = 64 * REPLY_SIZE  # an edge that stops reading is dropped rather than buffered forever
 MAX_CONNECTIONS = 32  # an edge holds one; more means a client that leaks them
+MAX_PER_ADDRESS = 4  # an edge holds one, and one more while it reconnects
+MAX_PENDING_KEY = 8  # key exchanges not yet proven: a real edge's takes a round trip, a stranger's 5 s
 STALL_S = 5.0  # a frame begun and not finished for this long is from a dead or hostile client
 IDLE_S = 10.0  # an edge sends frames many times a second; a connection silent this long is dead
 ROOM_AFTER_S = 1.0  # when full, a connection silent this long gives its place to a new one
@@ -62,6 +68,7 @@ class Counters:
     bad_packets: int = 0
     bad_frames: int = 0
     dropped_clients: int = 0
+    over_budget: int = 0  # frames answered BUSY: their host sent more than max_fps_per_edge
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -71,6 +78,7 @@ class Counters:
 class Connection:
     sock: socket.socket
     peer: str
+    host: str = ""  # the peer's address: budgets and connection caps count per host
     header: bytearray = field(default_factory=lambda: bytearray(FRAME_HEADER.size))
     got: int = 0
     frame: FrameHeader | None = None
@@ -105,8 +113,13 @@ class InferenceServer:
         gpu_clock: SmClockLike | None = None,
         busy_poll_s: float = 0.0,
         key: bytes = b"",
+        max_fps_per_edge: float = 250.0,
     ) -> None:
         self.busy_poll_s = busy_poll_s
+        # Each host's token bucket: max_fps_per_edge frames a second, bursts of 0.1 s (a camera's jitter)
+        self.max_fps_per_edge = max_fps_per_edge
+        self._burst = max(4.0, max_fps_per_edge / 10)
+        self._budgets: dict[str, list[float]] = {}  # host -> [tokens, refilled at (s)]
         self.key = key  # the link key: an edge must prove it before a frame is read
         self.consumer_factory = consumer_factory  # (width, height) -> consumer, when the sound leaves here
         self.consumer: PoseConsumer | None = None
@@ -232,16 +245,53 @@ class InferenceServer:
             )
             sock.close()
             return
+        self._admit_from(addr[0])
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.counters.connections += 1
-        conn = Connection(sock, peer)
+        conn = Connection(sock, peer, addr[0])
         if self.key:
             conn.auth = bytearray(HELLO.size)
         else:
             log.info("edge connected: %s", peer)
         self._connections[sock] = conn
         self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _admit_from(self, host: str) -> None:
+        """Make the places a new connection from `host` needs: its host's oldest connection goes when the
+        host holds MAX_PER_ADDRESS (an edge that reconnects replaces the one it lost), and the oldest
+        unproven key exchange when MAX_PENDING_KEY are running (strangers queue among themselves)."""
+        own = [c for c in self._connections.values() if c.host == host]
+        if len(own) >= MAX_PER_ADDRESS:
+            self.counters.dropped_clients += 1
+            self._drop(min(own, key=lambda c: c.connected_ns), f"replaced: {host} opened another connection")
+        if self.key:
+            pending = [c for c in self._connections.values() if c.auth is not None]
+            if len(pending) >= MAX_PENDING_KEY:
+                self.counters.dropped_clients += 1
+                self._drop(
+                    min(pending, key=lambda c: c.connected_ns),
+                    f"key exchange unfinished while {MAX_PENDING_KEY} others waited",
+                )
+
+    def _within_budget(self, host: str) -> bool:
+        """Spend one of `host`'s frames; False when it has none left this instant."""
+        now = time.monotonic()
+        bucket = self._budgets.get(host)
+        if bucket is None:
+            bucket = self._budgets[host] = [self._burst, now]
+            if len(self._budgets) > 4 * MAX_CONNECTIONS:  # hosts long gone: keep the table bounded
+                for gone in [
+                    h for h in self._budgets if h not in {c.host for c in self._connections.values()}
+                ]:
+                    if gone != host:
+                        del self._budgets[gone]
+        bucket[0] = min(self._burst, bucket[0] + (now - bucket[1]) * self.max_fps_per_edge)
+        bucket[1] = now
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
 
     def _rate_limited_warning(self, message: str) -> None:
         t = now_ns()
@@ -396,6 +446,14 @@ class InferenceServer:
         if conn.discard:
             conn.discard = False
             self._send(conn, Status.BAD_FRAME, frame.seq, conn.recv_ns, 0, 0, self._zeros)
+            return
+        if not self._within_budget(conn.host):
+            self.counters.over_budget += 1
+            self._rate_limited_warning(
+                f"{conn.host} sends more than [backend] max_fps_per_edge = {self.max_fps_per_edge:g} frames/s: "
+                "the frames over it are answered BUSY"
+            )
+            self._send(conn, Status.BUSY, frame.seq, conn.recv_ns, 0, 0, self._zeros)
             return
         pixels = conn.pixels
         assert pixels is not None

@@ -117,6 +117,15 @@ class BackendConfig:
     gpu_clock_period_ms: float = field(
         default=50.0, metadata=_rule(0.0, 10_000, doc="how often the GPU's SM clock is sampled; 0 = never")
     )
+    max_fps_per_edge: float = field(
+        default=250.0,
+        metadata=_rule(
+            1.0,
+            100_000,
+            doc="frames a second inferred for one edge (one address) at most; more are answered BUSY, so a "
+            "flooding client cannot take the others' share (a 200-fps camera stays under the default)",
+        ),
+    )
     busy_poll_ms: float = field(
         default=0.0,
         metadata=_rule(

@@ -67,6 +67,7 @@ class Status(enum.IntEnum):
     BAD_FRAME = 1  # header parsed but the frame was rejected (size, format); the connection stays up
     ENGINE_ERROR = 2
     UNAUTHENTICATED = 3  # a keyed backend got a frame before the key exchange; it closes the connection
+    BUSY = 4  # not inferred: the edge's host sent more than its share ([backend] max_fps_per_edge)
 
 
 # What an edge without the key is told, wherever it meets a keyed backend (link, probe, `lalelu check`).

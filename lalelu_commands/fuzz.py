@@ -1,5 +1,7 @@
 """Hostile input for the backend: mutated and malformed packets against a live server, with a well-behaved
-edge beside them that must keep getting every answer. `python -m lalelu_commands.fuzz --packets 100000`.
+edge beside them that must keep getting every answer. `python -m lalelu_commands.fuzz --packets 100000`;
+`--flood` adds a greedy host (127.0.0.2) sending real frames back to back, which must get its share
+([backend] max_fps_per_edge, `--max-fps-per-edge`) and BUSY for the rest while the good edge is served.
 
 Mutations hit the fields a parser can get wrong (magic, version, pixel format, size, length), truncate,
 concatenate, or send plain garbage; the free-form fields (seq, timestamp) are left alone so that a
@@ -90,13 +92,42 @@ class GoodEdge(threading.Thread):
                 time.sleep(self.period_s)
 
 
-def fuzz(address: tuple[str, int], packets: int, seed: int = 0, server_pid: int | None = None) -> dict:
+class Flooder(threading.Thread):
+    """A greedy host: real frames back to back from another loopback address, counting OK and BUSY."""
+
+    def __init__(self, address: tuple[str, int], source: str = "127.0.0.2") -> None:
+        super().__init__(daemon=True)
+        self.address, self.source = address, source
+        self.ok = self.busy = 0
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        frame = np.full((48, 64, 3), 60, np.uint8).tobytes()
+        out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
+        seq = 0
+        with socket.create_connection(self.address, timeout=10, source_address=(self.source, 0)) as sock:
+            while not self.stop_flag.is_set():
+                try:
+                    r = round_trip(sock, encode_frame_header(seq, 1, PixelFormat.RGB888, 64, 48), frame, out)
+                except (ConnectionError, TimeoutError):
+                    return
+                seq += 1
+                self.ok += int(r.status) == 0
+                self.busy += int(r.status) == 4  # Status.BUSY
+
+
+def fuzz(
+    address: tuple[str, int], packets: int, seed: int = 0, server_pid: int | None = None, flood: bool = False
+) -> dict:
     rng = random.Random(seed)
     proc = psutil.Process(server_pid or os.getpid())
     rss0 = proc.memory_info().rss
     rss_peak = rss0
     edge = GoodEdge(address)
     edge.start()
+    flooder = Flooder(address) if flood else None
+    if flooder is not None:
+        flooder.start()
     gen = mutated_packets(rng)
     replies = closed = 0
     linger = struct.pack("ii", 1, 0)
@@ -120,7 +151,13 @@ def fuzz(address: tuple[str, int], packets: int, seed: int = 0, server_pid: int 
     time.sleep(0.5)
     edge.stop_flag.set()
     edge.join(10)
+    flooded = {}
+    if flooder is not None:
+        flooder.stop_flag.set()
+        flooder.join(10)
+        flooded = {"flood_inferred": flooder.ok, "flood_busy": flooder.busy}
     return {
+        **flooded,
         "packets": packets,
         "seconds": round(elapsed, 2),
         "connections": closed,
@@ -145,15 +182,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--flood", action="store_true", help="a greedy host beside the good edge (127.0.0.2)")
+    ap.add_argument(
+        "--max-fps-per-edge",
+        type=float,
+        default=250.0,
+        help="the backend's [backend] max_fps_per_edge (%(default)s)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready.json"
         summary_file = Path(tmp) / "backend-summary.json"
+        config = Path(tmp) / "backend.toml"
+        config.write_text(f"[backend]\nmax_fps_per_edge = {args.max_fps_per_edge!r}\n")
         log = open(Path(tmp) / "backend.log", "w+")  # noqa: SIM115
         # the real backend in its own process (its own GIL, its own memory to watch)
         backend = subprocess.Popen(
             lalelu_command(
                 "backend",
+                "--config",
+                str(config),
                 "--port",
                 "0",
                 "--threads",
@@ -173,7 +221,13 @@ def main() -> int:
             except LaleluError as exc:
                 print(json.dumps({"error": str(exc)}))
                 return 2
-            result = fuzz((info.get("host", "127.0.0.1"), info["port"]), args.packets, args.seed, backend.pid)
+            result = fuzz(
+                (info.get("host", "127.0.0.1"), info["port"]),
+                args.packets,
+                args.seed,
+                backend.pid,
+                args.flood,
+            )
             result["backend_alive"] = backend.poll() is None
         finally:
             backend.terminate()
