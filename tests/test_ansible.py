@@ -112,7 +112,7 @@ def model_file(tmp_path_factory) -> tuple[Path, str]:
 
 
 # The edge's ansible_host here is its root's path, not the IP address the backend would allow
-PC_ALLOW = 'lalelu_backend_allow: ["192.0.2.20"]'
+PC_ALLOW = 'lalelu_backend_allow: ["192.0.2.20", "127.0.0.2"]'
 LINK_KEY = "test-link-key-5f0c2a9e77d1b3"
 MONITOR_TOKEN = "test-monitor-token-8c41"
 
@@ -156,6 +156,7 @@ all:
     pi_camera_check: false
     nvidia_gpu_install_driver: false
     lalelu_app_manage_services: false
+    firewall_enabled: true
     lalelu_app_models: [{{src: "{model[0]}", sha256: "{model[1]}"}}]
     lalelu_link_key: "{LINK_KEY}"
     lalelu_monitor_token: "{MONITOR_TOKEN}"
@@ -187,6 +188,41 @@ def _playbook(inventory: Path, *args: str) -> subprocess.CompletedProcess:
         env=env,
         timeout=1800,
     )
+
+
+NETNS_PROBE = """
+import socket, subprocess, sys, json
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["nft", "-f", sys.argv[1]], check=True)
+port = int(sys.argv[2])
+server = socket.create_server(("0.0.0.0", port))
+result = {}
+for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5, source_address=(source, 0)).close()
+        result[source] = True
+    except OSError:
+        result[source] = False
+print(json.dumps(result))
+"""
+
+
+def _ports_open_in_netns(rules: Path, port: int) -> dict[str, bool]:
+    """Which loopback sources reach `port` with these nftables rules loaded, in a new network namespace."""
+    r = _run(["unshare", "-n", sys.executable, "-c", NETNS_PROBE, str(rules), str(port)], timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _changed_tasks(output: str) -> str:
+    """The tasks that reported a change, each with its changed lines: what a failed idempotence check shows."""
+    out, task = [], ""
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line
+        elif line.startswith("changed:"):
+            out += [task, line]
+    return "\n".join(out)
 
 
 def _changed(output: str) -> dict[str, int]:
@@ -295,7 +331,16 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
         limits = (root / "etc/security/limits.d/90-lalelu-rt.conf").read_text()
         assert "lalelu - rtprio 95" in limits
     backend_toml = (pc / "etc/lalelu/backend.toml").read_text()
-    assert 'allow = ["192.0.2.20"]' in backend_toml
+    assert 'allow = ["192.0.2.20", "127.0.0.2"]' in backend_toml
+    # The firewall's rules, loaded by the kernel in a network namespace of their own: the backend's port
+    # open to the inventory's edges and the host, closed to others; the edge's page open (it has a token)
+    assert _ports_open_in_netns(pc / "etc/lalelu/firewall.nft", 7600) == {
+        "127.0.0.1": True,
+        "127.0.0.2": True,
+        "127.0.0.3": False,
+    }
+    assert _ports_open_in_netns(pi / "etc/lalelu/firewall.nft", 8700)["127.0.0.3"] is True
+    assert (pc / "etc/systemd/system/multi-user.target.wants/lalelu-firewall.service").is_symlink()
     # The GPU engine's model: converted on the controller, checked, copied with its manifest, configured
     sha12 = model_file[1][:12]
     onnx = f"/opt/lalelu/models/movenet_singlepose_lightning_int8_4-{sha12}.onnx"
@@ -368,7 +413,7 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
         f"\nsite.yml first run {t_first:.0f} s changed={_changed(first.stdout)}, "
         f"second run {t_second:.0f} s changed={changed}"
     )
-    assert changed == {"pi-rootfs": 0, "pc-rootfs": 0}, second.stdout[-6000:]
+    assert changed == {"pi-rootfs": 0, "pc-rootfs": 0}, _changed_tasks(second.stdout)
 
     check = _playbook(inv, "--check", "--diff")
     assert check.returncode == 0 and _changed(check.stdout) == {"pi-rootfs": 0, "pc-rootfs": 0}
