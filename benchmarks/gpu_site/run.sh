@@ -7,7 +7,8 @@
 #    does on a controller that has the convert extra);
 # 2. the installed backend started as its unit would (as_unit.py): cold (first start) and warm (second);
 # 3. `lalelu check --role backend` on the installed configuration;
-# 4. an edge (the installed app) playing through it at 100 and 200 fps, 20 s each.
+# 4. an edge (the installed app) playing through it at 100 and 200 fps, 20 s each;
+# 5. the unit's start with compile = true, cold and warm (torch.compile's cache in the unit's CacheDirectory).
 set -uo pipefail
 out="$1"; mkdir -p "$out"
 [ -n "${2:-}" ] && trap 'tar czf "$2" -C "$out" .' EXIT
@@ -47,3 +48,16 @@ for fps in 100 200; do
   lalelu bench --from-telemetry "$out/edge-$fps.jsonl" 2>&1 | tee "$out/edge-$fps.txt" | tail -12
 done
 kill "$pid"; wait "$pid"
+# 5. compile = true: the first start compiles into the unit's CacheDirectory (/var/cache/lalelu), the second
+#    finds it there (what a restart or a reboot gets)
+sed -i 's/^\[engine\]$/[engine]\ncompile = true/' /etc/lalelu/backend.toml
+grep -A3 '^\[engine\]' /etc/lalelu/backend.toml
+for start in compile-cold compile-warm; do
+  rm -f "$out/ready-$start.json"
+  setsid python3 benchmarks/gpu_site/as_unit.py "$unit" --ready "$out/ready-$start.json" --log "$out/backend-$start.log" &
+  pid=$!
+  for _ in $(seq 1500); do [ -s "$out/ready-$start.json" ] && break; sleep 0.2; done
+  echo "== $start start: $(cat "$out/ready-$start.json")"
+  kill "$pid"; wait "$pid"
+done
+du -sh /var/cache/lalelu/* 2>/dev/null
