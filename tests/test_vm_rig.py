@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,14 @@ def test_the_backend_serves_only_the_inventorys_edge_pinned_and_real_time(rig):
     rules = pc.ssh("sudo nft list table inet lalelu").stdout
     assert f"tcp dport 7600 ip saddr {EDGE_SEEN_FROM} accept" in rules and "tcp dport 7600 counter" in rules, rules
     assert pc.ssh("systemctl is-active lalelu-firewall").stdout.strip() == "active"
+
+
+def test_the_pc_without_a_gpu_gets_the_cpu_engine_and_is_told_so(rig):
+    # site.yml found no NVIDIA GPU on the VM's PCI bus: no GPU stack installed, LiteRT, and one line saying so
+    assert re.search(r"no\s+NVIDIA\s+GPU\s+on\s+the\s+PCI\s+bus", rig.first_run.stdout)
+    venv = rig.pc.ssh("ls /opt/lalelu/venv/lib/python3.11/site-packages").stdout
+    assert "torch" not in venv.split() and "onnx" not in venv.split()
+    assert "engine auto: litert on the CPU" in rig.pc.ssh("sudo journalctl -u lalelu-backend --no-pager").stdout
 
 
 def test_ssh_takes_keys_only(rig):

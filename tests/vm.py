@@ -800,7 +800,7 @@ class Rig:
         backend = dict(
             pc.inventory_vars(),
             lalelu_backend_address=BACKEND_ADDRESS,
-            nvidia_gpu_install_driver=False,  # no GPU in a VM: the backend's engine is litert (group_vars)
+            nvidia_gpu_install_driver=False,  # never reached: site.yml finds no GPU in a VM and says so
         )
         import json
 
