@@ -2,8 +2,8 @@
 
 Frames are answered in arrival order, each edge within its share: a host (one address) gets at most
 `max_fps_per_edge` frames inferred a second and frames beyond it are answered BUSY at once; a host holds
-at most MAX_PER_ADDRESS connections (a new one replaces its oldest: an edge reconnecting after a crash
-is admitted at once), and unproven key exchanges have a pool of their own (MAX_PENDING_KEY), so
+at most MAX_PER_ADDRESS connections (a new one replaces one that sends no frames: an edge reconnecting
+after a crash is admitted at once, one that plays is never replaced), and unproven key exchanges have a pool of their own (MAX_PENDING_KEY), so
 strangers cannot fill the places of the inventory's edges. Every connection owns preallocated buffers; a bad packet is
 logged (rate-limited), counted, and either answered with BAD_FRAME (the stream is still framed) or
 ends that connection (it is not), never the server.
@@ -99,6 +99,7 @@ class Connection:
     edge_nonce: bytes = b""
     backend_nonce: bytes = b""
     connected_ns: int = field(default_factory=now_ns)
+    last_frame_ns: int = 0  # when its last complete frame arrived: a connection that plays
 
 
 class InferenceServer:
@@ -245,7 +246,12 @@ class InferenceServer:
             )
             sock.close()
             return
-        self._admit_from(addr[0])
+        if not self._admit_from(addr[0]):
+            self._rate_limited_warning(
+                f"refused {peer}: {MAX_PER_ADDRESS} connections from {addr[0]} already, all of them sending frames"
+            )
+            sock.close()
+            return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.counters.connections += 1
@@ -257,14 +263,20 @@ class InferenceServer:
         self._connections[sock] = conn
         self._sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _admit_from(self, host: str) -> None:
-        """Make the places a new connection from `host` needs: its host's oldest connection goes when the
-        host holds MAX_PER_ADDRESS (an edge that reconnects replaces the one it lost), and the oldest
-        unproven key exchange when MAX_PENDING_KEY are running (strangers queue among themselves)."""
+    def _admit_from(self, host: str) -> bool:
+        """Make the places a new connection from `host` needs, or say there is none: when the host holds
+        MAX_PER_ADDRESS, the oldest of its connections that has sent no frame for ROOM_AFTER_S goes (an
+        edge that reconnects replaces the one it lost; one that plays is never replaced, and when all of
+        them play the newcomer is refused); the oldest unproven key exchange goes when MAX_PENDING_KEY are
+        running (strangers queue among themselves)."""
         own = [c for c in self._connections.values() if c.host == host]
         if len(own) >= MAX_PER_ADDRESS:
+            quiet_since = now_ns() - ROOM_AFTER_S * 1e9
+            idle = [c for c in own if c.last_frame_ns < quiet_since]
+            if not idle:
+                return False
             self.counters.dropped_clients += 1
-            self._drop(min(own, key=lambda c: c.connected_ns), f"replaced: {host} opened another connection")
+            self._drop(min(idle, key=lambda c: c.connected_ns), f"replaced: {host} opened another connection")
         if self.key:
             pending = [c for c in self._connections.values() if c.auth is not None]
             if len(pending) >= MAX_PENDING_KEY:
@@ -273,6 +285,7 @@ class InferenceServer:
                     min(pending, key=lambda c: c.connected_ns),
                     f"key exchange unfinished while {MAX_PENDING_KEY} others waited",
                 )
+        return True
 
     def _within_budget(self, host: str) -> bool:
         """Spend one of `host`'s frames; False when it has none left this instant."""
@@ -455,6 +468,7 @@ class InferenceServer:
             )
             self._send(conn, Status.BUSY, frame.seq, conn.recv_ns, 0, 0, self._zeros)
             return
+        conn.last_frame_ns = conn.recv_ns
         pixels = conn.pixels
         assert pixels is not None
         before = resource.getrusage(resource.RUSAGE_THREAD)

@@ -254,9 +254,11 @@ def test_a_backend_out_of_file_descriptors_keeps_serving_its_edge(tmp_path):
     flooding = threading.Event()
 
     def open_connections() -> None:
-        for _ in range(150):  # far more than the backend has descriptors for
+        # far more than the backend has descriptors for, from 150 hosts (one host holds at most 4)
+        for i in range(150):
             with contextlib.suppress(OSError):  # the listen backlog is full: what a flood looks like
-                flood.append(socket.create_connection((host, port), timeout=0.5))
+                source = (f"127.0.1.{i + 1}", 0)
+                flood.append(socket.create_connection((host, port), timeout=0.5, source_address=source))
         flooding.set()
 
     try:

@@ -5,6 +5,7 @@ Other hosts are other loopback addresses (127.0.0.2, ...), as the server tells h
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -84,7 +85,7 @@ def test_a_flooding_host_gets_its_share_and_busy_for_the_rest_while_an_edge_play
     assert server.counters.over_budget == busy
 
 
-def test_a_host_holds_at_most_its_connections_and_a_reconnect_replaces_the_oldest(monkeypatch):
+def test_a_host_holds_at_most_its_connections_and_a_reconnect_replaces_an_idle_one(monkeypatch):
     server = InferenceServer(SlowEstimator(0.0), "127.0.0.1", 0, 1 << 20)  # type: ignore[arg-type]
     thread = serving(server)
     try:
@@ -96,7 +97,7 @@ def test_a_host_holds_at_most_its_connections_and_a_reconnect_replaces_the_oldes
         )
         assert reply.status == Status.OK and reply.seq == 7
         held[0].settimeout(5)
-        assert held[0].recv(1) == b""  # the oldest of that host was closed for it
+        assert held[0].recv(1) == b""  # the oldest of that host's idle connections was closed for it
         others = [from_host(server, "127.0.0.4") for _ in range(2)]  # another host is not counted with it
         for sock in others:
             assert (
@@ -155,3 +156,34 @@ def _recv(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError("closed")
         data += chunk
     return data
+
+
+def test_a_flood_of_connections_from_the_edges_own_address_never_replaces_the_edge():
+    server = InferenceServer(SlowEstimator(0.0), "127.0.0.1", 0, 1 << 20)  # type: ignore[arg-type]
+    thread = serving(server)
+    flood: list[socket.socket] = []
+
+    def open_connections() -> None:  # another process on the edge's host, beside the edge
+        for _ in range(30):
+            with contextlib.suppress(OSError):
+                flood.append(from_host(server, "127.0.0.5"))
+
+    try:
+        with from_host(server, "127.0.0.5") as edge:
+            out = np.zeros((17, 3), np.float32)
+            flooder = threading.Thread(target=open_connections)
+            for seq in range(150):  # the edge plays at ~100 fps while the flood comes in
+                if seq == 5:
+                    flooder.start()
+                reply = round_trip(edge, encode_frame_header(seq, 1, PixelFormat.RGB888, W, H), FRAME, out)
+                assert reply.status == Status.OK and reply.seq == seq
+                time.sleep(0.01)
+            flooder.join(10)
+        own = [c for c in server._connections.values() if c.host == "127.0.0.5"]
+        assert len(own) <= server_module.MAX_PER_ADDRESS
+        assert server.counters.dropped_clients > 0  # the flood's connections replaced one another
+    finally:
+        for s in flood:
+            s.close()
+        server.stop()
+        thread.join(5)
