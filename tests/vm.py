@@ -815,7 +815,6 @@ class Rig:
                             # 5 s watchdog would kill a loop that is only slow
                             "lalelu_app_watchdog_s": 30,
                             "lalelu_link_key": VM_LINK_KEY,  # edge and backend prove it to each other
-                            "firewall_enabled": True,  # the instrument's ports closed to strangers
                         },
                         "children": {
                             "edge": {"hosts": {"pi-vm": edge}},
