@@ -240,15 +240,16 @@ class InferenceServer:
             self._rate_limited_warning(f"refused {peer}: not in [backend] allow")
             sock.close()
             return
-        if len(self._connections) >= MAX_CONNECTIONS and not self._make_room(f"{MAX_CONNECTIONS} open"):
-            self._rate_limited_warning(
-                f"refused {peer}: {MAX_CONNECTIONS} connections open already, all of them active"
-            )
-            sock.close()
-            return
+        # the host's own limit first: a newcomer refused for it must not cost another host its place
         if not self._admit_from(addr[0]):
             self._rate_limited_warning(
                 f"refused {peer}: {MAX_PER_ADDRESS} connections from {addr[0]} already, all of them sending frames"
+            )
+            sock.close()
+            return
+        if len(self._connections) >= MAX_CONNECTIONS and not self._make_room(f"{MAX_CONNECTIONS} open"):
+            self._rate_limited_warning(
+                f"refused {peer}: {MAX_CONNECTIONS} connections open already, all of them active"
             )
             sock.close()
             return
@@ -280,9 +281,15 @@ class InferenceServer:
         if self.key:
             pending = [c for c in self._connections.values() if c.auth is not None]
             if len(pending) >= MAX_PENDING_KEY:
+                # the oldest of the host with the most unfinished exchanges: a flood of strangers pushes out
+                # its own, not the one exchange of an edge that is proving its key right now
+                per_host: dict[str, int] = {}
+                for c in pending:
+                    per_host[c.host] = per_host.get(c.host, 0) + 1
+                busiest = max(per_host, key=per_host.__getitem__)
                 self.counters.dropped_clients += 1
                 self._drop(
-                    min(pending, key=lambda c: c.connected_ns),
+                    min((c for c in pending if c.host == busiest), key=lambda c: c.connected_ns),
                     f"key exchange unfinished while {MAX_PENDING_KEY} others waited",
                 )
         return True
@@ -294,11 +301,9 @@ class InferenceServer:
         if bucket is None:
             bucket = self._budgets[host] = [self._burst, now]
             if len(self._budgets) > 4 * MAX_CONNECTIONS:  # hosts long gone: keep the table bounded
-                for gone in [
-                    h for h in self._budgets if h not in {c.host for c in self._connections.values()}
-                ]:
-                    if gone != host:
-                        del self._budgets[gone]
+                live = {c.host for c in self._connections.values()} | {host}
+                for gone in [h for h in self._budgets if h not in live]:
+                    del self._budgets[gone]
         bucket[0] = min(self._burst, bucket[0] + (now - bucket[1]) * self.max_fps_per_edge)
         bucket[1] = now
         if bucket[0] < 1.0:

@@ -191,8 +191,9 @@ class BackendLink:
                 if problem:  # a lying or broken backend: failed over from like a lost one
                     self.lied = True
                     raise ProtocolError(f"reply not believed: {problem}", fatal=True)
-                served = reply.send_ns - reply.recv_ns  # the backend's clock, a duration: no clock sync
-                self._service_ns += (served - self._service_ns) // 8 if self._service_ns else served
+                if reply.status == Status.OK:  # a BUSY or rejected frame took no inference: not service time
+                    served = reply.send_ns - reply.recv_ns  # the backend's clock, a duration: no clock sync
+                    self._service_ns += (served - self._service_ns) // 8 if self._service_ns else served
                 self._last_reply_ns = time.monotonic_ns()
                 self.replies += 1
                 self._slots.release()

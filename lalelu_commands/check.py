@@ -254,6 +254,9 @@ def check_output(cfg: Config) -> Check:
     return Check("sound output", GO, cfg.output.kind)
 
 
+CHECK_FRAME_NS = 5_000_000  # the check's frames, 200 a second at most: a fast camera's rate
+
+
 def check_backend(address: str, frames: int, p99_limit_ms: float, key: bytes = b"") -> list[Check]:
     w, h = 320, 240
     frame = np.full((h, w, 3), 90, np.uint8).tobytes()
@@ -267,11 +270,25 @@ def check_backend(address: str, frames: int, p99_limit_ms: float, key: bytes = b
         with socket.create_connection(host_port, timeout=max(5.0, p99_limit_ms / 1000)) as sock:
             if key:
                 authenticate(sock, key)
+            next_ns = time.perf_counter_ns()
             for i in range(frames):
-                t0 = time.perf_counter_ns()
+                # paced like a 200-fps camera: back to back, a fast GPU backend would answer BUSY (more than
+                # [backend] max_fps_per_edge from one host), which is not what an edge sees
+                while (t0 := time.perf_counter_ns()) < next_ns:
+                    time.sleep((next_ns - t0) / 1e9)
+                next_ns = t0 + CHECK_FRAME_NS
                 reply = round_trip(sock, encode_frame_header(i, 1, PixelFormat.RGB888, w, h), frame, out)
                 if reply.status == Status.UNAUTHENTICATED:
                     return [Check("backend", NO_GO, f"{address}: {NEEDS_KEY}")]
+                if reply.status == Status.BUSY:
+                    return [
+                        Check(
+                            "backend",
+                            NO_GO,
+                            f"{address} answered BUSY: this host sends more than its [backend] max_fps_per_edge "
+                            "(another edge or check from this address?)",
+                        )
+                    ]
                 if int(reply.status) != 0:
                     return [Check("backend", NO_GO, f"{address} answered status {int(reply.status)}")]
                 rtts[i] = time.perf_counter_ns() - t0

@@ -23,6 +23,14 @@ CONVERT_EXTRA = (
 )
 
 
+# Largest difference accepted between the ONNX model's keypoints and the source's on the bundled photo of a
+# person, for the keypoints both are sure of (score >= 0.3), in input fractions: two of Lightning's 1/48
+# heatmap cells. The int8 model run in float moved one by 0.015 (tf2onnx 1.17, 2026-12-06); a broken
+# conversion moves them far more or loses the person. (On random inputs the heatmaps are flat and the two
+# may pick cells far apart, 0.35 here: that difference is only reported.)
+MAX_ONNX_DIFF = 2 / 48
+
+
 def to_onnx(source: Path, out: Path, opset: int = 17, log=print) -> Path:
     """A TF2 SavedModel directory or a .tflite file (dequantized to float) -> ONNX, through tf2onnx."""
     if not source.exists():
@@ -41,7 +49,6 @@ def to_onnx(source: Path, out: Path, opset: int = 17, log=print) -> Path:
         if "No module named 'tf2onnx" in r.stderr or "No module named tf2onnx" in r.stderr:
             raise LaleluError(CONVERT_EXTRA)
         raise LaleluError(f"tf2onnx failed on {source}:\n{r.stderr[-3000:]}")
-    write_manifest(out, source, "onnx", "fp32")
     return out
 
 
@@ -53,6 +60,34 @@ def _onnx_session(path: Path):
             "checking the ONNX model needs onnxruntime: pip install 'lalelu-drums[convert]'"
         ) from exc
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def verify_onnx_on_photo(source: Path, onnx_path: Path) -> float:
+    """Largest difference of the confident keypoints' positions (y, x; input fractions) between the ONNX
+    model and the source model, on the bundled photo of a person, letterboxed as the app does."""
+    import cv2
+
+    from lalelu.engines import create_engine
+    from lalelu.preprocess import Letterbox
+    from lalelu.wire import PixelFormat
+
+    photo = cv2.cvtColor(
+        cv2.imread(str(Path(__file__).resolve().parent.parent / "lalelu/data/astronaut.png")),
+        cv2.COLOR_BGR2RGB,
+    )
+    engine = create_engine("litert" if source.suffix == ".tflite" else "tf-savedmodel", source, threads=2)
+    Letterbox(photo.shape[1], photo.shape[0], PixelFormat.RGB888, engine.input)(photo)
+    ref = np.zeros((17, 3), np.float32)
+    engine.infer(ref)
+    sess = _onnx_session(onnx_path)
+    inp = sess.get_inputs()[0]
+    feed = engine.input[None].astype(np.float32 if "float" in inp.type else engine.input.dtype)
+    got = np.asarray(sess.run(None, {inp.name: feed})[0]).reshape(17, 3)
+    engine.close()
+    sure = (ref[:, 2] >= 0.3) & (got[:, 2] >= 0.3)
+    if not sure.any():
+        return float("inf")  # the source finds a person there: the conversion lost it
+    return float(np.abs(got[sure, :2] - ref[sure, :2]).max())
 
 
 def verify_onnx(source: Path, onnx_path: Path, n: int = 5, seed: int = 0) -> float:
@@ -146,10 +181,24 @@ def run_convert(source: Path, to: str, out: Path | None, fp16: bool, opset: int,
             onnx_path = source
             result.update(onnx=str(onnx_path))
         else:
-            to_onnx(source, onnx_path, opset, log)
-            diff = verify_onnx(source, onnx_path)
+            # written beside, checked, then put in place with its manifest last: an interrupted or failed
+            # conversion leaves no file a later run (site.yml's `creates:`) would take for a good one
+            part = onnx_path.with_name(onnx_path.name + ".part")
+            to_onnx(source, part, opset, log)
+            diff = verify_onnx(source, part)
             log(f"ONNX vs source on 5 random inputs: max |diff| {diff:.3g}")
-            result.update(onnx=str(onnx_path), max_abs_diff=diff)
+            on_photo = verify_onnx_on_photo(source, part)
+            log(f"ONNX vs source on the bundled photo, confident keypoints: max |diff| {on_photo:.3g}")
+            if not on_photo <= MAX_ONNX_DIFF:
+                part.unlink(missing_ok=True)
+                raise LaleluError(
+                    f"the ONNX conversion of {source} puts the keypoints of the bundled photo {on_photo:.3g} "
+                    f"away from the source's (more than {MAX_ONNX_DIFF}): not kept; check the source model "
+                    "and tf2onnx's version"
+                )
+            part.replace(onnx_path)
+            write_manifest(onnx_path, source, "onnx", "fp32")
+            result.update(onnx=str(onnx_path), max_abs_diff=diff, max_photo_diff=on_photo)
         if to == "tensorrt":
             engine = out or onnx_path.with_suffix(".fp16.engine" if fp16 else ".fp32.engine")
             to_tensorrt(onnx_path, engine, fp16, onnx_path.with_name("timing.cache"), log)

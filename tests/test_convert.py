@@ -97,3 +97,13 @@ def test_without_tf2onnx_the_fix_is_named_not_a_traceback(tmp_path, monkeypatch)
     )
     with pytest.raises(LaleluError, match=r"tf2onnx and onnxruntime \(the convert extra\): pip install"):
         convert.to_onnx(BUNDLED_MODEL, tmp_path / "m.onnx")
+
+
+def test_a_conversion_that_moves_the_keypoints_is_not_kept(saved_model, tmp_path, monkeypatch):
+    import lalelu_commands.convert as convert
+
+    monkeypatch.setattr(convert, "verify_onnx_on_photo", lambda source, onnx: 0.5)  # a broken conversion
+    with pytest.raises(LaleluError, match="not kept"):
+        run_convert(saved_model, "onnx", tmp_path / "m.onnx", False, 17, log=lambda m: None)
+    # nothing a later run (site.yml's `creates:`) would take for a good model
+    assert list(tmp_path.iterdir()) == []
