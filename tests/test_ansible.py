@@ -457,6 +457,8 @@ def validation_root(base_rootfs, tmp_path_factory):
         ),
         ({"lalelu_link_key": '"short"'}, "lalelu_link_key on pi-rootfs is 5 characters"),
         ({"lalelu_monitor_token": '"short"'}, "lalelu_monitor_token on pi-rootfs is 5 characters"),
+        # a platform the locks do not cover (here: no locks at all), refused before anything changes
+        ({"lalelu_app_lock_dir": '"/nonexistent/locks"'}, r"has\s+no\s+lock\s+\(cp3\d+-x86_64-glibc"),
     ],
 )
 def test_bad_inventory_fails_before_changing_anything(
