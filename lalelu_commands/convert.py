@@ -71,10 +71,11 @@ def verify_onnx_on_photo(source: Path, onnx_path: Path) -> float:
     from lalelu.preprocess import Letterbox
     from lalelu.wire import PixelFormat
 
-    photo = cv2.cvtColor(
-        cv2.imread(str(Path(__file__).resolve().parent.parent / "lalelu/data/astronaut.png")),
-        cv2.COLOR_BGR2RGB,
-    )
+    path = Path(__file__).resolve().parent.parent / "lalelu/data/astronaut.png"
+    bgr = cv2.imread(str(path))
+    if bgr is None:
+        raise LaleluError(f"the bundled photo {path} cannot be read: reinstall lalelu-drums")
+    photo = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     engine = create_engine("litert" if source.suffix == ".tflite" else "tf-savedmodel", source, threads=2)
     Letterbox(photo.shape[1], photo.shape[0], PixelFormat.RGB888, engine.input)(photo)
     ref = np.zeros((17, 3), np.float32)
