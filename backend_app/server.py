@@ -266,13 +266,15 @@ class InferenceServer:
 
     def _admit_from(self, host: str) -> bool:
         """Make the places a new connection from `host` needs, or say there is none: when the host holds
-        MAX_PER_ADDRESS, the oldest of its connections that has sent no frame for ROOM_AFTER_S goes (an
+        MAX_PER_ADDRESS, the oldest of its connections that has sent no frame for IDLE_S goes (an
         edge that reconnects replaces the one it lost; one that plays is never replaced, and when all of
         them play the newcomer is refused); the oldest unproven key exchange goes when MAX_PENDING_KEY are
         running (strangers queue among themselves)."""
         own = [c for c in self._connections.values() if c.host == host]
         if len(own) >= MAX_PER_ADDRESS:
-            quiet_since = now_ns() - ROOM_AFTER_S * 1e9
+            # playing: a frame within IDLE_S (an emulated or loaded edge sends one every few seconds; the
+            # sweep closes a connection silent that long anyway)
+            quiet_since = now_ns() - IDLE_S * 1e9
             idle = [c for c in own if c.last_frame_ns < quiet_since]
             if not idle:
                 return False

@@ -65,7 +65,9 @@ def test_the_edge_plays_pinned_and_real_time(rig):
     # Hardened (below 5: OK) and still real-time, with its locked-memory limit
     assert exposure(pi, UNIT) < 5.0
     assert "unlimited" in pi.ssh(f"sudo grep 'Max locked memory' /proc/{pid}/limits").stdout
-    wait_for("hits in the edge's journal", lambda: hits(pi) >= 2, 300)
+    # the first hits after provisioning: 89-239 s in earlier runs, over 300 s in one (poses every ~3 s of a
+    # 40-s nod on the emulated rig); the wait is generous, the assertion is that hits come
+    wait_for("hits in the edge's journal", lambda: hits(pi) >= 2, 600)
     # the login user still logs in and may sudo (the service's user is another account)
     assert pi.ssh("id -un && sudo -n true && echo sudo-ok").stdout.split() == ["pi", "sudo-ok"]
 
