@@ -31,6 +31,15 @@ def hits(pi: vmlib.VM, match: str = f"-u {UNIT}") -> int:
     return journal(pi, match).count("hit nod")
 
 
+def edge_story(rig) -> str:
+    """What the edge and the backend logged and the edge's state: a failed wait's evidence."""
+    return (
+        f"edge state: {edge_state(rig.pi)}\n"
+        f"edge journal (tail):\n{journal(rig.pi, f'-u {UNIT} -n 60')}\n"
+        f"backend journal (tail):\n{journal(rig.pc, '-u lalelu-backend -n 30')}"
+    )
+
+
 def restarted_and_playing(pi: vmlib.VM, old_pid: int, t0: float, timeout: float = 300) -> tuple[float, float]:
     """Seconds from t0 until the unit runs again with a new pid (READY=1), and until that process
     reports poses reaching its gesture reader (its state file; hits need a nod the emulated rig may be
@@ -67,7 +76,9 @@ def test_the_edge_plays_pinned_and_real_time(rig):
     assert "unlimited" in pi.ssh(f"sudo grep 'Max locked memory' /proc/{pid}/limits").stdout
     # the first hits after provisioning: 89-239 s in earlier runs, over 300 s in one (poses every ~3 s of a
     # 40-s nod on the emulated rig); the wait is generous, the assertion is that hits come
-    wait_for("hits in the edge's journal", lambda: hits(pi) >= 2, 600)
+    wait_for(
+        "hits in the edge's journal", lambda: hits(pi) >= 2, 600, every=5, context=lambda: edge_story(rig)
+    )
     # the login user still logs in and may sudo (the service's user is another account)
     assert pi.ssh("id -un && sudo -n true && echo sudo-ok").stdout.split() == ["pi", "sudo-ok"]
 

@@ -659,7 +659,11 @@ VM_EDGE_CONFIG = {
         "fps": 4,
         "pixel_format": "yuv420",
         "still_period_s": 40.0,
-        "still_amplitude": 0.3,
+        # 0.15 keeps the nose inside the frame (22-94 px of 240). At 0.3 it left the picture at the top
+        # of each nod: the model found a "nose" elsewhere (score 0.36), the keypoint was lost and came
+        # back mid-descent, unarmed, and 2 of 15 nods played (tools-free replay of this rig's frame
+        # schedule on the real model, 2026-12-06; 0.15: 14 of 15, the first is the reader's warm-up)
+        "still_amplitude": 0.15,
     },
     "edge": {
         "backend": "{{ lalelu_edge_backend }}",
@@ -712,14 +716,16 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return found
 
 
-def wait_for(what: str, probe, timeout: float, every: float = 1.0):
+def wait_for(what: str, probe, timeout: float, every: float = 1.0, context=None):
+    """probe() until it is truthy; else fail, with context() (what the machines said) in the message."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = probe()
         if got:
             return got
         time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+    told = f"\n{context()}" if context is not None else ""
+    raise AssertionError(f"{what}: not within {timeout:.0f} s{told}")
 
 
 def main_pid(vm: VM, unit: str) -> int:
