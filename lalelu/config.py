@@ -260,6 +260,12 @@ class MonitorConfig:
     video_fps: float = field(default=12.0, metadata=_rule(1.0, 30.0, doc="picture updates per second"))
     jpeg_quality: int = field(default=70, metadata=_rule(10, 95))
     max_clients: int = field(default=16, metadata=_rule(1, 256, doc="pages open at once"))
+    max_requests_per_s: float = field(
+        default=10.0,
+        metadata=_rule(
+            1.0, 1000.0, doc="HTTP requests one address may make per second (a burst of two seconds' worth)"
+        ),
+    )
 
 
 @dataclass(frozen=True)

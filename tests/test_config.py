@@ -19,7 +19,10 @@ def test_shipped_configs_load(path):
         ({"camera": {"fps": 5000}}, r"\[camera\] fps = 5000 is out of range: allowed 1 to 1000"),
         ({"camera": {"fps": "fast"}}, r"\[camera\] fps = 'fast' has the wrong type: expected a number"),
         ({"camera": {"fsp": 100}}, r"unknown key \[camera\] fsp; known keys: .*fps"),
-        ({"engine": {"kind": "onnx"}}, r"\[engine\] kind = 'onnx' is not allowed: choose one of 'auto', 'litert'"),
+        (
+            {"engine": {"kind": "onnx"}},
+            r"\[engine\] kind = 'onnx' is not allowed: choose one of 'auto', 'litert'",
+        ),
         ({"edge": {"backend": "nohost"}}, r"\[edge\] backend = 'nohost' must be HOST:PORT"),
         ({"backend": {"cpus": [0, "1"]}}, r"\[backend\] cpus .* expected a list of integers"),
         ({"backend": {"sched_fifo": 1}}, r"expected true or false"),

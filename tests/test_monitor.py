@@ -85,6 +85,69 @@ def test_page_states_camera_lost_and_backend_reconnecting():
         feed.close()
 
 
+def test_request_budget_refills_and_forgets_quiet_addresses():
+    from edge_app.monitor.server import TRACKED_ADDRESSES, RequestBudget
+
+    budget = RequestBudget(rate=10.0)  # a burst of 20
+    assert [budget.take("a", 0.0) for _ in range(21)].count(True) == 20
+    assert not budget.take("a", 0.05)  # half a request refilled: still no
+    assert budget.take("a", 0.15) and not budget.take("a", 0.15)  # one more after 0.1 s
+    assert budget.take("b", 0.15)  # another address has its own
+    n = 0
+    while n < 2 * TRACKED_ADDRESSES or len(budget) < TRACKED_ADDRESSES:  # a flood of distinct addresses
+        budget.take(f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", 1.0)
+        assert len(budget) <= TRACKED_ADDRESSES  # cannot grow it without bound
+        n += 1
+    budget.take("late", 100.0)  # long after, full: every quiet address is forgotten
+    assert len(budget) == 1
+
+
+def test_an_address_that_asks_too_often_is_refused_before_any_work_and_others_still_load():
+    """A reloading storm from one address gets 429 (with Retry-After) past its budget, the allowed
+    requests and another address's page load as usual."""
+    from aiohttp import web
+
+    from edge_app.monitor.server import MonitorServer
+
+    feed = MonitorFeed.create(32, 24, PixelFormat.RGB888)
+    port = free_port()
+
+    def get(source: str) -> tuple[int, str]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        head = reply.split(b"\r\n\r\n")[0].decode()
+        return int(head.split()[1]), head
+
+    async def main() -> tuple[list[int], int, str, int]:
+        server = MonitorServer(
+            MonitorFeed.attach(feed.path), {"page": {}, "max_clients": 4, "max_requests_per_s": 10.0}
+        )
+        runner = web.AppRunner(server.app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            loop = asyncio.get_running_loop()
+            storm = [await loop.run_in_executor(None, get, "127.0.0.1") for _ in range(40)]
+            other, _ = await loop.run_in_executor(None, get, "127.0.0.2")
+            _, refused_head = await loop.run_in_executor(None, get, "127.0.0.1")
+            return [code for code, _ in storm], other, refused_head, server.too_often
+        finally:
+            await runner.cleanup()
+
+    try:
+        storm, other, refused_head, too_often = asyncio.run(main())
+    finally:
+        feed.close()
+    # 20 at once (two seconds' worth), then about one per 0.1 s of the storm's own duration
+    assert storm[:20] == [200] * 20 and 429 in storm, storm
+    assert set(storm) == {200, 429} and too_often == storm.count(429) + 1
+    assert other == 200  # the phone next to it is not the one reloading
+    assert "Retry-After: 1" in refused_head
+
+
 def test_unfound_keypoints_are_not_drawn_as_found():
     mapping = load_mapping(resolve_mapping("demo-nod"))
     rgb = np.zeros((240, 320, 3), np.uint8)
@@ -238,7 +301,8 @@ def test_page_in_a_browser_follows_the_instrument(tmp_path):
             assert (
                 statuses.count(101) == cfg.monitor.max_clients - 2
             )  # the browser and the mute page hold two
-            assert set(statuses) - {101} == {503}
+            # past max_clients 503; past the address's request budget (the flood comes from one) 429
+            assert {503, 429} <= set(statuses) <= {101, 503, 429}, statuses
             assert state()["pictures"] > before  # the page kept its pictures while 101 sat unread
             mute.close()
 

@@ -115,7 +115,9 @@ def test_the_pc_without_a_gpu_gets_the_cpu_engine_and_is_told_so(rig):
     assert re.search(r"no\s+NVIDIA\s+GPU\s+on\s+the\s+PCI\s+bus", rig.first_run.stdout)
     venv = rig.pc.ssh("ls /opt/lalelu/venv/lib/python3.11/site-packages").stdout
     assert "torch" not in venv.split() and "onnx" not in venv.split()
-    assert "engine auto: litert on the CPU" in rig.pc.ssh("sudo journalctl -u lalelu-backend --no-pager").stdout
+    assert (
+        "engine auto: litert on the CPU" in rig.pc.ssh("sudo journalctl -u lalelu-backend --no-pager").stdout
+    )
 
 
 def test_ssh_takes_keys_only(rig):

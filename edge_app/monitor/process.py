@@ -56,6 +56,7 @@ class MonitorProcess:
             "video_fps": cfg.video_fps,
             "jpeg_quality": cfg.jpeg_quality,
             "max_clients": cfg.max_clients,
+            "max_requests_per_s": cfg.max_requests_per_s,
             "avoid_cpus": avoid_cpus,
             "page": page,
         }

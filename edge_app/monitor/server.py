@@ -4,6 +4,8 @@ pictures and latency to every open page over a WebSocket (aiohttp).
 It runs pinned off the loop's CPUs at a lower priority; JPEG encoding happens here, not in the loop. A page
 that reads slowly gets only the latest picture (each page has a small queue; what does not fit is
 dropped), one that reads nothing for `STALLED_S` is closed, and more than `max_clients` pages are refused.
+An address that asks more often than `max_requests_per_s` (a reloading storm) is refused with 429 before
+anything is read, checked or sent for it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,38 @@ CAMERA_LOST_S = 1.0  # the loop has not taken a frame for this long
 QUEUE = 8  # messages a page may be behind before its pictures are dropped
 STALLED_S = 10.0  # a page that took nothing for this long is closed
 SESSION_COOKIE = "lalelu_monitor"
+BURST_S = 2.0  # an address may spend this many seconds' worth of requests at once (a page and its files)
+TRACKED_ADDRESSES = 4096  # request budgets kept at most; past it, the full (quiet) ones are forgotten
+
+
+class RequestBudget:
+    """A token bucket per client address: `rate` requests per second, `rate * BURST_S` at once."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.burst = rate, rate * BURST_S
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)
+
+    def take(self, address: str, now: float) -> bool:
+        tokens, then = self._buckets.get(address, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens < 1.0:
+            self._buckets[address] = (tokens, now)
+            return False
+        if address not in self._buckets and len(self._buckets) >= TRACKED_ADDRESSES:
+            self._forget_quiet(now)
+        self._buckets[address] = (tokens - 1.0, now)
+        return True
+
+    def _forget_quiet(self, now: float) -> None:
+        """Drop the addresses whose bucket has refilled (they would start full anyway); if a flood of
+        distinct addresses keeps none quiet, start over (each starts with its burst again)."""
+        refill_s = self.burst / self.rate
+        self._buckets = {a: tb for a, tb in self._buckets.items() if now - tb[1] < refill_s}
+        if len(self._buckets) >= TRACKED_ADDRESSES:
+            self._buckets.clear()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 def session_value(token: str) -> str:
@@ -100,6 +134,8 @@ class MonitorServer:
         self._token = settings.get("token", "")
         self._session = session_value(self._token) if self._token else ""
         self._closing: set[asyncio.Future] = set()  # closes of stalled pages, kept until done
+        self._budget = RequestBudget(float(settings.get("max_requests_per_s", 10.0)))
+        self.too_often = 0  # requests refused by the per-address budget
 
     # --- HTTP ------------------------------------------------------------------------------------
 
@@ -112,6 +148,12 @@ class MonitorServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
+        if not self._budget.take(request.remote or "", time.monotonic()):
+            self.too_often += 1
+            raise web.HTTPTooManyRequests(
+                text="too many requests from this address ([monitor] max_requests_per_s)\n",
+                headers={"Retry-After": "1"},
+            )
         if self._allow:
             try:
                 ok = ipaddress.ip_address(request.remote or "") in self._allow
