@@ -39,6 +39,7 @@ HORIZON_FRAMES = 3.0  # a prediction further ahead than this many frames is not 
 COMMIT_GUARD_NS = 1_000_000  # the next pose must arrive this long before the sound is due to wait for it
 LOST_GRACE_NS = 100_000_000  # a keypoint missing this long loses its stroke; shorter gaps are bridged
 LEARN_RATE = 0.3  # how fast the impact plane and the prediction's bias follow the player
+TURN_JUMP = 3.0  # one frame this many turn margins back from the deepest point is a turn (no jitter is)
 
 
 class _StrikeState:
@@ -254,9 +255,13 @@ class GestureReader:
     def _seen_turn(self, s: Strike, st: _StrikeState, raw: float, v: float) -> int:
         """The impact once the turn is seen (0: not yet): where the velocity crosses zero between the
         last two intervals' midpoints, or the deepest frame where the turn was slow."""
-        if not (v <= 0 or raw <= st.top - s.turn_margin):
-            return 0
         ys, ts = st.ys, st.ts
+        # Back from the deepest point on the raw track: for two frames, or by TURN_JUMP margins at once.
+        # One frame back by a margin is the int8 model's jitter as often as a turn (a 2.6-3.9 px step
+        # back mid-descent at 200 fps, where a frame moves ~1 px: hits a quarter nod early).
+        back = st.top - s.turn_margin
+        if not (v <= 0 or (raw <= back and ys[-2] <= back) or raw <= st.top - TURN_JUMP * s.turn_margin):
+            return 0
         first = HISTORY - 4
         deepest = max(range(first, HISTORY), key=ys.__getitem__)
         if first < deepest < HISTORY - 1 and st.n >= 4:
@@ -293,7 +298,7 @@ class GestureReader:
         k = 3
         while k < min(st.n, HISTORY) and t2 - st.ts[-k] < SPEED_SPAN_NS:
             k += 1
-        st.peak2 = max(st.peak2, (y2 - st.ys[-k]) / max(t2 - st.ts[-k], 1) * 1e9)
+        st.peak2 = max(st.peak2, self._slope(st, k) * 1e9)
         if st.peak2 < PREDICT_MIN_SPEED:
             # Too slow for braking to be read from two intervals: the 1.3-px steps and the jitter are as
             # large as a frame's motion (the demo's nod). It eases into its lowest point like a
@@ -330,6 +335,25 @@ class GestureReader:
             return 0
         st.plane_pred_ns = st.pending_plane_ns
         return max(predicted, t_ns - frame)
+
+    @staticmethod
+    def _slope(st: _StrikeState, k: int) -> float:
+        """The least-squares slope (per ns) of the last k positions: over three evenly spaced frames (100
+        fps) the endpoints' difference; over the five of 200 fps the model's steps inside average out
+        (the endpoints alone read the 1-Hz nod's 0.9 frame heights a second as 1.9, a stroke's speed)."""
+        ys, ts = st.ys, st.ts
+        t_mean = y_mean = 0.0
+        for i in range(HISTORY - k, HISTORY):
+            t_mean += ts[i] - ts[-1]
+            y_mean += ys[i]
+        t_mean /= k
+        y_mean /= k
+        num = den = 0.0
+        for i in range(HISTORY - k, HISTORY):
+            dt = ts[i] - ts[-1] - t_mean
+            num += dt * (ys[i] - y_mean)
+            den += dt * dt
+        return num / den if den > 0 else 0.0
 
     def _vertex(self, st: _StrikeState) -> int:
         """The time of the vertex of a parabola least-squares fitted to the track since the stroke armed
