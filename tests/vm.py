@@ -724,7 +724,12 @@ def wait_for(what: str, probe, timeout: float, every: float = 1.0, context=None)
         if got:
             return got
         time.sleep(every)
-    told = f"\n{context()}" if context is not None else ""
+    told = ""
+    if context is not None:
+        try:
+            told = f"\n{context()}"
+        except Exception as exc:  # a hung VM or a half-written file must not hide the failure itself
+            told = f"\n(and its evidence could not be gathered: {exc!r})"
     raise AssertionError(f"{what}: not within {timeout:.0f} s{told}")
 
 

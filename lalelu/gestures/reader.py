@@ -39,6 +39,7 @@ HORIZON_FRAMES = 3.0  # a prediction further ahead than this many frames is not 
 COMMIT_GUARD_NS = 1_000_000  # the next pose must arrive this long before the sound is due to wait for it
 LOST_GRACE_NS = 100_000_000  # a keypoint missing this long loses its stroke; shorter gaps are bridged
 LEARN_RATE = 0.3  # how fast the impact plane and the prediction's bias follow the player
+TURN_FRAMES = 2  # frames in a row moving back that make a turn
 TURN_JUMP = 3.0  # one frame this many turn margins back from the deepest point is a turn (no jitter is)
 
 
@@ -46,6 +47,7 @@ class _StrikeState:
     __slots__ = (
         "arm_t",
         "armed",
+        "back_frames",
         "bias_ns",
         "committed",
         "depth",
@@ -100,6 +102,7 @@ class _StrikeState:
         self.pending_ns = 0
         self.pending_plane_ns = 0
         self.lost_ns = 0
+        self.back_frames = 0  # frames in a row moving back from the deepest point
 
 
 class _ControlState:
@@ -256,11 +259,15 @@ class GestureReader:
         """The impact once the turn is seen (0: not yet): where the velocity crosses zero between the
         last two intervals' midpoints, or the deepest frame where the turn was slow."""
         ys, ts = st.ys, st.ts
-        # Back from the deepest point on the raw track: for two frames, or by TURN_JUMP margins at once.
-        # One frame back by a margin is the int8 model's jitter as often as a turn (a 2.6-3.9 px step
-        # back mid-descent at 200 fps, where a frame moves ~1 px: hits a quarter nod early).
-        back = st.top - s.turn_margin
-        if not (v <= 0 or (raw <= back and ys[-2] <= back) or raw <= st.top - TURN_JUMP * s.turn_margin):
+        # Moving back (the smoothed velocity, or the raw track a margin above the deepest point) for
+        # TURN_FRAMES frames in a row, or by TURN_JUMP margins at once. One frame back is the int8 model's
+        # jitter as often as a turn: a 2.6-3.9 px step back mid-descent at 200 fps, where a frame moves
+        # ~1 px, pulls even the smoothed velocity below zero (a hit a quarter nod early, every nod).
+        if not (v <= 0 or raw <= st.top - s.turn_margin):
+            st.back_frames = 0
+            return 0
+        st.back_frames += 1
+        if st.back_frames < TURN_FRAMES and raw > st.top - TURN_JUMP * s.turn_margin:
             return 0
         first = HISTORY - 4
         deepest = max(range(first, HISTORY), key=ys.__getitem__)
@@ -478,6 +485,7 @@ class GestureReader:
                 break
         st.armed, st.ready, st.peak, st.peak2, st.hit = False, False, 0.0, 0.0, True
         st.pending_ns = st.pending_plane_ns = 0
+        st.back_frames = 0
         self.on_hit(Hit(t_ns, s.name, note, velocity, impact_ns, self._now))
 
     def _update_control(self, c: Control, cs: _ControlState, t_ns: int, xn: float, yn: float) -> None:
