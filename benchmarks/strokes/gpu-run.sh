@@ -7,7 +7,7 @@
 # the same steps run by hand (bench_strokes.py --keep there, --from here).
 set -uo pipefail
 fps="$1"; tgz="$2"; cases="${3:-}"; keep=/tmp/strokes
-mkdir -p "$keep"; trap 'tar czf "$tgz" -C "$keep" .' EXIT
+mkdir -p "$keep"; trap 'tar czf "$tgz" -C "$keep" .' EXIT; trap 'exit 143' TERM
 /opt/torch/.venv/bin/python -m pip install -q --no-index --no-deps --target /tmp/extra .whl/*.whl
 export PYTHONPATH="$PWD:/tmp/extra" PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; lscpu | grep -E "Model name"; } | tee "$keep/machine.txt"
