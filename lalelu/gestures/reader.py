@@ -268,7 +268,11 @@ class GestureReader:
             return 0
         st.back_frames += 1
         if st.back_frames < TURN_FRAMES and raw > st.top - TURN_JUMP * s.turn_margin:
-            return 0
+            k = 3
+            while k < min(st.n, HISTORY) - 1 and ts[-2] - ts[-1 - k] < SPEED_SPAN_NS:
+                k += 1
+            if self._slope(st, k, skip=1) * 1e9 > BRAKE_RATIO * st.peak2:
+                return 0  # still at speed: one frame back is jitter; after braking it is the turn
         first = HISTORY - 4
         deepest = max(range(first, HISTORY), key=ys.__getitem__)
         if first < deepest < HISTORY - 1 and st.n >= 4:
@@ -344,19 +348,20 @@ class GestureReader:
         return max(predicted, t_ns - frame)
 
     @staticmethod
-    def _slope(st: _StrikeState, k: int) -> float:
+    def _slope(st: _StrikeState, k: int, skip: int = 0) -> float:
         """The least-squares slope (per ns) of the last k positions: over three evenly spaced frames (100
         fps) the endpoints' difference; over the five of 200 fps the model's steps inside average out
         (the endpoints alone read the 1-Hz nod's 0.9 frame heights a second as 1.9, a stroke's speed)."""
         ys, ts = st.ys, st.ts
+        end = HISTORY - skip
         t_mean = y_mean = 0.0
-        for i in range(HISTORY - k, HISTORY):
+        for i in range(end - k, end):
             t_mean += ts[i] - ts[-1]
             y_mean += ys[i]
         t_mean /= k
         y_mean /= k
         num = den = 0.0
-        for i in range(HISTORY - k, HISTORY):
+        for i in range(end - k, end):
             dt = ts[i] - ts[-1] - t_mean
             num += dt * (ys[i] - y_mean)
             den += dt * dt
