@@ -120,7 +120,8 @@ class GestureReader:
     fires as late as it can while the sound, due at that moment plus the output's latency, is still on
     time: it waits for the next pose whenever that pose would arrive before the sound is due. The impact
     comes, in order of preference, from
-    - the turn, once it is seen: where the velocity crosses zero between the last two frame intervals;
+    - the turn, once it is seen (two frames moving back, or one after the stroke braked): where the
+      velocity crosses zero around the deepest frame;
     - the braking (the last interval's speed fell below BRAKE_RATIO of the stroke's): the velocity
       extrapolated linearly to zero, the acceleration peak before the onset (Dahl, NIME 2014);
     - the impact plane: a player's strokes end at about the same depth. After each stroke the reader
@@ -260,9 +261,10 @@ class GestureReader:
         last two intervals' midpoints, or the deepest frame where the turn was slow."""
         ys, ts = st.ys, st.ts
         # Moving back (the smoothed velocity, or the raw track a margin above the deepest point) for
-        # TURN_FRAMES frames in a row, or by TURN_JUMP margins at once. One frame back is the int8 model's
-        # jitter as often as a turn: a 2.6-3.9 px step back mid-descent at 200 fps, where a frame moves
-        # ~1 px, pulls even the smoothed velocity below zero (a hit a quarter nod early, every nod).
+        # TURN_FRAMES frames in a row, by TURN_JUMP margins at once, or for one frame after the stroke
+        # braked. At full speed one frame back is the int8 model's jitter as often as a turn: a 2.6-3.9 px
+        # step back mid-descent at 200 fps, where a frame moves ~1 px, pulls even the smoothed velocity
+        # below zero (a hit a quarter nod early, every nod).
         if not (v <= 0 or raw <= st.top - s.turn_margin):
             st.back_frames = 0
             return 0
