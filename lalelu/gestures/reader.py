@@ -40,6 +40,7 @@ COMMIT_GUARD_NS = 1_000_000  # the next pose must arrive this long before the so
 LOST_GRACE_NS = 100_000_000  # a keypoint missing this long loses its stroke; shorter gaps are bridged
 LEARN_RATE = 0.3  # how fast the impact plane and the prediction's bias follow the player
 TURN_FRAMES = 2  # frames in a row moving back that make a turn
+TURN_BRAKED = 0.25  # one frame back is the turn once the stroke slowed below this fraction of its peak
 TURN_JUMP = 3.0  # one frame this many turn margins back from the deepest point is a turn (no jitter is)
 
 
@@ -69,6 +70,7 @@ class _StrikeState:
         "t",
         "top",
         "top_t",
+        "top_t_depth",
         "ts",
         "ys",
     )
@@ -90,6 +92,7 @@ class _StrikeState:
         self.n = 0
         self.pos = self.peak = self.peak2 = self.raw = self.top = self.start = 0.0
         self.top_t = 0
+        self.top_t_depth = 0.0  # the depth reached at top_t
         self.arm_t = 0  # when the stroke armed: the vertex fit uses only its own frames
         self.armed = False  # moving fast enough along the strike direction
         self.ready = False  # re-armed: travelled back or came to rest since the last hit / since it came back
@@ -223,14 +226,13 @@ class GestureReader:
             st.start = min(st.start, raw)  # the stroke starts from the highest point since re-arming
         if v >= s.min_speed:
             if not st.armed:
-                st.top, st.top_t = raw, t_ns
+                st.top, st.top_t, st.top_t_depth = raw, t_ns, raw
                 st.arm_t = st.ts[-2]
             st.armed = True
             st.peak = max(st.peak, v)
         if not st.armed:
             return
-        if raw > st.top + s.turn_margin / 4:  # a resting hand's jitter does not move the impact later
-            st.top_t = t_ns
+        self._deeper(s, st, raw, t_ns)
         st.top = max(st.top, raw)
         if st.top - st.start < s.rearm:
             # Not yet a stroke: a tremble or the model's jitter. If it turns back, it never was one.
@@ -244,6 +246,15 @@ class GestureReader:
                 return
         self._fire(s, st, t_ns, xn, yn, st.peak, impact)
         st.ref, st.committed = p, True
+
+    @staticmethod
+    def _deeper(s: Strike, st: _StrikeState, raw: float, t_ns: int) -> None:
+        """When the stroke got this deep: moved on by a quarter margin past the depth it was last moved
+        at, so a resting hand's jitter does not move it later, and a slow approach still moves it on
+        (compared with the running deepest point, 0.5 px a frame never would: the impact stayed 90 ms
+        before the lowest point)."""
+        if raw > st.top_t_depth + s.turn_margin / 4:
+            st.top_t, st.top_t_depth = t_ns, raw
 
     def _frame(self, st: _StrikeState) -> int:
         """The frame interval: the reader's running one, or this strike's last before it has one."""
@@ -269,12 +280,20 @@ class GestureReader:
             st.back_frames = 0
             return 0
         st.back_frames += 1
-        if st.back_frames < TURN_FRAMES and raw > st.top - TURN_JUMP * s.turn_margin:
-            k = 3
-            while k < min(st.n, HISTORY) - 1 and ts[-2] - ts[-1 - k] < SPEED_SPAN_NS:
-                k += 1
-            if self._slope(st, k, skip=1) * 1e9 > BRAKE_RATIO * st.peak2:
-                return 0  # still at speed: one frame back is jitter; after braking it is the turn
+        if raw > st.top - TURN_JUMP * s.turn_margin:
+            # Confirmed: moving back for TURN_FRAMES frames and still going (the model can repeat a
+            # step for two frames mid-stroke: 34.7, 30.8, 30.8, then on down to 94 px at 200 fps).
+            confirmed = st.back_frames >= TURN_FRAMES and raw < ys[-2]
+            if not confirmed:
+                # Braked: slow over SPEED_SPAN_NS before it moved back, all of those frames seen (not
+                # the history's fill). Mid-stroke, at speed, this is jitter; after braking, the turn.
+                back = st.back_frames
+                last = HISTORY - 1 - back
+                k = 3
+                while k < min(st.n, HISTORY) - back and ts[last] - ts[last - k + 1] < SPEED_SPAN_NS:
+                    k += 1
+                if st.n < k + back + 1 or self._slope(st, k, skip=back) * 1e9 > TURN_BRAKED * st.peak2:
+                    return 0
         first = HISTORY - 4
         deepest = max(range(first, HISTORY), key=ys.__getitem__)
         if first < deepest < HISTORY - 1 and st.n >= 4:
@@ -408,8 +427,7 @@ class GestureReader:
         """After a committed hit, the turn tells where and when this stroke really landed: the impact
         plane's depth and the plane prediction's error follow it."""
         if raw > st.top:
-            if raw > st.top + s.turn_margin / 4:
-                st.top_t = st.ts[-1]
+            self._deeper(s, st, raw, st.ts[-1])
             st.top = raw
             return
         impact = self._seen_turn(s, st, raw, v)
