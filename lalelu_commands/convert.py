@@ -62,28 +62,33 @@ def _onnx_session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def _source_engine(source: Path):
+    """The model being converted, as the app runs it (.tflite: LiteRT; a directory: TF SavedModel)."""
+    from lalelu.engines import create_engine
+
+    return create_engine("litert" if source.suffix == ".tflite" else "tf-savedmodel", source, threads=2)
+
+
+def _onnx_keypoints(sess, x: np.ndarray) -> np.ndarray:
+    """The ONNX model's (17, 3) output for one input image `x` (fed as float where it takes float)."""
+    inp = sess.get_inputs()[0]
+    feed = x[None].astype(np.float32 if "float" in inp.type else x.dtype)
+    return np.asarray(sess.run(None, {inp.name: feed})[0]).reshape(17, 3)
+
+
 def verify_onnx_on_photo(source: Path, onnx_path: Path) -> float:
     """Largest difference of the confident keypoints' positions (y, x; input fractions) between the ONNX
     model and the source model, on the bundled photo of a person, letterboxed as the app does."""
-    import cv2
-
-    from lalelu.engines import create_engine
+    from edge_app.cameras.still import load_photo
     from lalelu.preprocess import Letterbox
     from lalelu.wire import PixelFormat
 
-    path = Path(__file__).resolve().parent.parent / "lalelu/data/astronaut.png"
-    bgr = cv2.imread(str(path))
-    if bgr is None:
-        raise LaleluError(f"the bundled photo {path} cannot be read: reinstall lalelu-drums")
-    photo = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    engine = create_engine("litert" if source.suffix == ".tflite" else "tf-savedmodel", source, threads=2)
+    photo = load_photo()
+    engine = _source_engine(source)
     Letterbox(photo.shape[1], photo.shape[0], PixelFormat.RGB888, engine.input)(photo)
     ref = np.zeros((17, 3), np.float32)
     engine.infer(ref)
-    sess = _onnx_session(onnx_path)
-    inp = sess.get_inputs()[0]
-    feed = engine.input[None].astype(np.float32 if "float" in inp.type else engine.input.dtype)
-    got = np.asarray(sess.run(None, {inp.name: feed})[0]).reshape(17, 3)
+    got = _onnx_keypoints(_onnx_session(onnx_path), engine.input)
     engine.close()
     sure = (ref[:, 2] >= 0.3) & (got[:, 2] >= 0.3)
     if not sure.any():
@@ -93,11 +98,8 @@ def verify_onnx_on_photo(source: Path, onnx_path: Path) -> float:
 
 def verify_onnx(source: Path, onnx_path: Path, n: int = 5, seed: int = 0) -> float:
     """Largest absolute difference of the ONNX model's output from the source model's, on random inputs."""
-    from lalelu.engines import create_engine
-
-    engine = create_engine("litert" if source.suffix == ".tflite" else "tf-savedmodel", source, threads=2)
+    engine = _source_engine(source)
     sess = _onnx_session(onnx_path)
-    inp = sess.get_inputs()[0]
     rng = np.random.default_rng(seed)
     worst = 0.0
     ref = np.zeros((17, 3), np.float32)
@@ -105,8 +107,7 @@ def verify_onnx(source: Path, onnx_path: Path, n: int = 5, seed: int = 0) -> flo
         x = rng.integers(0, 256, engine.input.shape).astype(engine.input.dtype)
         engine.input[:] = x
         engine.infer(ref)
-        feed = x[None].astype(np.float32 if "float" in inp.type else engine.input.dtype)
-        got = np.asarray(sess.run(None, {inp.name: feed})[0]).reshape(17, 3)
+        got = _onnx_keypoints(sess, x)
         worst = max(worst, float(np.abs(got - ref).max()))
     engine.close()
     return worst

@@ -48,8 +48,5 @@ def test_the_rigs_slow_nod_plays_once_per_nod_at_the_rigs_pose_rate(tmp_path, st
     times = [h.t_ns / 1e9 for h in hits]
     # one hit per nod after the first (the reader's warm-up), each near its nod's lowest point
     assert len(hits) in (len(lowest) - 1, len(lowest)), times
-    for t in times:
-        assert min(abs(t - lo) for lo in lowest) < period / 4, (
-            t,
-            lowest,
-        )  # not at the top; a pose is 0.5-3.5 s and the bottom a plateau of seconds
+    for t in times:  # not at the top; a pose is 0.5-3.5 s and the bottom a plateau of seconds
+        assert min(abs(t - lo) for lo in lowest) < period / 4, (t, lowest)

@@ -46,7 +46,7 @@ from edge_app.monitor.feed import (
     MonitorFeed,
 )
 from lalelu.clock import now_ns
-from lalelu.config import monitor_url
+from lalelu.config import MonitorConfig, monitor_url
 from lalelu.preprocess import frame_shape
 from lalelu.timing import summarize_ns
 from lalelu.wire import PixelFormat
@@ -134,7 +134,9 @@ class MonitorServer:
         self._token = settings.get("token", "")
         self._session = session_value(self._token) if self._token else ""
         self._closing: set[asyncio.Future] = set()  # closes of stalled pages, kept until done
-        self._budget = RequestBudget(float(settings.get("max_requests_per_s", 10.0)))
+        self._budget = RequestBudget(
+            float(settings.get("max_requests_per_s", MonitorConfig.max_requests_per_s))
+        )
         self.too_often = 0  # requests refused by the per-address budget
 
     # --- HTTP ------------------------------------------------------------------------------------

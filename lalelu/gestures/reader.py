@@ -288,10 +288,7 @@ class GestureReader:
                 # Braked: slow over SPEED_SPAN_NS before it moved back, all of those frames seen (not
                 # the history's fill). Mid-stroke, at speed, this is jitter; after braking, the turn.
                 back = st.back_frames
-                last = HISTORY - 1 - back
-                k = 3
-                while k < min(st.n, HISTORY) - back and ts[last] - ts[last - k + 1] < SPEED_SPAN_NS:
-                    k += 1
+                k = self._span_frames(st, back)
                 if st.n < k + back + 1 or self._slope(st, k, skip=back) * 1e9 > TURN_BRAKED * st.peak2:
                     return 0
         first = HISTORY - 4
@@ -327,10 +324,7 @@ class GestureReader:
         speed = (y2 - y0) / max(t2 - t0, 1)
         # The stroke's peak speed over SPEED_SPAN_NS: over two 5-ms intervals (200 fps) one 1.3-px step
         # alone is 1 frame height a second, and a nod would pass for a stroke.
-        k = 3
-        while k < min(st.n, HISTORY) and t2 - st.ts[-k] < SPEED_SPAN_NS:
-            k += 1
-        st.peak2 = max(st.peak2, self._slope(st, k) * 1e9)
+        st.peak2 = max(st.peak2, self._slope(st, self._span_frames(st)) * 1e9)
         if st.peak2 < PREDICT_MIN_SPEED:
             # Too slow for braking to be read from two intervals: the 1.3-px steps and the jitter are as
             # large as a frame's motion (the demo's nod). It eases into its lowest point like a
@@ -367,6 +361,16 @@ class GestureReader:
             return 0
         st.plane_pred_ns = st.pending_plane_ns
         return max(predicted, t_ns - frame)
+
+    @staticmethod
+    def _span_frames(st: _StrikeState, skip: int = 0) -> int:
+        """How many positions, the last `skip` left out, cover SPEED_SPAN_NS (at least 3, at most those
+        seen): 3 at 100 fps, 5 at 200."""
+        ts, last = st.ts, HISTORY - 1 - skip
+        k = 3
+        while k < min(st.n, HISTORY) - skip and ts[last] - ts[last - k + 1] < SPEED_SPAN_NS:
+            k += 1
+        return k
 
     @staticmethod
     def _slope(st: _StrikeState, k: int, skip: int = 0) -> float:
