@@ -1,5 +1,10 @@
 """The inference server: one thread, one pinned core, a selectors loop serving any number of edges.
 
+Each pass of the loop reads at most one complete frame per connection, then infers the frames that have
+arrived, oldest first, together in one engine call where the engine batches (torch-cuda: a band of edges
+costs about one frame's GPU time; `max_batch`), never waiting for more to come. Every edge gets its own
+reply as soon as its batch is done, and a connection that fails its reply is dropped alone.
+
 Frames are answered in arrival order, each edge within its share: a host (one address) gets at most
 `max_fps_per_edge` frames inferred a second and frames beyond it are answered BUSY at once; a host holds
 at most MAX_PER_ADDRESS connections (a new one replaces one that sends no frames: an edge reconnecting
@@ -69,6 +74,7 @@ class Counters:
     bad_frames: int = 0
     dropped_clients: int = 0
     over_budget: int = 0  # frames answered BUSY: their host sent more than max_fps_per_edge
+    batches: int = 0  # engine calls: frames / batches is the mean batch
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -100,6 +106,9 @@ class Connection:
     backend_nonce: bytes = b""
     connected_ns: int = field(default_factory=now_ns)
     last_frame_ns: int = 0  # when its last complete frame arrived: a connection that plays
+    ready: FrameHeader | None = (
+        None  # a complete frame in `pixels` waiting for its batch; not read on till then
+    )
 
 
 class InferenceServer:
@@ -115,8 +124,16 @@ class InferenceServer:
         busy_poll_s: float = 0.0,
         key: bytes = b"",
         max_fps_per_edge: float = 250.0,
+        max_batch: int = 1,
     ) -> None:
         self.busy_poll_s = busy_poll_s
+        # an engine that cannot batch (LiteRT, a stand-in) is served one frame at a time
+        self.max_batch = max(1, min(max_batch, int(getattr(estimator, "max_batch", 1))))
+        self.batch_sizes = np.zeros(self.max_batch + 1, np.int64)  # engine calls by number of frames
+        self._ready: list[Connection] = []  # connections with a complete frame, in arrival order
+        self._batch: list[Connection] = []
+        self._batch_frames: list[np.ndarray] = []
+        self._batch_out = np.zeros((self.max_batch, NUM_KEYPOINTS, 3), np.float32)
         # Each host's token bucket: max_fps_per_edge frames a second, bursts of 0.1 s (a camera's jitter)
         self.max_fps_per_edge = max_fps_per_edge
         self._burst = max(4.0, max_fps_per_edge / 10)
@@ -144,7 +161,6 @@ class InferenceServer:
         self._sel.register(self._listener, selectors.EVENT_READ, None)
         self.address = self._listener.getsockname()[:2]
         self._reply = bytearray(REPLY_SIZE)
-        self._keypoints = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._zeros = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._running = True
         self._closed = False
@@ -179,6 +195,8 @@ class InferenceServer:
                         self._on_readable(key.data)
                     if key.data is not None and mask & selectors.EVENT_WRITE:
                         self._flush(key.data)
+                if self._ready:
+                    self._serve_ready()
                 now = time.monotonic()
                 if now >= next_sweep:
                     next_sweep = now + 1.0
@@ -347,6 +365,8 @@ class InferenceServer:
         # Read until the socket is drained or one frame is complete, then go back to select: an edge
         # that keeps a frame queued behind the one being inferred must not hold the loop (other edges,
         # the watchdog and the stall sweep wait for it).
+        if conn.ready is not None:
+            return  # its frame still fills the buffer the next one would be read into
         while True:
             if conn.auth is not None:
                 if not self._on_auth_readable(conn):
@@ -476,41 +496,87 @@ class InferenceServer:
             self._send(conn, Status.BUSY, frame.seq, conn.recv_ns, 0, 0, self._zeros)
             return
         conn.last_frame_ns = conn.recv_ns
-        pixels = conn.pixels
-        assert pixels is not None
+        conn.ready = frame
+        self._ready.append(conn)
+
+    def _serve_ready(self) -> None:
+        """Infer every frame that has arrived, oldest first: up to max_batch of one geometry per engine
+        call (edges of one band share their cameras' geometry, so one call in the usual case)."""
+        ready, batch = self._ready, self._batch
+        while ready:
+            first = ready[0]
+            batch.clear()
+            keep = 0
+            for conn in ready:
+                if conn.sock.fileno() < 0:
+                    conn.ready = None  # dropped since its frame arrived: nobody to answer
+                elif len(batch) < self.max_batch and conn.geometry == first.geometry:
+                    batch.append(conn)
+                else:
+                    ready[keep] = conn
+                    keep += 1
+            del ready[keep:]
+            if batch:
+                self._infer(batch)
+
+    def _infer(self, batch: list[Connection]) -> None:
+        n = len(batch)
+        frames = self._batch_frames
+        frames.clear()
+        for conn in batch:
+            assert conn.pixels is not None
+            frames.append(conn.pixels)
+        header = batch[0].ready
+        assert header is not None
+        fmt, width, height = header.pixel_format, header.width, header.height
+        est = self.estimator
         before = resource.getrusage(resource.RUSAGE_THREAD)
         t0 = now_ns()
         status = Status.OK
-        est = self.estimator
         try:
-            est.estimate(pixels, frame.pixel_format, frame.width, frame.height, self._keypoints)
+            if n == 1:
+                est.estimate(frames[0], fmt, width, height, self._batch_out[0])
+            else:
+                est.estimate_batch(frames, fmt, width, height, self._batch_out)
         except Exception:  # an engine failure must not take down the other edges
-            log.exception("inference failed for a frame from %s", conn.peer)
+            log.exception("inference failed for %d frame(s) from %s", n, ", ".join(c.peer for c in batch))
             status = Status.ENGINE_ERROR
         t1 = now_ns()
-        self.counters.frames += 1
-        self._send(conn, status, frame.seq, conn.recv_ns, t0, t1, self._keypoints)
-        replied = now_ns()
         after = resource.getrusage(resource.RUSAGE_THREAD)
-        row = self.telemetry.next_row()
-        row["seq"], row["capture_ns"] = frame.seq, frame.capture_ns
-        row["first_byte_ns"], row["received_ns"], row["replied_ns"] = (
-            conn.first_byte_ns,
-            conn.recv_ns,
-            replied,
-        )
-        row["pre_ns"], row["engine_ns"], row["post_ns"] = est.pre_ns, est.engine_ns, est.post_ns
-        row["device_ns"] = est.device_ns
-        row["involuntary_switches"] = after.ru_nivcsw - before.ru_nivcsw
-        row["voluntary_switches"] = after.ru_nvcsw - before.ru_nvcsw
-        row["minor_faults"] = after.ru_minflt - before.ru_minflt
-        row["major_faults"] = after.ru_majflt - before.ru_majflt
-        row["sm_mhz"] = self.gpu_clock.mhz if self.gpu_clock is not None else 0
-        if self.consumer_factory is not None and status == Status.OK:
-            if self.consumer is None:
-                self.consumer = self.consumer_factory(frame.width, frame.height)
-            self.consumer.on_pose(frame.seq, frame.capture_ns, self._keypoints)
-            conn.plays = True
+        self.counters.frames += n
+        self.counters.batches += 1
+        self.batch_sizes[n] += 1
+        sm_mhz = self.gpu_clock.mhz if self.gpu_clock is not None else 0
+        for k, conn in enumerate(batch):
+            frame, conn.ready = conn.ready, None
+            assert frame is not None
+            keypoints = self._batch_out[k]
+            self._send(
+                conn, status, frame.seq, conn.recv_ns, t0, t1, keypoints
+            )  # drops conn alone if it fails
+            replied = now_ns()
+            row = self.telemetry.next_row()
+            row["seq"], row["capture_ns"] = frame.seq, frame.capture_ns
+            row["first_byte_ns"], row["received_ns"], row["replied_ns"] = (
+                conn.first_byte_ns,
+                conn.recv_ns,
+                replied,
+            )
+            row["pre_ns"], row["engine_ns"], row["post_ns"] = est.pre_ns, est.engine_ns, est.post_ns
+            row["device_ns"] = est.device_ns
+            row["batch"] = n
+            # the batch's thread counters on its first row only: sums over rows stay true
+            first = k == 0
+            row["involuntary_switches"] = after.ru_nivcsw - before.ru_nivcsw if first else 0
+            row["voluntary_switches"] = after.ru_nvcsw - before.ru_nvcsw if first else 0
+            row["minor_faults"] = after.ru_minflt - before.ru_minflt if first else 0
+            row["major_faults"] = after.ru_majflt - before.ru_majflt if first else 0
+            row["sm_mhz"] = sm_mhz
+            if self.consumer_factory is not None and status == Status.OK:
+                if self.consumer is None:
+                    self.consumer = self.consumer_factory(frame.width, frame.height)
+                self.consumer.on_pose(frame.seq, frame.capture_ns, keypoints)
+                conn.plays = True
 
     def _send(
         self, conn: Connection, status: Status, seq: int, recv: int, t0: int, t1: int, keypoints: np.ndarray

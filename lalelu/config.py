@@ -126,6 +126,15 @@ class BackendConfig:
             "flooding client cannot take the others' share (a 200-fps camera stays under the default)",
         ),
     )
+    max_batch: int = field(
+        default=8,
+        metadata=_rule(
+            1,
+            16,
+            doc="frames of different edges inferred together in one engine call at most (torch-cuda; other "
+            "engines serve one at a time): the frames that have arrived, never waiting for more; 1 = serial",
+        ),
+    )
     busy_poll_ms: float = field(
         default=0.0,
         metadata=_rule(

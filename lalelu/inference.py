@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from lalelu.clock import now_ns
@@ -19,6 +21,11 @@ class PoseEstimator:
         self._device_ms = getattr(engine, "last_device_ms", None)
         # an engine that letterboxes on its own device takes the raw frame (torch-cuda)
         self._infer_frame = getattr(engine, "infer_frame", None)
+        # an engine that infers several raw frames in one call (torch-cuda): the backend batches a band's
+        # frames into it; any other engine serves one frame at a time
+        self._infer_frames = getattr(engine, "infer_frames", None)
+        self.max_batch = int(getattr(engine, "max_batch", 1)) if self._infer_frames is not None else 1
+        self._batch_out = np.zeros((self.max_batch, NUM_KEYPOINTS, 3), np.float32)
         # the last frame's stages (ns), for telemetry
         self.pre_ns = self.engine_ns = self.post_ns = 0
         self.device_ns = -1
@@ -38,11 +45,15 @@ class PoseEstimator:
             self._letterboxes[key] = lb
         return lb
 
-    def prepare(self, fmt: PixelFormat, width: int, height: int) -> None:
-        """Set up for frames of this geometry now rather than at the first one."""
+    def prepare(self, fmt: PixelFormat, width: int, height: int, max_batch: int = 1) -> None:
+        """Set up for frames of this geometry now rather than at the first one; for batches of up to
+        `max_batch` of them where the engine batches."""
         buffer = self.frame_buffer(fmt, width, height)
         buffer[:] = 0
         self.estimate(buffer, fmt, width, height, np.zeros((NUM_KEYPOINTS, 3), np.float32))
+        prepare_batches = getattr(self.engine, "prepare_batches", None)
+        if prepare_batches is not None and max_batch > 1:
+            prepare_batches(fmt, width, height, max_batch)
 
     def frame_buffer(self, fmt: PixelFormat, width: int, height: int) -> np.ndarray:
         """Where a frame of this geometry should be received: the engine's pinned memory where it has it."""
@@ -70,3 +81,26 @@ class PoseEstimator:
         if self._device_ms is not None:
             ms = self._device_ms()
             self.device_ns = int(ms * 1e6) if ms == ms else -1  # NaN: the engine ran off the GPU
+
+    def estimate_batch(
+        self, frames: Sequence[np.ndarray], fmt: PixelFormat, width: int, height: int, out: np.ndarray
+    ) -> None:
+        """Frames of one geometry (at most `max_batch`) -> out[k] (17, 3) rows (x, y, score) in the frame's
+        pixels for frames[k], each as `estimate` would give it alone; the stage times are the batch's."""
+        if self._infer_frames is None or len(frames) == 1:
+            if len(frames) != 1:
+                raise ValueError(f"{self.engine.name} infers one frame at a time, not {len(frames)}")
+            self.estimate(frames[0], fmt, width, height, out[0])
+            return
+        t0 = now_ns()
+        lb = self.letterbox(fmt, width, height)
+        n = len(frames)
+        self._infer_frames(frames, fmt, width, height, self._batch_out)
+        t1 = now_ns()
+        for k in range(n):
+            lb.to_frame(self._batch_out[k], out[k])
+        t2 = now_ns()
+        self.pre_ns, self.engine_ns, self.post_ns = 0, t1 - t0, t2 - t1
+        if self._device_ms is not None:
+            ms = self._device_ms()
+            self.device_ns = int(ms * 1e6) if ms == ms else -1

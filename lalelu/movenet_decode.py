@@ -43,22 +43,23 @@ class MoveNetDecoder:
     def __call__(
         self, center: torch.Tensor, heatmap: torch.Tensor, regress: torch.Tensor, offset: torch.Tensor
     ) -> torch.Tensor:
-        """NCHW heads of one image -> (17, 3) rows (y, x, score), normalized to the model's input."""
-        h, w = self.h, self.w
+        """NCHW heads of B images -> (B, 17, 3) rows (y, x, score), normalized to the model's input. Each
+        image is decoded on its own: a batch gives each image the rows it would get alone."""
+        b, h, w = center.shape[0], self.h, self.w
         # flat gathers with index tensors only: no index ever becomes a Python int (a host sync, which
         # would also break CUDA graph capture)
-        c = torch.argmax((center[0, 0] * self.center_weight).reshape(-1)).view(1)
+        c = torch.argmax((center[:, 0] * self.center_weight).reshape(b, h * w), dim=1)  # (B,)
         cy = torch.div(c, w, rounding_mode="floor")
         cx = c - cy * w
-        reg = regress[0].reshape(34, h * w).index_select(1, c).view(17, 2)
-        ry = (cy + reg[:, 0]).view(17, 1, 1)
-        rx = (cx + reg[:, 1]).view(17, 1, 1)
+        reg = regress.reshape(b, 34, h * w).gather(2, c.view(b, 1, 1).expand(b, 34, 1)).view(b, 17, 2)
+        ry = (cy.view(b, 1) + reg[:, :, 0]).view(b, 17, 1, 1)
+        rx = (cx.view(b, 1) + reg[:, :, 1]).view(b, 17, 1, 1)
         dist = torch.sqrt((self.grid_y - ry) ** 2 + (self.grid_x - rx) ** 2)
-        best = torch.argmax((heatmap[0] / (dist + DISTANCE_BIAS)).reshape(17, -1), dim=1).view(17, 1)
+        best = torch.argmax((heatmap / (dist + DISTANCE_BIAS)).reshape(b, 17, h * w), dim=2).view(b, 17, 1)
         ky = torch.div(best, w, rounding_mode="floor")
         kx = best - ky * w
-        score = heatmap[0].reshape(17, h * w).gather(1, best)
-        off = offset[0].reshape(17, 2, h * w).gather(2, best.view(17, 1, 1).expand(17, 2, 1))
-        y = (ky + off[:, 0]) / h
-        x = (kx + off[:, 1]) / w
-        return torch.cat((y, x, score), dim=1)
+        score = heatmap.reshape(b, 17, h * w).gather(2, best)
+        off = offset.reshape(b, 17, 2, h * w).gather(3, best.view(b, 17, 1, 1).expand(b, 17, 2, 1))
+        y = (ky + off[:, :, 0]) / h
+        x = (kx + off[:, :, 1]) / w
+        return torch.cat((y, x, score), dim=2)

@@ -64,6 +64,7 @@ BACKEND_TELEMETRY_DTYPE = np.dtype(
         ("minor_faults", np.int32),
         ("major_faults", np.int32),
         ("sm_mhz", np.int32),  # the GPU's SM clock, sampled ([backend] gpu_clock_period_ms); 0: none
+        ("batch", np.int32),  # frames inferred in the same engine call (a band's edges); stage times are its
     ]
 )
 

@@ -139,3 +139,33 @@ def test_raw_frames_letterboxed_in_the_engine_match_the_cpu_path(cpu_engine, ast
         assert np.abs(got[:, :2] - want[:, :2]).max() <= 0.05 * max(w, h) / 192, (w, h)
         assert np.abs(got[:, 2] - want[:, 2]).max() <= 0.02, (w, h)
         assert (got[:, 2] > 0.3).sum() >= 6  # a person was found, not two empty results agreeing
+
+
+@pytest.mark.parametrize("fmt_name", ["RGB888", "YUV420"])
+def test_a_batch_of_raw_frames_gives_each_frame_its_own_pose(cpu_engine, astronaut, fmt_name):
+    """A band's frames in one call (the batched graph of the backend): each frame's keypoints are the ones
+    it gets alone, three different photos in one batch and in two batch sizes."""
+    import cv2
+
+    from lalelu.inference import PoseEstimator
+    from lalelu.wire import PixelFormat
+
+    fmt = PixelFormat[fmt_name]
+    w, h = 320, 240
+    estimator = PoseEstimator(cpu_engine)
+    assert estimator.max_batch > 1
+    frames = []
+    for photo in _photos(astronaut).values():
+        rgb = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
+        buffer = estimator.frame_buffer(fmt, w, h)
+        buffer[:] = rgb if fmt == PixelFormat.RGB888 else cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+        frames.append(buffer)
+    alone = np.zeros((3, 17, 3), np.float32)
+    for k, buffer in enumerate(frames):
+        estimator.estimate(buffer, fmt, w, h, alone[k])
+    for n in (2, 3):
+        together = np.full((3, 17, 3), np.nan, np.float32)
+        estimator.estimate_batch(frames[:n], fmt, w, h, together)
+        np.testing.assert_allclose(together[:n], alone[:n], atol=1e-3)
+        assert np.isnan(together[n:]).all()  # rows past the batch untouched
+    assert not np.allclose(alone[0], alone[1])  # different photos, different poses: not one pose copied

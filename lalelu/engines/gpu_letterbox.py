@@ -36,7 +36,8 @@ def resize_weights(src: int, dst: int, pad: int, size: int) -> np.ndarray:
 
 
 class TorchLetterbox:
-    """Raw frame (device uint8, as the camera sent it) -> the model's (1, in_h, in_w, 3) input tensor."""
+    """Raw frames (device uint8 (B, payload), as the cameras sent them) -> the model's (B, in_h, in_w, 3)
+    input; each frame of a batch converted on its own, as it would be alone."""
 
     def __init__(self, fmt: PixelFormat, geometry: LetterboxGeometry, device: torch.device) -> None:
         g = geometry
@@ -48,27 +49,27 @@ class TorchLetterbox:
         self.w, self.h = g.frame_w, g.frame_h
 
     def rgb(self, raw: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) float RGB in 0..255."""
+        """(B, 3, H, W) float RGB in 0..255."""
+        n, h, w = raw.shape[0], self.h, self.w
         if self.fmt == PixelFormat.RGB888:
-            return raw.view(self.h, self.w, 3).permute(2, 0, 1).float()
-        h, w = self.h, self.w
-        flat = raw.view(-1)
-        y = flat[: h * w].view(h, w).float()
-        u = flat[h * w : h * w * 5 // 4].view(h // 2, w // 2).float()
-        v = flat[h * w * 5 // 4 :].view(h // 2, w // 2).float()
-        u = u.repeat_interleave(2, 0).repeat_interleave(2, 1) - 128.0
-        v = v.repeat_interleave(2, 0).repeat_interleave(2, 1) - 128.0
+            return raw.view(n, h, w, 3).permute(0, 3, 1, 2).float()
+        flat = raw.view(n, -1)
+        y = flat[:, : h * w].view(n, h, w).float()
+        u = flat[:, h * w : h * w * 5 // 4].view(n, h // 2, w // 2).float()
+        v = flat[:, h * w * 5 // 4 :].view(n, h // 2, w // 2).float()
+        u = u.repeat_interleave(2, 1).repeat_interleave(2, 2) - 128.0
+        v = v.repeat_interleave(2, 1).repeat_interleave(2, 2) - 128.0
         c = (y - 16.0).clamp_(min=0.0) * 1.164
         r = c + 1.596 * v
         g = c - 0.813 * v - 0.391 * u
         b = c + 2.018 * u
-        return torch.stack((r, g, b)).clamp_(0.0, 255.0).round_()
+        return torch.stack((r, g, b), dim=1).clamp_(0.0, 255.0).round_()
 
     def image(self, raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The letterboxed frame (1, in_h, in_w, 3) in `dtype`, out of place (torch.compile fuses it)."""
-        resized = self.rows @ self.rgb(raw) @ self.cols_t  # (3, in_h, in_w)
-        return resized.round().clamp(0.0, 255.0).permute(1, 2, 0).unsqueeze(0).to(dtype)
+        """The letterboxed frames (B, in_h, in_w, 3) in `dtype`, out of place (torch.compile fuses it)."""
+        resized = self.rows @ self.rgb(raw) @ self.cols_t  # (B, 3, in_h, in_w)
+        return resized.round().clamp(0.0, 255.0).permute(0, 2, 3, 1).to(dtype)
 
     def __call__(self, raw: torch.Tensor, out: torch.Tensor) -> None:
-        """Write the letterboxed frame into `out` (1, in_h, in_w, 3), in out's dtype."""
+        """Write the letterboxed frames into `out` (B, in_h, in_w, 3), in out's dtype."""
         out.copy_(self.image(raw, out.dtype))

@@ -10,7 +10,7 @@ fuse the small layers first (tens of seconds more at start, a quarter less GPU t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,9 @@ from lalelu.preprocess import LetterboxGeometry, frame_shape
 from lalelu.wire import PixelFormat, payload_size
 
 MAX_GEOMETRIES = 8  # a graph per camera geometry; an edge keeps its geometry, so more means a hostile client
+MAX_BATCH = (
+    16  # frames one replay infers together: graphs are captured per batch size up to the configured one
+)
 
 PRECISIONS = ("fp32", "tf32", "fp16")
 MODES = ("graph", "eager")
@@ -100,9 +103,12 @@ class TorchCudaEngine(WarmUpByInfer):
             # inductor fuses the elementwise layers into their neighbours: 258 -> 182 kernels on an H100
             self._forward = torch.compile(self._network_and_decode, mode="default", fullgraph=True)
         self.compiled = compile
+        # raw frames in batches: a graph per batch size; compiled, one frame at a time (inductor would
+        # compile the network again for every batch size, tens of seconds each on a cold cache)
+        self.max_batch = 1 if compile else MAX_BATCH
         self._graph = None
         self._torch = torch
-        self._frame_graphs: dict[tuple[int, int, int], tuple] = {}
+        self._frame_graphs: dict[tuple[int, int, int, int], tuple] = {}
         self._pinned: dict[int, object] = {}  # address of a frame_buffer array -> its pinned tensor
         if on_gpu:
             self._start = torch.cuda.Event(enable_timing=True)
@@ -111,13 +117,14 @@ class TorchCudaEngine(WarmUpByInfer):
             self._graph = self._capture(self._step)
 
     def _network_and_decode(self, x):
+        """(B, H, W, 3) model input -> (B, 17, 3) keypoints."""
         c, h, r, o = [t.float() for t in self._net(x)]
         return self._decode(c, h, r, o)
 
     def _step(self) -> None:
         """Copy in, network, decode, copy out: queued on the current stream, no host synchronization."""
         self._dev_in[0].copy_(self._host_in, non_blocking=True)
-        self._host_out.copy_(self._forward(self._dev_in), non_blocking=True)
+        self._host_out.copy_(self._forward(self._dev_in)[0], non_blocking=True)
 
     def _capture(self, step: Callable[[], None]):
         """`step` captured as a CUDA graph, after warm-up runs on a side stream."""
@@ -135,15 +142,19 @@ class TorchCudaEngine(WarmUpByInfer):
         return graph
 
     def _run(
-        self, step: Callable[[], None], graph, out: np.ndarray, copy_in: Callable[[], None] | None = None
+        self, step: Callable[[], None], graph, host_out: np.ndarray, out: np.ndarray, frames=None, raw=None
     ) -> None:
-        """One frame: `copy_in` (outside any graph), then the graph's replay or `step`, timed by CUDA
-        events on a GPU; the keypoints into `out`."""
+        """One replay: `frames` copied into `raw` (outside any graph), then the graph's replay or `step`,
+        timed by CUDA events on a GPU; the keypoints from `host_out` into `out`."""
         on_gpu = self.device.type == "cuda"
         if on_gpu:
             self._start.record()
-        if copy_in is not None:
-            copy_in()
+        if frames is not None:
+            for row, frame in zip(raw, frames, strict=False):
+                host = self._pinned.get(frame.ctypes.data)
+                if host is None:  # not from frame_buffer: pageable memory, copied synchronously
+                    host = self._torch.from_numpy(np.ascontiguousarray(frame).reshape(-1))
+                row.copy_(host.view(-1), non_blocking=True)  # type: ignore[attr-defined]
         if graph is not None:
             graph.replay()
         else:
@@ -151,8 +162,8 @@ class TorchCudaEngine(WarmUpByInfer):
                 step()
         if on_gpu:
             self._done.record()
-            self._done.synchronize()  # the one synchronization per frame
-        out[:] = self._out
+            self._done.synchronize()  # the one synchronization per replay
+        out[:] = host_out
 
     def frame_buffer(self, fmt: PixelFormat, width: int, height: int) -> np.ndarray:
         """A buffer for one raw frame (the socket reads into it), in pinned memory on a GPU."""
@@ -165,15 +176,19 @@ class TorchCudaEngine(WarmUpByInfer):
         self._pinned[array.ctypes.data] = t
         return array
 
-    def _frame_graph(self, fmt: PixelFormat, width: int, height: int) -> tuple:
-        """(device raw frame, letterbox, graph or None) of one camera geometry; captured at its first frame."""
+    def _frame_graph(self, fmt: PixelFormat, width: int, height: int, n: int) -> tuple:
+        """(device raw frames, step, graph or None, host keypoints) for `n` frames of one camera geometry;
+        captured at the first such batch, or ahead by `prepare_batches`."""
         from lalelu.engines.gpu_letterbox import TorchLetterbox
 
         torch = self._torch
-        if len(self._frame_graphs) >= MAX_GEOMETRIES:
+        if len(self._frame_graphs) >= MAX_GEOMETRIES * self.max_batch:
             self._frame_graphs.clear()
-        raw = torch.zeros(payload_size(fmt, width, height), dtype=torch.uint8, device=self.device)
+        on_gpu = self.device.type == "cuda"
+        raw = torch.zeros((n, payload_size(fmt, width, height)), dtype=torch.uint8, device=self.device)
         in_h, in_w = self._dev_in.shape[1:3]
+        dev_in = torch.zeros((n, in_h, in_w, 3), dtype=self._dev_in.dtype, device=self.device)
+        host_out = torch.zeros((n, NUM_KEYPOINTS, 3), dtype=torch.float32, pin_memory=on_gpu)
         letterbox = TorchLetterbox(fmt, LetterboxGeometry(width, height, in_w, in_h), self.device)
 
         if self.compiled:
@@ -185,32 +200,44 @@ class TorchCudaEngine(WarmUpByInfer):
             )
 
             def step() -> None:
-                self._host_out.copy_(fused(raw), non_blocking=True)
+                host_out.copy_(fused(raw), non_blocking=True)
 
         else:
 
             def step() -> None:
-                letterbox(raw, self._dev_in)
-                self._host_out.copy_(self._forward(self._dev_in), non_blocking=True)
+                letterbox(raw, dev_in)
+                host_out.copy_(self._forward(dev_in), non_blocking=True)
 
         graph = self._capture(step) if self.mode == "graph" else None
-        state = self._frame_graphs[(int(fmt), width, height)] = (raw, step, graph)
+        state = self._frame_graphs[(int(fmt), width, height, n)] = (raw, step, graph, host_out.numpy())
         return state
+
+    def prepare_batches(self, fmt: PixelFormat, width: int, height: int, max_batch: int) -> None:
+        """Capture the graphs of every batch size up to `max_batch` now, not at a band's first full batch."""
+        for n in range(1, min(max_batch, self.max_batch) + 1):
+            if (int(fmt), width, height, n) not in self._frame_graphs:
+                self._frame_graph(fmt, width, height, n)
+
+    def infer_frames(
+        self, frames: Sequence[np.ndarray], fmt: PixelFormat, width: int, height: int, out: np.ndarray
+    ) -> None:
+        """Raw camera frames of one geometry (at most `max_batch`) -> out[:n] (n, 17, 3) rows (y, x, score)
+        normalized to the letterboxed input: one replay for all of them."""
+        n = len(frames)
+        state = self._frame_graphs.get((int(fmt), width, height, n)) or self._frame_graph(
+            fmt, width, height, n
+        )
+        raw, step, graph, host_out = state
+        self._run(step, graph, host_out, out[:n], frames, raw)
 
     def infer_frame(
         self, frame: np.ndarray, fmt: PixelFormat, width: int, height: int, out: np.ndarray
     ) -> None:
         """Raw camera frame -> (17, 3) rows (y, x, score) normalized to the letterboxed input."""
-        torch = self._torch
-        state = self._frame_graphs.get((int(fmt), width, height)) or self._frame_graph(fmt, width, height)
-        raw, step, graph = state
-        host = self._pinned.get(frame.ctypes.data)
-        if host is None:  # not from frame_buffer: pageable memory, copied synchronously
-            host = torch.from_numpy(np.ascontiguousarray(frame).reshape(-1))
-        self._run(step, graph, out, lambda: raw.copy_(host.view(-1), non_blocking=True))  # type: ignore[attr-defined]
+        self.infer_frames((frame,), fmt, width, height, out.reshape(1, NUM_KEYPOINTS, 3))
 
     def infer(self, out: np.ndarray) -> None:
-        self._run(self._step, self._graph, out)
+        self._run(self._step, self._graph, self._out, out)
 
     def last_device_ms(self) -> float:
         """GPU time of the last `infer` (copy in to copy out), from CUDA events; NaN off the GPU."""

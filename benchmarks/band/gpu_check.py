@@ -1,0 +1,59 @@
+"""On the GPU: the torch-cuda engine's batched graphs give each frame the pose it gets alone (the bundled
+photo, mirrored and shifted, in both pixel formats), and what a replay costs per batch size.
+    python benchmarks/band/gpu_check.py MODEL.onnx [OUT.json]"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_app.cameras.still import load_photo
+from lalelu.engines.torch_cuda import TorchCudaEngine
+from lalelu.inference import PoseEstimator
+from lalelu.wire import PixelFormat
+
+engine = TorchCudaEngine(Path(sys.argv[1]), "fp32", "graph")
+estimator = PoseEstimator(engine)
+photo = load_photo()
+wide = np.zeros((512, 812, 3), np.uint8)
+wide[:, 300:] = photo
+photos = [photo, np.ascontiguousarray(photo[:, ::-1]), wide] * 3
+w, h = 320, 240
+result: dict = {"gpu": __import__("torch").cuda.get_device_name(0)}
+for fmt in (PixelFormat.RGB888, PixelFormat.YUV420):
+    estimator.prepare(fmt, w, h, max_batch=8)
+    frames = []
+    for p in photos[:8]:
+        rgb = cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA)
+        buf = estimator.frame_buffer(fmt, w, h)
+        buf[:] = rgb if fmt == PixelFormat.RGB888 else cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+        frames.append(buf)
+    alone = np.zeros((8, 17, 3), np.float32)
+    for k, f in enumerate(frames):
+        estimator.estimate(f, fmt, w, h, alone[k])
+    together = np.zeros((8, 17, 3), np.float32)
+    row: dict = {}
+    for n in range(1, 9):
+        estimator.estimate_batch(frames[:n], fmt, w, h, together)
+        diff = float(np.abs(together[:n] - alone[:n]).max())
+        times = []
+        for _ in range(300):
+            t0 = time.perf_counter_ns()
+            estimator.estimate_batch(frames[:n], fmt, w, h, together)
+            times.append(time.perf_counter_ns() - t0)
+        ms = np.array(times) / 1e6
+        row[n] = {
+            "max_abs_diff_vs_alone": diff,
+            "call_p50_ms": float(np.median(ms)),
+            "call_p99_ms": float(np.percentile(ms, 99)),
+            "device_ms": estimator.device_ns / 1e6,
+        }
+        print(fmt.name, n, row[n], flush=True)
+    result[fmt.name] = row
+if len(sys.argv) > 2:
+    Path(sys.argv[2]).write_text(json.dumps(result, indent=1))

@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""A band on one backend: K edges, each pinned to a core of its own, sending to one backend on this machine,
+the backend serving one frame at a time ("serial", [backend] max_batch = 1) against in batches ("batched"),
+side by side in one run, as a table and JSON.
+
+    python tools/bench_band.py --config benchmarks/live/demo-torch-cuda.toml --cells 1,2,4,8@100 4@200
+                               [--seconds 12] [--backend-cpus 2] [--edge-cpus 4-15] [--max-batch 8]
+                               [--baseline DIR] [--keep DIR] [--json out.json]
+
+Each cell (K edges at F fps, one variant) starts a fresh backend and its K edges at once (the bundled still
+photo, --seconds each), both apps writing per-frame telemetry. Per edge: capture-to-pose p50, p99 and max
+over the window in which all K edges ran (their first second left out), frames skipped by its latency
+budget and lost (whole run). The backend's rows in that window give the frames-per-engine-call histogram.
+`--baseline DIR`: a third variant, the backend and edges of another checkout (e.g. the commit before the
+batching), run with the same configuration minus the keys it does not know.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lalelu.errors import LaleluError  # noqa: E402
+from lalelu_commands.demo import log_tail, wait_until_ready  # noqa: E402
+
+NEW_KEYS = {("backend", "max_batch")}  # what a baseline checkout from before the batching does not know
+
+
+def cpu_list(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def parse_cells(specs: list[str]) -> list[tuple[int, float]]:
+    """ "1,2,4@100" "4@200" -> [(1, 100.0), (2, 100.0), (4, 100.0), (4, 200.0)]."""
+    cells = []
+    for spec in specs:
+        ks, _, fps = spec.partition("@")
+        if not fps:
+            raise SystemExit(f"bench_band: cell {spec!r} needs @FPS, e.g. 1,2,4,8@100")
+        cells.extend((int(k), float(fps)) for k in ks.split(","))
+    return cells
+
+
+def toml_text(data: dict) -> str:
+    """The configuration's sections back as TOML (strings, numbers, booleans and lists of them)."""
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v) if isinstance(v, str) else repr(v)
+
+    return "".join(
+        f"[{section}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in body.items()) + "\n"
+        for section, body in data.items()
+    )
+
+
+def cell_config(base: dict, fps: float, max_batch: int | None) -> dict:
+    data = {section: dict(body) for section, body in base.items()}
+    data.setdefault("camera", {})["fps"] = fps
+    data.setdefault("edge", {})["fallback"] = False  # the edges measure the backend, never their own engine
+    data.setdefault("output", {})["kind"] = "log"
+    data.pop("monitor", None)
+    model = data.get("engine", {}).get("model", "")
+    if model and not Path(model).is_absolute():  # as this checkout sees it: a baseline tree runs elsewhere
+        data["engine"]["model"] = str((ROOT / model).resolve())
+    backend = data.setdefault("backend", {})
+    backend["max_fps_per_edge"] = max(fps * 1.5, 250.0)
+    if max_batch is None:
+        for section, key in NEW_KEYS:
+            data.get(section, {}).pop(key, None)
+    else:
+        backend["max_batch"] = max_batch
+    return data
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_cell(
+    tree: Path,
+    config: dict,
+    k: int,
+    seconds: float,
+    backend_cpus: list[int],
+    edge_cpus: list[int],
+    work: Path,
+) -> dict:
+    """One backend and `k` edges of `tree`; the per-edge figures and the backend's batch histogram."""
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_path = work / "config.toml"
+    cfg_path.write_text(toml_text(config))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH", "")) if p)
+    cli = [sys.executable, "-m", "lalelu_commands.cli"]
+    ready = work / "backend.json"
+    with contextlib.ExitStack() as stack:
+        backend_log = stack.enter_context(open(work / "backend.log", "wb"))
+        backend = subprocess.Popen(
+            [
+                *cli,
+                "backend",
+                "--config",
+                str(cfg_path),
+                "--port",
+                "0",
+                "--ready-file",
+                str(ready),
+                "--telemetry",
+                str(work / "backend.jsonl"),
+                "--cpus",
+                ",".join(map(str, backend_cpus)),
+            ],
+            env=env,
+            cwd=tree,
+            stdout=subprocess.DEVNULL,
+            stderr=backend_log,
+        )
+        edges: list[subprocess.Popen] = []
+        try:
+            try:
+                port = wait_until_ready(backend, ready, timeout_s=300, quiet=True)["port"]
+            except LaleluError as exc:
+                raise LaleluError(f"{exc}{log_tail(work, 'backend')}") from None
+            for e in range(k):
+                log = stack.enter_context(open(work / f"edge{e}.log", "wb"))
+                edges.append(
+                    subprocess.Popen(
+                        [
+                            *cli,
+                            "edge",
+                            "--config",
+                            str(cfg_path),
+                            "--backend",
+                            f"127.0.0.1:{port}",
+                            "--seconds",
+                            str(seconds),
+                            "--summary-json",
+                            str(work / f"edge{e}.json"),
+                            "--telemetry",
+                            str(work / f"edge{e}.jsonl"),
+                            "--cpus",
+                            str(edge_cpus[e % len(edge_cpus)]),
+                        ],
+                        env=env,
+                        cwd=tree,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
+                )
+            for e, edge in enumerate(edges):
+                if edge.wait(timeout=seconds + 120) != 0:
+                    raise LaleluError(
+                        f"edge {e} exited with code {edge.returncode}{log_tail(work, f'edge{e}')}"
+                    )
+        finally:
+            for edge in edges:
+                if edge.poll() is None:
+                    edge.kill()
+            backend.terminate()
+            try:
+                backend.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                backend.kill()
+    return analyse_cell(work, k)
+
+
+def analyse_cell(work: Path, k: int) -> dict:
+    rows = [read_rows(work / f"edge{e}.jsonl") for e in range(k)]
+    summaries = [json.loads((work / f"edge{e}.json").read_text()) for e in range(k)]
+    if any(not r for r in rows):
+        raise LaleluError(f"an edge of {work} wrote no telemetry")
+    # the window in which every edge ran, its first second (connection, warm-up) left out
+    start = max(r[0]["capture_ns"] for r in rows) + 1_000_000_000
+    end = min(r[-1]["capture_ns"] for r in rows)
+    if end <= start:
+        raise LaleluError(f"the {k} edges of {work} did not run at the same time for more than a second")
+    per_edge = []
+    for r, s in zip(rows, summaries, strict=True):
+        lat = np.array(
+            [
+                x["pose_ns"] - x["capture_ns"]
+                for x in r
+                if start <= x["capture_ns"] <= end and x["pose_ns"] > 0
+            ],
+            np.float64,
+        )
+        lat /= 1e6
+        per_edge.append(
+            {
+                "frames": int(lat.size),
+                "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+                "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+                "max_ms": float(lat.max()) if lat.size else None,
+                "local": sum(x.get("local", 0) for x in r),
+                "inferred": s.get("frames_inferred", 0),
+                "dropped_at_capture": s.get("frames_dropped_at_capture", 0),
+                "skipped": s.get("frames_skipped", 0),
+                "lost": s.get("frames_lost", 0),
+            }
+        )
+    backend = [x for x in read_rows(work / "backend.jsonl") if start <= x["capture_ns"] <= end]
+    sizes = np.array([x.get("batch", 1) or 1 for x in backend], np.int64)
+    histogram = {str(n): int((sizes == n).sum()) for n in sorted(set(sizes.tolist()))}  # frames by call size
+    return {
+        "edges": per_edge,
+        "window_s": (end - start) / 1e9,
+        "backend_frames_by_batch": histogram,
+        "mean_batch": float(sizes.mean()) if sizes.size else None,
+        "engine_p50_ms": float(np.median([x["engine_ns"] for x in backend]) / 1e6) if backend else None,
+    }
+
+
+def headline(cell: dict) -> dict:
+    edges = [e for e in cell["edges"] if e["p99_ms"] is not None]
+    return {
+        "p50_ms": float(np.median([e["p50_ms"] for e in edges])) if edges else None,
+        "p99_ms": max(e["p99_ms"] for e in edges) if edges else None,  # the worst edge's
+        "max_ms": max(e["max_ms"] for e in edges) if edges else None,
+        "skipped": sum(e["skipped"] for e in cell["edges"]),
+        "lost": sum(e["lost"] for e in cell["edges"]),
+    }
+
+
+def table(results: list[dict]) -> str:
+    singles = {
+        (r["variant"], r["fps"]): headline(r)["p99_ms"] for r in results if r["k"] == 1 and "error" not in r
+    }
+    lines = [
+        "| variant | edges | fps | p50 ms (median edge) | p99 ms (worst edge) | max ms | p99 / one edge's "
+        "| skipped | lost | mean frames per call | engine p50 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['k']} | {r['fps']:g} | failed: {r['error']} |")
+            continue
+        h = headline(r)
+        single = singles.get((r["variant"], r["fps"])) or singles.get((r["variant"], 100.0))
+        ratio = f"{h['p99_ms'] / single:.2f}" if single and h["p99_ms"] else "-"
+        lines.append(
+            f"| {r['variant']} | {r['k']} | {r['fps']:g} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {h['max_ms']:.2f} "
+            f"| {ratio} | {h['skipped']} | {h['lost']} | {r['mean_batch'] or 0:.2f} | {r['engine_p50_ms'] or 0:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    facts = {"python": platform.python_version(), "cpus": os.cpu_count(), "kernel": platform.release()}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        facts["gpu"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu"] = line.split(":", 1)[1].strip()
+                break
+    return facts
+
+
+def write_json(args: argparse.Namespace, results: list[dict]) -> None:
+    args.json.write_text(
+        json.dumps(
+            {"machine": machine(), "config": str(args.config), "argv": sys.argv[1:], "cells": results},
+            indent=1,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=ROOT / "benchmarks/live/demo-torch-cuda.toml")
+    p.add_argument("--cells", nargs="+", default=["1,2,4,8@100", "4@200"], help="K,K,...@FPS (%(default)s)")
+    p.add_argument("--seconds", type=float, default=12.0, help="each edge's run (%(default)s)")
+    p.add_argument("--backend-cpus", default="2", help="the backend's core(s) (%(default)s)")
+    p.add_argument("--edge-cpus", default="4-15", help="the edges' cores, one each, in turn (%(default)s)")
+    p.add_argument("--max-batch", type=int, default=8, help="[backend] max_batch of 'batched' (%(default)s)")
+    p.add_argument("--variants", default="serial,batched", help="of serial, batched (%(default)s)")
+    p.add_argument("--baseline", type=Path, help="another checkout, run as the variant 'baseline' first")
+    p.add_argument("--keep", type=Path, help="keep every cell's logs and telemetry here")
+    p.add_argument("--json", type=Path, help="write the results here")
+    args = p.parse_args(argv)
+    base = tomllib.loads(args.config.read_text())
+    variants: list[tuple[str, Path, int | None]] = []
+    if args.baseline is not None:
+        variants.append(("baseline", args.baseline.resolve(), None))
+    for name in args.variants.split(","):
+        variants.append((name, ROOT, 1 if name == "serial" else args.max_batch))
+    cells = parse_cells(args.cells)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lalelu-band-") as tmp:
+        work = args.keep or Path(tmp)
+        for name, tree, max_batch in variants:
+            for k, fps in cells:
+                label = f"{name}-k{k}-{fps:g}"
+                print(f"bench_band: {label}", file=sys.stderr, flush=True)
+                entry: dict = {"variant": name, "k": k, "fps": fps, "max_batch": max_batch}
+                try:
+                    entry.update(
+                        run_cell(
+                            tree,
+                            cell_config(base, fps, max_batch),
+                            k,
+                            args.seconds,
+                            cpu_list(args.backend_cpus),
+                            cpu_list(args.edge_cpus),
+                            work / label,
+                        )
+                    )
+                except LaleluError as exc:
+                    entry["error"] = str(exc)
+                    print(f"bench_band: {label}: {exc}", file=sys.stderr, flush=True)
+                results.append(entry)
+                if args.json is not None:  # after every cell: a run cut short keeps what it measured
+                    write_json(args, results)
+    text = table(results)
+    print(text)
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
