@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,7 @@ from lalelu.inference import PoseEstimator
 from lalelu.reporter import Reporter
 from lalelu.sdnotify import StartingUp
 from lalelu.service import RealtimeService
+from lalelu.state import BACKEND_STATE_NAME, state_path, write_state
 from lalelu.timing import backend_summary, write_jsonl
 from lalelu.wire import PixelFormat
 
@@ -32,9 +34,24 @@ def batch_histogram(sizes: np.ndarray) -> dict[str, int]:
     return {str(n): int(c) for n, c in enumerate(sizes) if c}
 
 
-def _log_report(rows: np.ndarray, counters: dict[str, int], out: IO[str] | None) -> None:
+def _log_report(
+    rows: np.ndarray, counters: dict[str, int], out: IO[str] | None, band: dict, state_file: Path | None
+) -> None:
     """Runs on the reporter thread."""
     s = backend_summary(rows)
+    if state_file is not None:
+        band.update(
+            served_p50_ms=s["served"].get("p50", 0.0),
+            served_p99_ms=s["served"].get("p99", 0.0),
+            counters=counters,
+            pid=os.getpid(),
+        )
+        try:
+            write_state(state_file, band)
+        except OSError as exc:
+            log.warning(
+                "cannot write the state file %s (%s); `lalelu check` will not see it", state_file, exc
+            )
     batch = rows["batch"][rows["batch"] > 0]
     log.info(
         "frames %d | served p50 %.2f p99 %.2f ms (engine p50 %.2f p99 %.2f, frames per call mean %.2f max %d)"
@@ -123,13 +140,19 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
             )
             partial_file.replace(ready_file)
         written = 0
+        state_file = state_path(b.state_file, BACKEND_STATE_NAME)
 
         def report(srv: InferenceServer) -> None:
             # On the loop: copy the new rows (microseconds); the reporter thread does the rest.
             nonlocal written
             end = srv.telemetry.count
             reporter.submit(
-                _log_report, srv.telemetry.rows_between(written, end), srv.counters.as_dict(), telemetry
+                _log_report,
+                srv.telemetry.rows_between(written, end),
+                srv.counters.as_dict(),
+                telemetry,
+                srv.band_state(),
+                state_file,
             )
             written = end
 

@@ -106,9 +106,10 @@ class Connection:
     backend_nonce: bytes = b""
     connected_ns: int = field(default_factory=now_ns)
     last_frame_ns: int = 0  # when its last complete frame arrived: a connection that plays
-    ready: FrameHeader | None = (
-        None  # a complete frame in `pixels` waiting for its batch; not read on till then
-    )
+    # a complete frame in `pixels` waiting for its batch: the connection is not read on until it is served
+    ready: FrameHeader | None = None
+    served: int = 0  # frames inferred for it
+    served_reported: int = 0  # `served` at the last band_state()
 
 
 class InferenceServer:
@@ -134,6 +135,8 @@ class InferenceServer:
         self._batch: list[Connection] = []
         self._batch_frames: list[np.ndarray] = []
         self._batch_out = np.zeros((self.max_batch, NUM_KEYPOINTS, 3), np.float32)
+        self._sizes_reported = self.batch_sizes.copy()
+        self._reported_at = time.monotonic()
         # Each host's token bucket: max_fps_per_edge frames a second, bursts of 0.1 s (a camera's jitter)
         self.max_fps_per_edge = max_fps_per_edge
         self._burst = max(4.0, max_fps_per_edge / 10)
@@ -206,6 +209,30 @@ class InferenceServer:
                     on_tick(self)
         finally:
             self.close()
+
+    def band_state(self) -> dict:
+        """Since the last call: each connection that sent frames (peer, frames a second) and the engine
+        calls by frames per call. Called from the loop (microseconds: a few small copies)."""
+        now = time.monotonic()
+        elapsed = max(now - self._reported_at, 1e-3)
+        sizes = self.batch_sizes - self._sizes_reported
+        self._sizes_reported[:] = self.batch_sizes
+        self._reported_at = now
+        edges = []
+        for conn in self._connections.values():
+            frames = conn.served - conn.served_reported
+            conn.served_reported = conn.served
+            if frames:
+                edges.append({"peer": conn.peer, "fps": round(frames / elapsed, 1)})
+        calls = int(sizes.sum())
+        return {
+            "edges": sorted(edges, key=lambda e: e["peer"]),
+            "engine_calls_by_frames": {str(n): int(c) for n, c in enumerate(sizes) if c},
+            "mean_batch": float((sizes * np.arange(sizes.size)).sum() / calls) if calls else 0.0,
+            "max_batch_seen": int(np.flatnonzero(sizes).max()) if calls else 0,
+            "max_batch": self.max_batch,
+            "interval_s": round(elapsed, 2),
+        }
 
     def _drop_stalled(self) -> None:
         now = now_ns()
@@ -550,6 +577,7 @@ class InferenceServer:
         for k, conn in enumerate(batch):
             frame, conn.ready = conn.ready, None
             assert frame is not None
+            conn.served += 1
             keypoints = self._batch_out[k]
             self._send(
                 conn, status, frame.seq, conn.recv_ns, t0, t1, keypoints

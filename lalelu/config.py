@@ -135,6 +135,13 @@ class BackendConfig:
             "engines serve one at a time): the frames that have arrived, never waiting for more; 1 = serial",
         ),
     )
+    state_file: str = field(
+        default="",
+        metadata=_rule(
+            doc="JSON state (the edges served, frames per engine call) rewritten every 5 s for `lalelu "
+            "check`; empty = $RUNTIME_DIRECTORY/backend-state.json under systemd, none elsewhere"
+        ),
+    )
     busy_poll_ms: float = field(
         default=0.0,
         metadata=_rule(

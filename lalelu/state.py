@@ -11,13 +11,15 @@ from pathlib import Path
 
 STATE_NAME = "edge-state.json"
 SERVICE_STATE = Path("/run/lalelu") / STATE_NAME  # RuntimeDirectory=lalelu of the lalelu-edge unit
+BACKEND_STATE_NAME = "backend-state.json"  # the backend's: the edges it serves and how it batches them
+SERVICE_BACKEND_STATE = Path("/run/lalelu") / BACKEND_STATE_NAME
 
 
-def state_path(configured: str) -> Path | None:
+def state_path(configured: str, name: str = STATE_NAME) -> Path | None:
     if configured:
         return Path(configured)
     runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    return Path(runtime) / STATE_NAME if runtime else None
+    return Path(runtime) / name if runtime else None
 
 
 def write_state(path: Path, state: dict) -> None:
@@ -32,6 +34,16 @@ def read_state(path: Path = SERVICE_STATE) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def band_line(state: dict) -> str:
+    """The backend's state in one line: its edges and frames per engine call."""
+    edges = ", ".join(f"{e['peer']} {e['fps']:.0f} fps" for e in state["edges"]) or "no edge sending"
+    return (
+        f"{len(state['edges'])} edge(s): {edges}; frames per engine call mean {state['mean_batch']:.2f}, "
+        f"up to {state['max_batch_seen']} (of {state['max_batch']}); served p50 {state['served_p50_ms']:.2f} / "
+        f"p99 {state['served_p99_ms']:.2f} ms"
+    )
 
 
 def status_line(state: dict) -> str:

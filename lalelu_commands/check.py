@@ -20,7 +20,14 @@ from lalelu.errors import ConfigError, LaleluError
 from lalelu.gestures.consumer import sound_leaves_here
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.realtime import GOVERNOR, ISOLATED_CPUS, cpu_list, read_kernel_value
-from lalelu.state import SERVICE_STATE, read_state, state_path
+from lalelu.state import (
+    BACKEND_STATE_NAME,
+    SERVICE_BACKEND_STATE,
+    SERVICE_STATE,
+    band_line,
+    read_state,
+    state_path,
+)
 from lalelu.timing import summarize_ns
 from lalelu.wire import (
     NEEDS_KEY,
@@ -153,6 +160,30 @@ def live_from_state(
 def check_running_edge(cfg: Config, p99_limit_ms: float, min_fps_ratio: float = 0.9) -> list[Check]:
     path = state_path(cfg.edge.state_file) or SERVICE_STATE
     return live_from_state(read_state(path), cfg.camera.fps, p99_limit_ms, time.time(), min_fps_ratio)
+
+
+def band_from_state(state: dict | None, now: float, report_s: float = 5.0) -> Check:
+    """The running backend's edges and batches, from the state file it rewrites every `report_s`."""
+    if state is None:
+        return Check(
+            "band", WARN, f"the running backend has written no state yet ({SERVICE_BACKEND_STATE}): wait 10 s"
+        )
+    age = now - float(state.get("time", 0))
+    if age > 3 * report_s + 5:
+        return Check(
+            "band",
+            NO_GO,
+            f"the running backend's state is {age:.0f} s old (it reports every {report_s:g} s): its loop is "
+            "stuck; `journalctl -u lalelu-backend`",
+        )
+    if not state.get("edges"):
+        return Check("band", WARN, f"no edge sent frames in the last {state.get('interval_s', report_s):g} s")
+    return Check("band", GO, band_line(state))
+
+
+def check_running_backend(cfg: Config) -> Check:
+    path = state_path(cfg.backend.state_file, BACKEND_STATE_NAME) or SERVICE_BACKEND_STATE
+    return band_from_state(read_state(path), time.time())
 
 
 def check_service(role: str, pid: int, state: str) -> Check:
@@ -391,6 +422,8 @@ def run_checks(
         else:
             checks += check_local_model(cfg, frames, p99_limit_ms)
     else:
+        if pid:
+            checks.append(check_running_backend(cfg))
         checks += check_local_model(cfg, frames, p99_limit_ms)
     if sound_leaves_here(cfg, role):
         checks.append(check_output(cfg))

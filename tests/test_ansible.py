@@ -230,6 +230,53 @@ def _changed(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", output, re.M)}
 
 
+BAND_INVENTORY = """
+all:
+  children:
+    edge:
+      hosts:
+        pi-a: {ansible_host: 192.0.2.21}
+        pi-b: {ansible_host: 192.0.2.22}
+        pi-c: {ansible_host: 192.0.2.23, lalelu_edge_backend_host: gpu-b}
+        pi-d: {ansible_host: 10.0.0.5, lalelu_edge_address: 192.0.2.24}
+    backend:
+      hosts:
+        gpu-a: {ansible_host: 192.0.2.10}
+        gpu-b: {ansible_host: 192.0.2.11, lalelu_backend_address: gpu-b.local}
+"""
+
+SHOW_LINKS = """
+- hosts: all
+  gather_facts: false
+  connection: local
+  tasks:
+    - ansible.builtin.debug:
+        msg: "{{ lalelu_app_config.edge.backend if 'edge' in group_names else lalelu_app_config.backend.allow }}"
+"""
+
+
+def test_a_band_shares_its_backend_and_each_backend_allows_only_its_own_edges(tmp_path):
+    """The production group_vars on an inventory of four edges and two backends: edges go to the first
+    backend unless they name another, and each backend's allow-list (and firewall) holds exactly its edges."""
+    (tmp_path / "group_vars").symlink_to(ANSIBLE / "group_vars")  # as site.yml sees them: beside the play
+    (tmp_path / "hosts.yml").write_text(BAND_INVENTORY)
+    (tmp_path / "show.yml").write_text(SHOW_LINKS)
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_NOCOLOR="1")
+    r = _run(
+        [str(BIN / "ansible-playbook"), "-i", "hosts.yml", "show.yml"], cwd=tmp_path, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    shown = {h: v["msg"] for h, v in json.loads(r.stdout)["plays"][0]["tasks"][0]["hosts"].items()}
+    assert shown == {
+        "pi-a": "192.0.2.10:7600",
+        "pi-b": "192.0.2.10:7600",
+        "pi-c": "gpu-b.local:7600",
+        "pi-d": "192.0.2.10:7600",
+        "gpu-a": ["192.0.2.21", "192.0.2.22", "192.0.2.24"],
+        "gpu-b": ["192.0.2.23"],
+    }
+
+
 def test_ansible_lint_production_and_syntax():
     r = _run(
         [str(BIN / "ansible-playbook"), "--syntax-check", "-i", "inventory/hosts.yml", "site.yml"],
@@ -456,6 +503,10 @@ def validation_root(base_rootfs, tmp_path_factory):
             "lalelu_app_models: .* has sha256 .*the inventory says",
         ),
         ({"lalelu_link_key": '"short"'}, "lalelu_link_key on pi-rootfs is 5 characters"),
+        (
+            {"lalelu_edge_backend_host": "gpu-nowhere"},
+            "lalelu_edge_backend_host = gpu-nowhere on pi-rootfs is not a host",
+        ),
         ({"lalelu_monitor_token": '"short"'}, "lalelu_monitor_token on pi-rootfs is 5 characters"),
         # a platform the locks do not cover (here: no locks at all), refused before anything changes
         ({"lalelu_app_lock_dir": '"/nonexistent/locks"'}, r"has\s+no\s+lock\s+\(cp3\d+-x86_64-glibc"),

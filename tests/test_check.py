@@ -105,6 +105,55 @@ def test_a_running_edge_is_judged_from_the_state_file_it_writes(tmp_path):
     assert lost[2].detail.startswith("local, reconnecting: the backend pc:7600 does not answer")
 
 
+def test_a_running_backend_is_judged_by_the_edges_it_serves_from_its_state_file(tmp_path):
+    """The real backend rewrites its state every 5 s: the edges that sent frames (each host its own) and
+    the frames per engine call; check shows that line, and says so when it is missing, stale or empty."""
+    import socket
+    import time
+
+    import numpy as np
+    from conftest import Backend
+
+    from lalelu.state import read_state
+    from lalelu.wire import PixelFormat, encode_frame_header, round_trip
+    from lalelu_commands.check import GO, NO_GO, WARN, band_from_state
+
+    config = tmp_path / "backend.toml"
+    state_file = tmp_path / "backend-state.json"
+    config.write_text(f'[engine]\nkind = "litert"\nthreads = 1\n[backend]\nstate_file = "{state_file}"\n')
+    backend = Backend(tmp_path, "--config", str(config))
+    frame = np.zeros((240, 320, 3), np.uint8).tobytes()
+    try:
+        edges = [
+            socket.create_connection(("127.0.0.1", backend.port), timeout=10, source_address=(host, 0))
+            for host in ("127.0.0.2", "127.0.0.3")
+        ]
+        out = np.zeros((17, 3), np.float32)
+        deadline = time.monotonic() + 30
+        seq = 0
+        while time.monotonic() < deadline and not (state_file.exists() and read_state(state_file)["edges"]):
+            for sock in edges:
+                header = encode_frame_header(seq, time.monotonic_ns(), PixelFormat.RGB888, 320, 240)
+                assert round_trip(sock, header, frame, out).seq == seq
+            seq += 1
+            time.sleep(0.05)
+        for sock in edges:
+            sock.close()
+    finally:
+        backend.stop()
+    state = read_state(state_file)
+    assert state is not None, (tmp_path / "backend.log").read_text()[-2000:]
+    assert [e["peer"].split(":")[0] for e in state["edges"]] == ["127.0.0.2", "127.0.0.3"], state
+    assert all(e["fps"] > 0 for e in state["edges"]) and state["max_batch"] == 1  # LiteRT: one at a time
+    assert state["engine_calls_by_frames"].keys() == {"1"} and state["mean_batch"] == 1.0
+    band = band_from_state(state, now=state["time"] + 1)
+    assert band.verdict == GO and band.detail.startswith("2 edge(s): 127.0.0.2:"), band
+    assert "frames per engine call mean 1.00, up to 1 (of 1)" in band.detail
+    assert band_from_state(state, now=state["time"] + 60).verdict == NO_GO
+    assert band_from_state(dict(state, edges=[]), now=state["time"]).verdict == WARN
+    assert band_from_state(None, now=0.0).detail.startswith("the running backend has written no state")
+
+
 def test_isolated_cpus_must_be_active_and_hold_the_app():
     from lalelu_commands.check import GO, NO_GO, WARN, isolation_check
 
