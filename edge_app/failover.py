@@ -41,9 +41,11 @@ class Reconnector:
         first_delay_s: float = 0.25,
         max_delay_s: float = 4.0,
         key: bytes = b"",
+        source: str = "",
     ) -> None:
         self.address = address
         self._key = key
+        self._source = source
         self._probe = (fmt, width, height, bytes(payload_size(fmt, width, height)))
         self._timeout_s = connect_timeout_s
         self._first_delay_s, self._max_delay_s = first_delay_s, max_delay_s
@@ -69,7 +71,7 @@ class Reconnector:
 
     def _try_once(self) -> socket.socket:
         fmt, width, height, payload = self._probe
-        sock = connect_backend(self.address, self._timeout_s, self._key)
+        sock = connect_backend(self.address, self._timeout_s, self._key, self._source)
         try:
             # A listening socket is not enough (a stopped process still accepts): it must answer a frame.
             sock.settimeout(self._timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import threading
@@ -38,19 +39,27 @@ class BackendDistrusted(BackendUnavailable):
     """The backend answered with a reply not to be believed: left like a lost one, asked again later."""
 
 
-def connect_backend(address: str, timeout_s: float, key: bytes = b"") -> socket.socket:
+def connect_backend(address: str, timeout_s: float, key: bytes = b"", source: str = "") -> socket.socket:
     """A connected TCP socket to the backend (blocking, no delay), or BackendUnavailable. With a link
-    key the backend must prove it, and this edge proves it back, before the socket is returned."""
+    key the backend must prove it, and this edge proves it back, before the socket is returned.
+    `source`: the local address to connect from ([edge] source_address); "" lets the system choose."""
     try:
         host_port = split_address(address)
         if host_port is None:
             raise OSError(f"{address!r} is not HOST:PORT")
-        sock = socket.create_connection(host_port, timeout=timeout_s)
+        sock = socket.create_connection(
+            host_port, timeout=timeout_s, source_address=(source, 0) if source else None
+        )
     except UnicodeError as exc:  # a host name IDNA cannot encode (empty labels, ...)
         raise BackendUnavailable(
             f"[edge] backend = {address!r}: the host is not a valid name ({exc}); give HOST:PORT"
         ) from exc
     except OSError as exc:
+        if source and exc.errno == errno.EADDRNOTAVAIL:
+            raise BackendUnavailable(
+                f"[edge] source_address = {source!r} is not an address of this machine: set one of its own "
+                "(`ip -brief address`), or leave it empty"
+            ) from exc
         raise BackendUnavailable(
             f"cannot reach the backend at {address} ({exc.strerror or exc}): is `lalelu backend` running "
             "there and is [edge] backend right?"

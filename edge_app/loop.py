@@ -123,10 +123,13 @@ class EdgeLoop:
                 cfg.edge.connect_timeout_s,
                 max_delay_s=cfg.edge.reconnect_max_s,
                 key=key,
+                source=cfg.edge.source_address,
             )
             try:
                 self._poses = self._backend_poses(
-                    connect_backend(cfg.edge.backend, cfg.edge.connect_timeout_s, key)
+                    connect_backend(
+                        cfg.edge.backend, cfg.edge.connect_timeout_s, key, cfg.edge.source_address
+                    )
                 )
                 log.info("sending frames to the backend at %s", cfg.edge.backend)
             except BackendUnavailable as exc:

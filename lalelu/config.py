@@ -171,6 +171,14 @@ class EdgeConfig:
     telemetry: str = field(default="", metadata=_rule(doc="JSON-lines file for per-frame telemetry"))
     seconds: float = field(default=0.0, metadata=_rule(0.0, 10 * 86400))
     connect_timeout_s: float = field(default=5.0, metadata=_rule(0.1, 600))
+    source_address: str = field(
+        default="",
+        metadata=_rule(
+            doc="the local IP address the edge connects to the backend from; empty = the system chooses. "
+            "For a Pi on two networks, or several edges on one machine (the backend counts each address's "
+            "connections and frame share: tools/bench_band.py gives each edge its own 127.0.0.x)"
+        ),
+    )
     fallback: bool = field(
         default=True, metadata=_rule(doc="infer locally with [engine] while the backend is away")
     )

@@ -155,3 +155,45 @@ def test_plot_without_matplotlib_is_refused_before_the_benchmark(monkeypatch, tm
     out = capsys.readouterr()
     assert "--plot needs matplotlib: pip install 'lalelu-drums[bench]'" in out.err
     assert "p50" not in out.out  # refused before benchmarking: no table
+
+
+def test_band_benchmark_runs_k_edges_on_one_backend_and_writes_their_figures(tmp_path):
+    """tools/bench_band.py on this machine's CPU (LiteRT serves one frame at a time, so 'batched' is
+    serial here): every edge of the cell measured over the window they shared, none lost."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "band.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(root / "tools/bench_band.py"),
+            "--config",
+            str(root / "lalelu/data/demo.toml"),
+            "--cells",
+            "2@20",
+            "--seconds",
+            "4",
+            "--variants",
+            "batched",
+            "--backend-cpus",
+            "0",
+            "--edge-cpus",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| batched | 2 | 20 |" in r.stdout
+    (cell,) = json.loads(out.read_text())["cells"]
+    assert len(cell["edges"]) == 2 and cell["window_s"] > 1
+    for edge in cell["edges"]:
+        assert edge["frames"] > 10 and edge["lost"] == 0 and edge["local"] == 0, edge
+        assert 0 < edge["p50_ms"] <= edge["p99_ms"] <= edge["max_ms"], edge
+    served = cell["backend_frames_by_batch"]  # the edges' frames of the window, each in a call of its own
+    assert served.keys() == {"1"} and served["1"] >= sum(e["frames"] for e in cell["edges"])

@@ -11,8 +11,10 @@ Each cell (K edges at F fps, one variant) starts a fresh backend and its K edges
 photo, --seconds each), both apps writing per-frame telemetry. Per edge: capture-to-pose p50, p99 and max
 over the window in which all K edges ran (their first second left out), frames skipped by its latency
 budget and lost (whole run). The backend's rows in that window give the frames-per-engine-call histogram.
-`--baseline DIR`: a third variant, the backend and edges of another checkout (e.g. the commit before the
-batching), run with the same configuration minus the keys it does not know.
+`--baseline DIR`: a third variant, the backend of another checkout (e.g. the commit before the batching)
+with the same configuration minus the keys it does not know, and this checkout's edges. Each edge connects
+from its own loopback address (127.0.0.2, ...), as each Pi of a band has its own: the backend counts
+connections and frame shares per address.
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ def toml_text(data: dict) -> str:
     )
 
 
+def edge_config(config: dict, index: int) -> dict:
+    """Edge `index`'s configuration: its own loopback address, as each Pi of a band has its own (the backend
+    counts connections and frame shares per address)."""
+    data = {section: dict(body) for section, body in config.items()}
+    data.setdefault("edge", {})["source_address"] = f"127.0.0.{index + 2}"
+    return data
+
+
 def cell_config(base: dict, fps: float, max_batch: int | None) -> dict:
     data = {section: dict(body) for section, body in base.items()}
     data.setdefault("camera", {})["fps"] = fps
@@ -108,12 +118,17 @@ def run_cell(
     edge_cpus: list[int],
     work: Path,
 ) -> dict:
-    """One backend and `k` edges of `tree`; the per-edge figures and the backend's batch histogram."""
+    """One backend of `tree` and `k` edges of this checkout; the per-edge figures and the backend's batch
+    histogram."""
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "config.toml"
     cfg_path.write_text(toml_text(config))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH", "")) if p)
+
+    def env_of(checkout: Path) -> dict[str, str]:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(checkout), env.get("PYTHONPATH", "")) if p)
+        return env
+
     cli = [sys.executable, "-m", "lalelu_commands.cli"]
     ready = work / "backend.json"
     with contextlib.ExitStack() as stack:
@@ -133,7 +148,7 @@ def run_cell(
                 "--cpus",
                 ",".join(map(str, backend_cpus)),
             ],
-            env=env,
+            env=env_of(tree),
             cwd=tree,
             stdout=subprocess.DEVNULL,
             stderr=backend_log,
@@ -146,13 +161,15 @@ def run_cell(
                 raise LaleluError(f"{exc}{log_tail(work, 'backend')}") from None
             for e in range(k):
                 log = stack.enter_context(open(work / f"edge{e}.log", "wb"))
+                edge_cfg = work / f"edge{e}.toml"
+                edge_cfg.write_text(toml_text(edge_config(config, e)))
                 edges.append(
                     subprocess.Popen(
                         [
                             *cli,
                             "edge",
                             "--config",
-                            str(cfg_path),
+                            str(edge_cfg),
                             "--backend",
                             f"127.0.0.1:{port}",
                             "--seconds",
@@ -164,8 +181,8 @@ def run_cell(
                             "--cpus",
                             str(edge_cpus[e % len(edge_cpus)]),
                         ],
-                        env=env,
-                        cwd=tree,
+                        env=env_of(ROOT),  # the edges are this checkout's: only the backend differs
+                        cwd=ROOT,
                         stdout=subprocess.DEVNULL,
                         stderr=log,
                     )
