@@ -107,19 +107,21 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
             key=key,
             max_fps_per_edge=cfg.backend.max_fps_per_edge,
             max_batch=b.max_batch,
+            batches_in_flight=b.batches_in_flight,
         )
         telemetry = stack.enter_context(open(cfg.backend.telemetry, "w")) if cfg.backend.telemetry else None
         reporter = stack.enter_context(Reporter())  # closed before the file: its writes are done first
         service.go_realtime()
         affinity, fifo = service.affinity, service.fifo
         log.info(
-            "backend %s on %s:%d, engine %s (input %s %s, batches of up to %d), CPUs %s, SCHED_FIFO %s",
+            "backend %s on %s:%d, engine %s (input %s %s, batches of up to %d, %d in flight), CPUs %s, SCHED_FIFO %s",
             server.address[0],
             *server.address,
             engine.name,
             engine.input.shape,
             engine.input.dtype,
             server.max_batch,
+            max(1, server.slots),
             affinity,
             fifo,
         )

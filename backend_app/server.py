@@ -126,6 +126,7 @@ class InferenceServer:
         key: bytes = b"",
         max_fps_per_edge: float = 250.0,
         max_batch: int = 1,
+        batches_in_flight: int = 2,
     ) -> None:
         self.busy_poll_s = busy_poll_s
         # an engine that cannot batch (LiteRT, a stand-in) is served one frame at a time
@@ -137,6 +138,13 @@ class InferenceServer:
         self._batch_out = np.zeros((self.max_batch, NUM_KEYPOINTS, 3), np.float32)
         self._sizes_reported = self.batch_sizes.copy()
         self._reported_at = time.monotonic()
+        # An engine with slots (torch-cuda) takes a batch while another is still on the GPU: a frame that
+        # arrives then starts at once instead of waiting for the running batch. Serial (max_batch 1) waits.
+        slots = min(int(getattr(estimator, "slots", 0)), batches_in_flight)
+        self.slots = slots if self.max_batch > 1 and slots > 1 else 0
+        self._slot_conns: list[list[Connection]] = [[] for _ in range(self.slots)]
+        self._slot_rusage: list[resource.struct_rusage | None] = [None] * self.slots
+        self._in_flight: list[tuple[int, int]] = []  # (slot, launched ns), oldest first
         # Each host's token bucket: max_fps_per_edge frames a second, bursts of 0.1 s (a camera's jitter)
         self.max_fps_per_edge = max_fps_per_edge
         self._burst = max(4.0, max_fps_per_edge / 10)
@@ -186,7 +194,8 @@ class InferenceServer:
             while self._running and (now := time.monotonic()) < end:
                 if watchdog is not None:
                     watchdog.kick()  # every pass: a pass handles at most one frame per edge
-                events = self._sel.select(timeout=0.0 if now < poll_until else 0.2)
+                # batches on the GPU: poll (they end within milliseconds) rather than sleep through the end
+                events = self._sel.select(timeout=0.0 if now < poll_until or self._in_flight else 0.2)
                 if events and self.busy_poll_s:
                     poll_until = time.monotonic() + self.busy_poll_s
                 for key, mask in events:
@@ -198,6 +207,8 @@ class InferenceServer:
                         self._on_readable(key.data)
                     if key.data is not None and mask & selectors.EVENT_WRITE:
                         self._flush(key.data)
+                if self._in_flight:
+                    self._collect_done()
                 if self._ready:
                     self._serve_ready()
                 now = time.monotonic()
@@ -530,7 +541,7 @@ class InferenceServer:
         """Infer every frame that has arrived, oldest first: up to max_batch of one geometry per engine
         call (edges of one band share their cameras' geometry, so one call in the usual case)."""
         ready, batch = self._ready, self._batch
-        while ready:
+        while ready and (not self.slots or len(self._in_flight) < self.slots):
             first = ready[0]
             batch.clear()
             keep = 0
@@ -543,16 +554,74 @@ class InferenceServer:
                     ready[keep] = conn
                     keep += 1
             del ready[keep:]
-            if batch:
+            if batch and self.slots:
+                self._launch(batch)
+            elif batch:
                 self._infer(batch)
 
-    def _infer(self, batch: list[Connection]) -> None:
-        n = len(batch)
+    def _frames_of(self, batch: list[Connection]) -> list[np.ndarray]:
         frames = self._batch_frames
         frames.clear()
         for conn in batch:
             assert conn.pixels is not None
             frames.append(conn.pixels)
+        return frames
+
+    def _launch(self, batch: list[Connection]) -> None:
+        """Start the batch in a free slot; its replies go out when _collect_done finds it finished."""
+        header = batch[0].ready
+        assert header is not None
+        frames = self._frames_of(batch)
+        before = resource.getrusage(resource.RUSAGE_THREAD)
+        t0 = now_ns()
+        try:
+            slot = self.estimator.launch_batch(frames, header.pixel_format, header.width, header.height)
+        except Exception:  # an engine failure must not take down the other edges
+            log.exception(
+                "inference failed for %d frame(s) from %s", len(batch), ", ".join(c.peer for c in batch)
+            )
+            self._answer(batch, Status.ENGINE_ERROR, t0, now_ns(), before, before)
+            return
+        self._slot_conns[slot][:] = batch
+        self._slot_rusage[slot] = before
+        self._in_flight.append((slot, t0))
+
+    def _collect_done(self) -> None:
+        """Answer every batch in flight that has finished (each edge has one frame at most in flight, so
+        finishing out of launch order reorders nobody's replies)."""
+        k = 0
+        while k < len(self._in_flight):
+            slot, t0 = self._in_flight[k]
+            try:
+                done = self.estimator.batch_done(slot)
+            except Exception:
+                done = True  # collect_batch raises it again and answers the batch ENGINE_ERROR
+            if not done:
+                k += 1
+                continue
+            del self._in_flight[k]
+            batch = self._slot_conns[slot]
+            header = batch[0].ready
+            assert header is not None
+            status = Status.OK
+            try:
+                self.estimator.collect_batch(
+                    slot, header.pixel_format, header.width, header.height, self._batch_out
+                )
+            except Exception:
+                log.exception(
+                    "inference failed for %d frame(s) from %s", len(batch), ", ".join(c.peer for c in batch)
+                )
+                status = Status.ENGINE_ERROR
+            before = self._slot_rusage[slot]
+            assert before is not None
+            self._answer(batch, status, t0, now_ns(), before, resource.getrusage(resource.RUSAGE_THREAD))
+            batch.clear()
+
+    def _infer(self, batch: list[Connection]) -> None:
+        """The batch inferred and waited for (an engine without slots, or max_batch 1)."""
+        n = len(batch)
+        frames = self._frames_of(batch)
         header = batch[0].ready
         assert header is not None
         fmt, width, height = header.pixel_format, header.width, header.height
@@ -568,8 +637,20 @@ class InferenceServer:
         except Exception:  # an engine failure must not take down the other edges
             log.exception("inference failed for %d frame(s) from %s", n, ", ".join(c.peer for c in batch))
             status = Status.ENGINE_ERROR
-        t1 = now_ns()
-        after = resource.getrusage(resource.RUSAGE_THREAD)
+        self._answer(batch, status, t0, now_ns(), before, resource.getrusage(resource.RUSAGE_THREAD))
+
+    def _answer(
+        self,
+        batch: list[Connection],
+        status: Status,
+        t0: int,
+        t1: int,
+        before: resource.struct_rusage,
+        after: resource.struct_rusage,
+    ) -> None:
+        """Each frame's reply (poses from _batch_out), telemetry row and pose to the sound consumer."""
+        n = len(batch)
+        est = self.estimator
         self.counters.frames += n
         self.counters.batches += 1
         self.batch_sizes[n] += 1

@@ -135,6 +135,15 @@ class BackendConfig:
             "engines serve one at a time): the frames that have arrived, never waiting for more; 1 = serial",
         ),
     )
+    batches_in_flight: int = field(
+        default=2,
+        metadata=_rule(
+            1,
+            2,
+            doc="batches on the GPU at once (torch-cuda): 2 = frames that arrive while a batch runs start "
+            "at once beside it; 1 = they wait for it",
+        ),
+    )
     state_file: str = field(
         default="",
         metadata=_rule(

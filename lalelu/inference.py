@@ -26,6 +26,9 @@ class PoseEstimator:
         self._infer_frames = getattr(engine, "infer_frames", None)
         self.max_batch = int(getattr(engine, "max_batch", 1)) if self._infer_frames is not None else 1
         self._batch_out = np.zeros((self.max_batch, NUM_KEYPOINTS, 3), np.float32)
+        # batches in flight at once (launch_batch, then collect_batch); 0: the engine only waits
+        self.slots = int(getattr(engine, "slots", 0)) if self._infer_frames is not None else 0
+        self._launched_ns = [0] * self.slots
         # the last frame's stages (ns), for telemetry
         self.pre_ns = self.engine_ns = self.post_ns = 0
         self.device_ns = -1
@@ -92,15 +95,30 @@ class PoseEstimator:
                 raise ValueError(f"{self.engine.name} infers one frame at a time, not {len(frames)}")
             self.estimate(frames[0], fmt, width, height, out[0])
             return
-        t0 = now_ns()
-        lb = self.letterbox(fmt, width, height)
-        n = len(frames)
-        self._infer_frames(frames, fmt, width, height, self._batch_out)
+        self.collect_batch(self.launch_batch(frames, fmt, width, height), fmt, width, height, out)
+
+    def launch_batch(self, frames: Sequence[np.ndarray], fmt: PixelFormat, width: int, height: int) -> int:
+        """Start a batch (an engine with `slots`) and return its slot: collect it with collect_batch once
+        batch_done says so. The frames' buffers must not change until then."""
+        self.letterbox(fmt, width, height)  # a new geometry's set-up happens here, not at collection
+        slot = int(self.engine.launch_frames(frames, fmt, width, height))  # type: ignore[attr-defined]
+        self._launched_ns[slot] = now_ns()
+        return slot
+
+    def batch_done(self, slot: int) -> bool:
+        return bool(self.engine.frames_done(slot))  # type: ignore[attr-defined]
+
+    def collect_batch(self, slot: int, fmt: PixelFormat, width: int, height: int, out: np.ndarray) -> int:
+        """A launched batch's poses into out[:n] in frame pixels (waiting for it if need be); returns n.
+        engine_ns: launch to collected; device_ns: its GPU time."""
+        n = int(self.engine.collect_frames(slot, self._batch_out))  # type: ignore[attr-defined]
         t1 = now_ns()
+        lb = self.letterbox(fmt, width, height)
         for k in range(n):
             lb.to_frame(self._batch_out[k], out[k])
         t2 = now_ns()
-        self.pre_ns, self.engine_ns, self.post_ns = 0, t1 - t0, t2 - t1
+        self.pre_ns, self.engine_ns, self.post_ns = 0, t1 - self._launched_ns[slot], t2 - t1
         if self._device_ms is not None:
             ms = self._device_ms()
             self.device_ns = int(ms * 1e6) if ms == ms else -1
+        return n

@@ -50,6 +50,41 @@ class BatchingEstimator:
             out[k, :, 0] = frame.reshape(-1)[0]
 
 
+class AsyncBatchingEstimator(BatchingEstimator):
+    """Stands in for torch-cuda's slots: up to two batches in flight, each done `seconds` after its launch
+    (a GPU runs them side by side); the server polls batch_done and collects."""
+
+    slots = 2
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self._in_flight: dict[int, tuple[float, list[int]]] = {}  # slot -> (done at, first pixels)
+        self.most_in_flight = 0
+
+    def launch_batch(self, frames, fmt, width, height) -> int:
+        slot = next(s for s in range(self.slots) if s not in self._in_flight)  # StopIteration: none free
+        self._in_flight[slot] = (time.monotonic() + self.seconds, [int(f.reshape(-1)[0]) for f in frames])
+        self.most_in_flight = max(self.most_in_flight, len(self._in_flight))
+        self.calls.append(len(frames))
+        return slot
+
+    def batch_done(self, slot: int) -> bool:
+        return time.monotonic() >= self._in_flight[slot][0]
+
+    def collect_batch(self, slot, fmt, width, height, out) -> int:
+        _, values = self._in_flight.pop(slot)
+        for k, value in enumerate(values):
+            out[k] = 0
+            out[k, :, 0] = value
+        return len(values)
+
+
+ESTIMATORS = [
+    pytest.param(BatchingEstimator, id="waits-for-each-batch"),
+    pytest.param(AsyncBatchingEstimator, id="two-batches-in-flight"),
+]
+
+
 def frame(seq: int, value: int) -> bytes:
     return encode_frame_header(seq, 1, PixelFormat.RGB888, W, H) + bytes([value]) * (W * H * 3)
 
@@ -71,8 +106,9 @@ def play(server: InferenceServer, host: str, value: int, frames: int, fps: float
             time.sleep(max(0.0, 1 / fps - (time.monotonic() - t0)))
 
 
-def test_a_band_is_inferred_in_batches_and_each_edge_gets_its_own_poses_in_order():
-    est = BatchingEstimator(0.02)  # 20 ms a call: four edges at 40 fps would need 80 ms of every 100 serially
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_a_band_is_inferred_in_batches_and_each_edge_gets_its_own_poses_in_order(estimator):
+    est = estimator(0.02)  # 20 ms a call: four edges at 40 fps would need 80 ms of every 100 serially
     server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
     thread = serving(server)
     results: dict[int, list] = {k: [] for k in range(4)}
@@ -98,6 +134,8 @@ def test_a_band_is_inferred_in_batches_and_each_edge_gets_its_own_poses_in_order
     assert server.batch_sizes.sum() == len(est.calls) and server.batch_sizes[2:].sum() > 0
     rows = server.telemetry.recent()
     assert rows.size == 160 and rows["batch"].max() == max(est.calls)
+    if estimator is AsyncBatchingEstimator:  # frames that came while a batch ran started at once
+        assert est.most_in_flight == 2
 
 
 def test_max_batch_one_serves_one_frame_per_call():
@@ -129,8 +167,9 @@ def test_an_engine_that_cannot_batch_is_served_one_frame_at_a_time():
     assert server.max_batch == 1
 
 
-def test_a_flooding_edge_in_the_band_gets_its_share_and_the_others_every_frame():
-    est = BatchingEstimator(0.005)
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_a_flooding_edge_in_the_band_gets_its_share_and_the_others_every_frame(estimator):
+    est = estimator(0.005)
     server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8, max_fps_per_edge=60.0)  # type: ignore[arg-type]
     thread = serving(server)
     stop = threading.Event()
@@ -167,8 +206,9 @@ def test_a_flooding_edge_in_the_band_gets_its_share_and_the_others_every_frame()
     assert flood_statuses.count(Status.BUSY) > flood_statuses.count(Status.OK) > 0
 
 
-def test_a_batch_member_that_drops_its_connection_mid_batch_costs_the_others_nothing():
-    est = BatchingEstimator(0.5)
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_a_batch_member_that_drops_its_connection_mid_batch_costs_the_others_nothing(estimator):
+    est = estimator(0.5)
     server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
     thread = serving(server)
     try:
@@ -177,9 +217,10 @@ def test_a_batch_member_that_drops_its_connection_mid_batch_costs_the_others_not
         time.sleep(0.1)
         first.sendall(frame(0, 1))  # occupies the engine for 0.5 s
         time.sleep(0.15)
-        for k, sock in enumerate(others):  # these three arrive during it: one batch of three after it
+        for k, sock in enumerate(others):  # these three arrive during it: one batch of three
             sock.sendall(frame(0, 2 + k))
-        time.sleep(0.5)  # into that batch's 0.5 s
+        # into that batch's 0.5 s: it starts when the first ends, or at once in the second slot
+        time.sleep(0.25 if estimator is AsyncBatchingEstimator else 0.5)
         gone = others.pop()
         gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         gone.close()  # a reset while its frame is being inferred: its reply cannot be sent

@@ -169,3 +169,51 @@ def test_a_batch_of_raw_frames_gives_each_frame_its_own_pose(cpu_engine, astrona
         np.testing.assert_allclose(together[:n], alone[:n], atol=1e-3)
         assert np.isnan(together[n:]).all()  # rows past the batch untouched
     assert not np.allclose(alone[0], alone[1])  # different photos, different poses: not one pose copied
+
+
+def test_a_band_served_through_the_real_network_gets_each_edge_its_own_pose(cpu_engine, astronaut):
+    """Three edges with three different pictures send at once to a real server on the torch engine (the
+    CPU here: its slots finish at launch): each gets back the pose of its own picture, as inferred alone."""
+    import socket
+    import threading
+
+    import cv2
+
+    from backend_app.server import InferenceServer
+    from lalelu.inference import PoseEstimator
+    from lalelu.wire import REPLY_SIZE, PixelFormat, encode_frame_header, parse_reply_into
+
+    w, h = 320, 240
+    estimator = PoseEstimator(cpu_engine)
+    pictures = [cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA) for p in _photos(astronaut).values()]
+    alone = np.zeros((3, 17, 3), np.float32)
+    for k, picture in enumerate(pictures):
+        estimator.estimate(np.ascontiguousarray(picture), PixelFormat.RGB888, w, h, alone[k])
+    server = InferenceServer(estimator, "127.0.0.1", 0, 1 << 20, max_batch=8)
+    assert server.slots == 2
+    thread = threading.Thread(target=server.serve, kwargs={"tick_s": 0.1}, daemon=True)
+    thread.start()
+    got = np.zeros((3, 3, 17, 3), np.float32)
+    socks = [
+        socket.create_connection(server.address, timeout=30, source_address=(f"127.0.0.{k + 2}", 0))
+        for k in range(3)
+    ]
+    try:
+        for rnd in range(3):
+            for k, sock in enumerate(socks):  # all three in flight together: the server batches them
+                sock.sendall(encode_frame_header(rnd, 1, PixelFormat.RGB888, w, h) + pictures[k].tobytes())
+            for k, sock in enumerate(socks):
+                data = b""
+                while len(data) < REPLY_SIZE:
+                    data += sock.recv(REPLY_SIZE - len(data))
+                assert parse_reply_into(data, got[rnd, k]).seq == rnd
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+        thread.join(10)
+    for rnd in range(3):
+        np.testing.assert_allclose(got[rnd], alone, atol=1e-3)
+    # every frame served once, however the passes happened to group them (test_a_batch_of_raw_frames... and
+    # test_band_serving pin the grouping)
+    assert server.counters.frames == 9 == int((server.batch_sizes * np.arange(server.batch_sizes.size)).sum())

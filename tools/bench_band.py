@@ -38,7 +38,10 @@ sys.path.insert(0, str(ROOT))
 from lalelu.errors import LaleluError  # noqa: E402
 from lalelu_commands.demo import log_tail, wait_until_ready  # noqa: E402
 
-NEW_KEYS = {("backend", "max_batch")}  # what a baseline checkout from before the batching does not know
+NEW_KEYS = {
+    ("backend", "max_batch"),
+    ("backend", "batches_in_flight"),
+}  # what a baseline checkout from before the batching does not know
 
 
 def cpu_list(text: str) -> list[int]:
@@ -84,7 +87,7 @@ def edge_config(config: dict, index: int) -> dict:
     return data
 
 
-def cell_config(base: dict, fps: float, max_batch: int | None) -> dict:
+def cell_config(base: dict, fps: float, max_batch: int | None, in_flight: int = 2) -> dict:
     data = {section: dict(body) for section, body in base.items()}
     data.setdefault("camera", {})["fps"] = fps
     data.setdefault("edge", {})["fallback"] = False  # the edges measure the backend, never their own engine
@@ -100,6 +103,7 @@ def cell_config(base: dict, fps: float, max_batch: int | None) -> dict:
             data.get(section, {}).pop(key, None)
     else:
         backend["max_batch"] = max_batch
+        backend["batches_in_flight"] = in_flight
     return data
 
 
@@ -318,22 +322,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend-cpus", default="2", help="the backend's core(s) (%(default)s)")
     p.add_argument("--edge-cpus", default="4-15", help="the edges' cores, one each, in turn (%(default)s)")
     p.add_argument("--max-batch", type=int, default=8, help="[backend] max_batch of 'batched' (%(default)s)")
-    p.add_argument("--variants", default="serial,batched", help="of serial, batched (%(default)s)")
+    p.add_argument(
+        "--variants", default="serial,batched", help="of serial, batched-wait, batched (%(default)s)"
+    )
     p.add_argument("--baseline", type=Path, help="another checkout, run as the variant 'baseline' first")
     p.add_argument("--keep", type=Path, help="keep every cell's logs and telemetry here")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     base = tomllib.loads(args.config.read_text())
-    variants: list[tuple[str, Path, int | None]] = []
+    # (name, checkout, max_batch, batches in flight): serial is this checkout one frame at a time,
+    # batched-wait waits for each batch, batched starts a batch beside a running one
+    known = {"serial": (1, 1), "batched-wait": (args.max_batch, 1), "batched": (args.max_batch, 2)}
+    variants: list[tuple[str, Path, int | None, int]] = []
     if args.baseline is not None:
-        variants.append(("baseline", args.baseline.resolve(), None))
+        variants.append(("baseline", args.baseline.resolve(), None, 1))
     for name in args.variants.split(","):
-        variants.append((name, ROOT, 1 if name == "serial" else args.max_batch))
+        if name not in known:
+            raise SystemExit(f"bench_band: unknown variant {name!r}: choose from {', '.join(known)}")
+        variants.append((name, ROOT, *known[name]))
     cells = parse_cells(args.cells)
     results = []
     with tempfile.TemporaryDirectory(prefix="lalelu-band-") as tmp:
         work = args.keep or Path(tmp)
-        for name, tree, max_batch in variants:
+        for name, tree, max_batch, in_flight in variants:
             for k, fps in cells:
                 label = f"{name}-k{k}-{fps:g}"
                 print(f"bench_band: {label}", file=sys.stderr, flush=True)
@@ -342,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry.update(
                         run_cell(
                             tree,
-                            cell_config(base, fps, max_batch),
+                            cell_config(base, fps, max_batch, in_flight),
                             k,
                             args.seconds,
                             cpu_list(args.backend_cpus),

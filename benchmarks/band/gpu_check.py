@@ -54,6 +54,36 @@ for fmt in (PixelFormat.RGB888, PixelFormat.YUV420):
             "device_ms": estimator.device_ns / 1e6,
         }
         print(fmt.name, n, row[n], flush=True)
+    # two batches in flight at once (the server's slots): each frame still gets its own pose, and what
+    # running them side by side costs against one after the other
+    for n in (1, 2, 4):
+        a, b = frames[:n], frames[4 : 4 + n]
+        side = np.zeros((8, 17, 3), np.float32)
+        sa = estimator.launch_batch(a, fmt, w, h)
+        sb = estimator.launch_batch(b, fmt, w, h)
+        estimator.collect_batch(sa, fmt, w, h, side[:4])
+        estimator.collect_batch(sb, fmt, w, h, side[4:])
+        diff = max(
+            float(np.abs(side[:n] - alone[:n]).max()), float(np.abs(side[4 : 4 + n] - alone[4 : 4 + n]).max())
+        )
+        both, one_then_other = [], []
+        for _ in range(300):
+            t0 = time.perf_counter_ns()
+            sa = estimator.launch_batch(a, fmt, w, h)
+            sb = estimator.launch_batch(b, fmt, w, h)
+            estimator.collect_batch(sa, fmt, w, h, side[:4])
+            estimator.collect_batch(sb, fmt, w, h, side[4:])
+            both.append(time.perf_counter_ns() - t0)
+            t0 = time.perf_counter_ns()
+            estimator.estimate_batch(a, fmt, w, h, side[:4])
+            estimator.estimate_batch(b, fmt, w, h, side[4:])
+            one_then_other.append(time.perf_counter_ns() - t0)
+        row[f"two-in-flight-{n}"] = {
+            "max_abs_diff_vs_alone": diff,
+            "side_by_side_p50_ms": float(np.median(both) / 1e6),
+            "one_after_other_p50_ms": float(np.median(one_then_other) / 1e6),
+        }
+        print(fmt.name, f"two batches of {n}", row[f"two-in-flight-{n}"], flush=True)
     result[fmt.name] = row
 if len(sys.argv) > 2:
     Path(sys.argv[2]).write_text(json.dumps(result, indent=1))

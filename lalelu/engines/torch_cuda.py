@@ -3,13 +3,17 @@
 Per frame, the camera's raw frame (RGB888 or I420, as it came from the socket into a pinned buffer of
 `frame_buffer`) is copied to the GPU; one graph replay converts the colours, letterboxes (gpu_letterbox.py),
 runs the network and the decode, and copies the 17 keypoints back into pinned host memory; one event
-synchronization ends the frame: no per-frame image work on the CPU. `infer` (the benchmark's entry) takes
+synchronization ends the frame: no per-frame image work on the CPU. A band's frames go through in batches
+(a graph per batch size), and up to SLOTS batches at once, each on a CUDA stream of its own: the backend
+launches a batch the moment its frames are in, while another still runs, and collects each when its event
+says it is done (`launch_frames`, `frames_done`, `collect_frames`). `infer` (the benchmark's entry) takes
 an already letterboxed image from the pinned `input` instead. `mode="eager"` runs the same steps op by op (the launch-bound baseline); `compile=True` lets torch.compile
 fuse the small layers first (tens of seconds more at start, a quarter less GPU time per frame).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,9 +26,21 @@ from lalelu.preprocess import LetterboxGeometry, frame_shape
 from lalelu.wire import PixelFormat, payload_size
 
 MAX_GEOMETRIES = 8  # a graph per camera geometry; an edge keeps its geometry, so more means a hostile client
-MAX_BATCH = (
-    16  # frames one replay infers together: graphs are captured per batch size up to the configured one
-)
+# frames one replay infers together: graphs are captured per batch size up to the configured one
+MAX_BATCH = 16
+SLOTS = 2  # batches in flight at once, each with its own stream, buffers and graphs
+
+
+class _Slot:
+    """One batch in flight: its stream and events (GPU), its graph's state and frame count."""
+
+    def __init__(self, torch, on_gpu: bool) -> None:
+        self.stream = torch.cuda.Stream() if on_gpu else None
+        self.start = torch.cuda.Event(enable_timing=True) if on_gpu else None
+        self.done = torch.cuda.Event(enable_timing=True) if on_gpu else None
+        self.host_out: np.ndarray | None = None
+        self.n = 0
+
 
 PRECISIONS = ("fp32", "tf32", "fp16")
 MODES = ("graph", "eager")
@@ -108,11 +124,15 @@ class TorchCudaEngine(WarmUpByInfer):
         self.max_batch = 1 if compile else MAX_BATCH
         self._graph = None
         self._torch = torch
-        self._frame_graphs: dict[tuple[int, int, int, int], tuple] = {}
+        self._frame_graphs: dict[tuple[int, int, int, int, int], tuple] = {}
         self._pinned: dict[int, object] = {}  # address of a frame_buffer array -> its pinned tensor
+        self.slots = SLOTS
+        self._slots = [_Slot(torch, on_gpu) for _ in range(SLOTS)]
+        self._free = list(range(SLOTS - 1, -1, -1))  # popped from the end: slot 0 first
         if on_gpu:
             self._start = torch.cuda.Event(enable_timing=True)
             self._done = torch.cuda.Event(enable_timing=True)
+            self._timed = (self._start, self._done)  # the events of the last replay collected
         if mode == "graph":
             self._graph = self._capture(self._step)
 
@@ -141,20 +161,12 @@ class TorchCudaEngine(WarmUpByInfer):
         torch.cuda.synchronize()
         return graph
 
-    def _run(
-        self, step: Callable[[], None], graph, host_out: np.ndarray, out: np.ndarray, frames=None, raw=None
-    ) -> None:
-        """One replay: `frames` copied into `raw` (outside any graph), then the graph's replay or `step`,
-        timed by CUDA events on a GPU; the keypoints from `host_out` into `out`."""
+    def _run(self, step: Callable[[], None], graph, host_out: np.ndarray, out: np.ndarray) -> None:
+        """One replay of `graph` (or `step`), timed by CUDA events on a GPU and waited for; the keypoints
+        from `host_out` into `out`."""
         on_gpu = self.device.type == "cuda"
         if on_gpu:
             self._start.record()
-        if frames is not None:
-            for row, frame in zip(raw, frames, strict=False):
-                host = self._pinned.get(frame.ctypes.data)
-                if host is None:  # not from frame_buffer: pageable memory, copied synchronously
-                    host = self._torch.from_numpy(np.ascontiguousarray(frame).reshape(-1))
-                row.copy_(host.view(-1), non_blocking=True)  # type: ignore[attr-defined]
         if graph is not None:
             graph.replay()
         else:
@@ -163,6 +175,7 @@ class TorchCudaEngine(WarmUpByInfer):
         if on_gpu:
             self._done.record()
             self._done.synchronize()  # the one synchronization per replay
+            self._timed = (self._start, self._done)
         out[:] = host_out
 
     def frame_buffer(self, fmt: PixelFormat, width: int, height: int) -> np.ndarray:
@@ -176,14 +189,14 @@ class TorchCudaEngine(WarmUpByInfer):
         self._pinned[array.ctypes.data] = t
         return array
 
-    def _frame_graph(self, fmt: PixelFormat, width: int, height: int, n: int) -> tuple:
-        """(device raw frames, step, graph or None, host keypoints) for `n` frames of one camera geometry;
-        captured at the first such batch, or ahead by `prepare_batches`."""
+    def _frame_graph(self, fmt: PixelFormat, width: int, height: int, n: int, slot: int) -> tuple:
+        """(device raw frames, step, graph or None, host keypoints) for `n` frames of one camera geometry in
+        one slot; captured at the first such batch, or ahead by `prepare_batches`."""
         from lalelu.engines.gpu_letterbox import TorchLetterbox
 
         torch = self._torch
-        if len(self._frame_graphs) >= MAX_GEOMETRIES * self.max_batch:
-            self._frame_graphs.clear()
+        if len(self._frame_graphs) >= MAX_GEOMETRIES * self.max_batch * SLOTS:
+            self._frame_graphs.clear()  # a slot in flight keeps its own state
         on_gpu = self.device.type == "cuda"
         raw = torch.zeros((n, payload_size(fmt, width, height)), dtype=torch.uint8, device=self.device)
         in_h, in_w = self._dev_in.shape[1:3]
@@ -209,26 +222,80 @@ class TorchCudaEngine(WarmUpByInfer):
                 host_out.copy_(self._forward(dev_in), non_blocking=True)
 
         graph = self._capture(step) if self.mode == "graph" else None
-        state = self._frame_graphs[(int(fmt), width, height, n)] = (raw, step, graph, host_out.numpy())
+        state = (raw, step, graph, host_out.numpy())
+        self._frame_graphs[(int(fmt), width, height, n, slot)] = state
         return state
 
     def prepare_batches(self, fmt: PixelFormat, width: int, height: int, max_batch: int) -> None:
-        """Capture the graphs of every batch size up to `max_batch` now, not at a band's first full batch."""
-        for n in range(1, min(max_batch, self.max_batch) + 1):
-            if (int(fmt), width, height, n) not in self._frame_graphs:
-                self._frame_graph(fmt, width, height, n)
+        """Capture the graphs of every batch size up to `max_batch`, in every slot, now: not at a band's
+        first full batch."""
+        for slot in range(SLOTS):
+            for n in range(1, min(max_batch, self.max_batch) + 1):
+                if (int(fmt), width, height, n, slot) not in self._frame_graphs:
+                    self._frame_graph(fmt, width, height, n, slot)
+
+    def launch_frames(self, frames: Sequence[np.ndarray], fmt: PixelFormat, width: int, height: int) -> int:
+        """Start inferring raw camera frames of one geometry (at most `max_batch`) in a free slot, and return
+        the slot; nothing waits for the GPU. The frames' buffers must stay as they are until the slot is
+        collected. Off the GPU the work is done here."""
+        if not self._free:
+            raise RuntimeError(f"torch-cuda: all {SLOTS} slots are in flight; collect one first")
+        torch = self._torch
+        n = len(frames)
+        index = self._free.pop()
+        slot = self._slots[index]
+        try:
+            key = (int(fmt), width, height, n, index)
+            raw, step, graph, host_out = self._frame_graphs.get(key) or self._frame_graph(
+                fmt, width, height, n, index
+            )
+            with contextlib.ExitStack() as on_stream:
+                if slot.stream is not None:
+                    on_stream.enter_context(torch.cuda.stream(slot.stream))
+                    slot.start.record()  # type: ignore[union-attr]
+                for row, frame in zip(raw, frames, strict=False):
+                    host = self._pinned.get(frame.ctypes.data)
+                    if host is None:  # not from frame_buffer: pageable memory, copied synchronously
+                        host = torch.from_numpy(np.ascontiguousarray(frame).reshape(-1))
+                    row.copy_(host.view(-1), non_blocking=True)  # type: ignore[attr-defined]
+                if graph is not None:
+                    graph.replay()
+                else:
+                    with torch.inference_mode():
+                        step()
+                if slot.done is not None:
+                    slot.done.record()
+        except BaseException:
+            self._free.append(index)
+            raise
+        slot.host_out, slot.n = host_out, n
+        return index
+
+    def frames_done(self, index: int) -> bool:
+        """Whether the slot's batch has finished (never blocks)."""
+        done = self._slots[index].done
+        return done is None or bool(done.query())
+
+    def collect_frames(self, index: int, out: np.ndarray) -> int:
+        """The slot's keypoints into out[:n] (rows y, x, score normalized to the letterboxed input), waiting
+        for its batch if it has not finished; frees the slot and returns n."""
+        slot = self._slots[index]
+        try:
+            if slot.done is not None:
+                slot.done.synchronize()  # at once when frames_done said so
+                self._timed = (slot.start, slot.done)
+            assert slot.host_out is not None
+            out[: slot.n] = slot.host_out
+            return slot.n
+        finally:
+            self._free.append(index)
 
     def infer_frames(
         self, frames: Sequence[np.ndarray], fmt: PixelFormat, width: int, height: int, out: np.ndarray
     ) -> None:
         """Raw camera frames of one geometry (at most `max_batch`) -> out[:n] (n, 17, 3) rows (y, x, score)
-        normalized to the letterboxed input: one replay for all of them."""
-        n = len(frames)
-        state = self._frame_graphs.get((int(fmt), width, height, n)) or self._frame_graph(
-            fmt, width, height, n
-        )
-        raw, step, graph, host_out = state
-        self._run(step, graph, host_out, out[:n], frames, raw)
+        normalized to the letterboxed input: one replay for all of them, waited for."""
+        self.collect_frames(self.launch_frames(frames, fmt, width, height), out)
 
     def infer_frame(
         self, frame: np.ndarray, fmt: PixelFormat, width: int, height: int, out: np.ndarray
@@ -240,8 +307,12 @@ class TorchCudaEngine(WarmUpByInfer):
         self._run(self._step, self._graph, self._out, out)
 
     def last_device_ms(self) -> float:
-        """GPU time of the last `infer` (copy in to copy out), from CUDA events; NaN off the GPU."""
-        return float(self._start.elapsed_time(self._done)) if self.device.type == "cuda" else float("nan")
+        """GPU time of the last replay waited for or collected (copy in to copy out), from CUDA events;
+        NaN off the GPU."""
+        if self.device.type != "cuda":
+            return float("nan")
+        start, done = self._timed
+        return float(start.elapsed_time(done))
 
     def close(self) -> None:
         self._graph = None
