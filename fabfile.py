@@ -172,6 +172,23 @@ def check_venv(host: Host) -> None:
         )
 
 
+def live_line(host: Host) -> str:
+    """The running service's own figures, from the state file it rewrites (what `lalelu check` reads): an
+    edge's rate and latency, a backend's edges and frames per engine call."""
+    from lalelu.state import BACKEND_STATE_NAME, STATE_NAME, band_line, status_line
+
+    backend = "edge" not in host.groups
+    # the app's files are 0640 (its unit's UMask): read as root, as `lalelu check` does
+    r = remote(host, [*as_root(host), "cat", f"/run/lalelu/{BACKEND_STATE_NAME if backend else STATE_NAME}"])
+    if r.exited != 0:
+        return "no live figures: the service is not running or has not reported yet"
+    try:
+        state = json.loads(r.stdout)
+        return band_line(state) if backend else status_line(state)
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"live figures unreadable ({exc}): an older lalelu on the host?"
+
+
 @task(
     help={
         "group": "backend, edge or all",
@@ -197,13 +214,15 @@ def bench(
     inventory="",
     results="results",
 ):
-    """Run `lalelu bench` on the chosen hosts, fetch the JSON, print one table, keep results and plots."""
+    """Run `lalelu bench` on the chosen hosts, fetch the JSON, print one table, keep results and plots; then
+    each host's live figures as its service reports them (a backend: the edges it serves, its batches)."""
     from lalelu_commands.bench import format_table
 
     out_dir = Path(results) / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     combined = []
-    for host in select(inventory, group, hosts):
+    chosen = select(inventory, group, hosts)
+    for host in chosen:
         check_venv(host)
         remote_json = f"/tmp/lalelu-bench-{int(time.time())}.json"
         r = remote(
@@ -252,6 +271,10 @@ def bench(
         for line in format_table(report).splitlines()[2:-1]:
             print(f"{report['results'][0]['host']:<16} {line}")
     (out_dir / "combined.json").write_text(json.dumps(combined))
+    width = max(len(h.name) for h in chosen)
+    print("live, as each service reports it:")
+    for host in chosen:
+        print(f"{host.name:<{width}}  {live_line(host)}")
     print(f"results in {out_dir}")
 
 

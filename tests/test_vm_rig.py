@@ -150,6 +150,10 @@ def test_fab_over_the_inventory(rig):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.rstrip().splitlines()[-2:] == ["pi-vm  READY", "pc-vm  READY"], r.stdout
     assert f"go     inference      on the backend {BACKEND_ADDRESS}:7600" in r.stdout
+    # the backend's own line: the edges it serves and its batches (LiteRT on the PC VM: one frame a call)
+    assert re.search(
+        r"^(go|warn)\s+band\s+(1 edge\(s\): \S+ \d+ fps; |no edge sent frames)", r.stdout, re.M
+    ), r.stdout
     assert (
         f"monitor page: http://127.0.0.1:8700/?token={VM_MONITOR_TOKEN}" in r.stdout
     )  # the Pi's ansible_host
@@ -184,6 +188,13 @@ def test_fab_over_the_inventory(rig):
     assert rows == [["pc-vm", "pinned"], ["pc-vm", "plain"], ["pi-vm", "pinned"], ["pi-vm", "plain"]], (
         r.stdout
     )
+    # then each service's live figures: the Pi's mode and latency, the PC's edges and frames per engine call
+    assert re.search(r"^pi-vm\s+(remote|local[^:]*): [\d.]+ fps, latency p50", r.stdout, re.M), r.stdout
+    assert re.search(
+        r"^pc-vm\s+\d edge\(s\): .*frames per engine call mean [\d.]+, up to \d+ \(of 1\); served p50",
+        r.stdout,
+        re.M,
+    ), r.stdout
     FIGURES["fab_bench"] = r.stdout[r.stdout.index("host") :].splitlines()[:5]
     r = fab(inv, "status")
     assert r.returncode == 0 and r.stdout.count("isolated     3") == 2, r.stdout
