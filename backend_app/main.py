@@ -93,7 +93,11 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
             cam = cfg.camera
             starting.phase = f"preparing {cam.width}x{cam.height} {cam.pixel_format} frames on {engine.name}"
             estimator.prepare(
-                PixelFormat.named(cam.pixel_format), cam.width, cam.height, max_batch=b.max_batch
+                PixelFormat.named(cam.pixel_format),
+                cam.width,
+                cam.height,
+                max_batch=b.max_batch,
+                in_flight=b.batches_in_flight,
             )
         server = InferenceServer(
             estimator,

@@ -139,9 +139,9 @@ class BackendConfig:
         default=2,
         metadata=_rule(
             1,
-            2,
+            4,
             doc="batches on the GPU at once (torch-cuda): 2 = frames that arrive while a batch runs start "
-            "at once beside it; 1 = they wait for it",
+            "at once beside it (measured on an H100); 1 = they wait for it; 3-4 not measured yet",
         ),
     )
     state_file: str = field(

@@ -48,15 +48,17 @@ class PoseEstimator:
             self._letterboxes[key] = lb
         return lb
 
-    def prepare(self, fmt: PixelFormat, width: int, height: int, max_batch: int = 1) -> None:
+    def prepare(
+        self, fmt: PixelFormat, width: int, height: int, max_batch: int = 1, in_flight: int = 1
+    ) -> None:
         """Set up for frames of this geometry now rather than at the first one; for batches of up to
-        `max_batch` of them where the engine batches."""
+        `max_batch` of them, `in_flight` at once, where the engine batches."""
         buffer = self.frame_buffer(fmt, width, height)
         buffer[:] = 0
         self.estimate(buffer, fmt, width, height, np.zeros((NUM_KEYPOINTS, 3), np.float32))
         prepare_batches = getattr(self.engine, "prepare_batches", None)
         if prepare_batches is not None and max_batch > 1:
-            prepare_batches(fmt, width, height, max_batch)
+            prepare_batches(fmt, width, height, max_batch, max(1, in_flight))
 
     def frame_buffer(self, fmt: PixelFormat, width: int, height: int) -> np.ndarray:
         """Where a frame of this geometry should be received: the engine's pinned memory where it has it."""

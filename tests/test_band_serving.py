@@ -211,27 +211,46 @@ def test_a_batch_member_that_drops_its_connection_mid_batch_costs_the_others_not
     est = estimator(0.5)
     server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
     thread = serving(server)
+    two_slots = estimator is AsyncBatchingEstimator
     try:
-        first = from_host(server, "127.0.0.2")
+        busy = [from_host(server, "127.0.0.2"), from_host(server, "127.0.0.6")]
         others = [from_host(server, f"127.0.0.{k}") for k in (3, 4, 5)]
         time.sleep(0.1)
-        first.sendall(frame(0, 1))  # occupies the engine for 0.5 s
-        time.sleep(0.15)
-        for k, sock in enumerate(others):  # these three arrive during it: one batch of three
+        # t = 0 and 0.05: two frames of 0.5 s each, one after the other: the engine is busy (with two
+        # slots, both are) until t = 0.5
+        busy[0].sendall(frame(0, 1))
+        time.sleep(0.05)
+        busy[1].sendall(frame(0, 6))
+        time.sleep(0.1)
+        for k, sock in enumerate(others):  # t = 0.15: these wait, then go in one batch at t = 0.5
             sock.sendall(frame(0, 2 + k))
-        # into that batch's 0.5 s: it starts when the first ends, or at once in the second slot
-        time.sleep(0.25 if estimator is AsyncBatchingEstimator else 0.5)
+        time.sleep(0.6)  # t = 0.75: in the middle of that batch
         gone = others.pop()
         gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         gone.close()  # a reset while its frame is being inferred: its reply cannot be sent
-        assert reply(first) == (Status.OK, 0, 1.0)
+        assert [reply(sock) for sock in busy] == [(Status.OK, 0, 1.0), (Status.OK, 0, 6.0)]
         assert [reply(sock) for sock in others] == [(Status.OK, 0, 2.0), (Status.OK, 0, 3.0)]
-        assert est.calls[:2] == [1, 3]
-        for sock in (first, *others):  # the server serves on, the band too
+        # waiting for each batch, the second busy frame joins the three; with two slots it ran beside
+        # the first, and the three went together into the slot that came free first
+        assert est.calls[:3] == ([1, 1, 3] if two_slots else [1, 4]), est.calls
+        for sock in (*busy, *others):  # the server serves on, the band too
             sock.sendall(frame(1, 7))
-        assert [reply(sock)[:2] for sock in (first, *others)] == [(Status.OK, 1)] * 3
-        for sock in (first, *others):
+        assert [reply(sock)[:2] for sock in (*busy, *others)] == [(Status.OK, 1)] * 4
+        for sock in (*busy, *others):
             sock.close()
     finally:
         server.stop()
         thread.join(5)
+
+
+def test_batches_in_flight_is_bounded_by_the_setting_and_by_the_engine():
+    """[backend] batches_in_flight 1 waits for each batch (no slots used); more than the engine has (the
+    stand-in's 2) uses what it has; max_batch 1 is serial whatever the engine offers."""
+    cases = [({"max_batch": 8, "batches_in_flight": 1}, 0), ({"max_batch": 8, "batches_in_flight": 4}, 2)]
+    cases.append(({"max_batch": 1, "batches_in_flight": 2}, 0))
+    for kwargs, slots in cases:
+        server = InferenceServer(AsyncBatchingEstimator(0.0), "127.0.0.1", 0, 1 << 20, **kwargs)  # type: ignore[arg-type]
+        try:
+            assert server.slots == slots, kwargs
+        finally:
+            server.close()

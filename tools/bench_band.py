@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -220,6 +221,7 @@ def analyse_cell(work: Path, k: int) -> dict:
         raise LaleluError(f"the {k} edges of {work} did not run at the same time for more than a second")
     per_edge = []
     for r, s in zip(rows, summaries, strict=True):
+        seqs = [x["seq"] for x in r if start <= x["capture_ns"] <= end and x["pose_ns"] > 0]
         lat = np.array(
             [
                 x["pose_ns"] - x["capture_ns"]
@@ -238,8 +240,11 @@ def analyse_cell(work: Path, k: int) -> dict:
                 "local": sum(x.get("local", 0) for x in r),
                 "inferred": s.get("frames_inferred", 0),
                 "dropped_at_capture": s.get("frames_dropped_at_capture", 0),
+                # whole run (the first frames while K edges connect at once, the last in flight at exit)
                 "skipped": s.get("frames_skipped", 0),
                 "lost": s.get("frames_lost", 0),
+                # frames captured in the window without a pose: skipped by the edge's budget, or lost
+                "no_pose_in_window": (seqs[-1] - seqs[0] + 1 - len(seqs)) if seqs else 0,
             }
         )
     backend = [x for x in read_rows(work / "backend.jsonl") if start <= x["capture_ns"] <= end]
@@ -254,6 +259,27 @@ def analyse_cell(work: Path, k: int) -> dict:
     }
 
 
+VARIANT_ORDER = ("baseline", "serial", "batched-wait", "batched", "batched-4")
+
+
+def reanalyse(kept: Path) -> list[dict]:
+    """The cells of a --keep folder (VARIANT-kK-FPS each), analysed again in the order a run makes them."""
+    cells = []
+    for cell in kept.iterdir():
+        m = re.fullmatch(r"(.+)-k(\d+)-([\d.]+)", cell.name)
+        if m is None or not cell.is_dir():
+            continue
+        variant, k, fps = m[1], int(m[2]), float(m[3])
+        entry: dict = {"variant": variant, "k": k, "fps": fps}
+        try:
+            entry.update(analyse_cell(cell, k))
+        except (LaleluError, OSError, ValueError) as exc:
+            entry["error"] = str(exc)
+        cells.append(entry)
+    rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
+    return sorted(cells, key=lambda c: (rank.get(c["variant"], len(rank)), c["variant"], c["fps"], c["k"]))
+
+
 def headline(cell: dict) -> dict:
     edges = [e for e in cell["edges"] if e["p99_ms"] is not None]
     return {
@@ -262,6 +288,7 @@ def headline(cell: dict) -> dict:
         "max_ms": max(e["max_ms"] for e in edges) if edges else None,
         "skipped": sum(e["skipped"] for e in cell["edges"]),
         "lost": sum(e["lost"] for e in cell["edges"]),
+        "no_pose": sum(e.get("no_pose_in_window", 0) for e in cell["edges"]),
     }
 
 
@@ -271,7 +298,7 @@ def table(results: list[dict]) -> str:
     }
     lines = [
         "| variant | edges | fps | p50 ms (median edge) | p99 ms (worst edge) | max ms | p99 / one edge's "
-        "| skipped | lost | mean frames per call | engine p50 ms |",
+        "| no pose in window | skipped, lost (whole run) | mean frames per call | engine p50 ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
@@ -283,7 +310,8 @@ def table(results: list[dict]) -> str:
         ratio = f"{h['p99_ms'] / single:.2f}" if single and h["p99_ms"] else "-"
         lines.append(
             f"| {r['variant']} | {r['k']} | {r['fps']:g} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {h['max_ms']:.2f} "
-            f"| {ratio} | {h['skipped']} | {h['lost']} | {r['mean_batch'] or 0:.2f} | {r['engine_p50_ms'] or 0:.2f} |"
+            f"| {ratio} | {h['no_pose']} | {h['skipped']}, {h['lost']} | {r['mean_batch'] or 0:.2f} "
+            f"| {r['engine_p50_ms'] or 0:.2f} |"
         )
     return "\n".join(lines)
 
@@ -323,16 +351,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edge-cpus", default="4-15", help="the edges' cores, one each, in turn (%(default)s)")
     p.add_argument("--max-batch", type=int, default=8, help="[backend] max_batch of 'batched' (%(default)s)")
     p.add_argument(
-        "--variants", default="serial,batched", help="of serial, batched-wait, batched (%(default)s)"
+        "--variants",
+        default="serial,batched",
+        help="of serial, batched-wait, batched, batched-4 (%(default)s)",
     )
     p.add_argument("--baseline", type=Path, help="another checkout, run as the variant 'baseline' first")
     p.add_argument("--keep", type=Path, help="keep every cell's logs and telemetry here")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument(
+        "--from", dest="source", type=Path, help="analyse the cells a --keep run left, run nothing"
+    )
     args = p.parse_args(argv)
+    if args.source is not None:
+        results = reanalyse(args.source)
+        print(table(results))
+        if args.json is not None:
+            write_json(args, results)
+        return 1 if any("error" in r for r in results) else 0
     base = tomllib.loads(args.config.read_text())
     # (name, checkout, max_batch, batches in flight): serial is this checkout one frame at a time,
-    # batched-wait waits for each batch, batched starts a batch beside a running one
-    known = {"serial": (1, 1), "batched-wait": (args.max_batch, 1), "batched": (args.max_batch, 2)}
+    # batched-wait waits for each batch, batched starts a batch beside a running one, batched-4 beside three
+    known = {
+        "serial": (1, 1),
+        "batched-wait": (args.max_batch, 1),
+        "batched": (args.max_batch, 2),
+        "batched-4": (args.max_batch, 4),
+    }
     variants: list[tuple[str, Path, int | None, int]] = []
     if args.baseline is not None:
         variants.append(("baseline", args.baseline.resolve(), None, 1))

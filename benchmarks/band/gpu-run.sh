@@ -14,6 +14,6 @@ py=/opt/torch/.venv/bin/python
 { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader; lscpu | grep -E "Model name|^CPU\(s\)"; } | tee "$out/machine.txt"
 [ -n "${SKIP_CHECK:-}" ] || $py benchmarks/band/gpu_check.py .gpu/lightning.onnx "$out/gpu-check.json" 2>&1 | grep -v "^INFO" | tee "$out/gpu-check.txt"
 $py tools/bench_band.py --config benchmarks/live/demo-torch-cuda.toml --cells "${@:-1,2,4,8@100}" \
-  --seconds "${SECONDS_PER_CELL:-8}" --backend-cpus 2 --edge-cpus 4-15 --variants "${VARIANTS:-serial,batched}" ${BASELINE:+--baseline "$BASELINE"} \
+  --seconds "${SECONDS_PER_CELL:-8}" --backend-cpus 2 --edge-cpus 4-15 --variants "${VARIANTS:-batched,batched-4}" ${BASELINE:+--baseline "$BASELINE"} \
   --keep /tmp/band --json "$out/band.json" 2>&1 | tee "$out/band.txt"
 tar czf "$out/cells.tgz" -C /tmp/band .

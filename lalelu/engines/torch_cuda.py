@@ -28,7 +28,9 @@ from lalelu.wire import PixelFormat, payload_size
 MAX_GEOMETRIES = 8  # a graph per camera geometry; an edge keeps its geometry, so more means a hostile client
 # frames one replay infers together: graphs are captured per batch size up to the configured one
 MAX_BATCH = 16
-SLOTS = 2  # batches in flight at once, each with its own stream, buffers and graphs
+# batches in flight at once at most, each with its own stream, buffers and graphs; the backend uses
+# [backend] batches_in_flight of them (free slots are a stack: at most n in flight only ever use the first n)
+SLOTS = 4
 
 
 class _Slot:
@@ -226,10 +228,12 @@ class TorchCudaEngine(WarmUpByInfer):
         self._frame_graphs[(int(fmt), width, height, n, slot)] = state
         return state
 
-    def prepare_batches(self, fmt: PixelFormat, width: int, height: int, max_batch: int) -> None:
-        """Capture the graphs of every batch size up to `max_batch`, in every slot, now: not at a band's
-        first full batch."""
-        for slot in range(SLOTS):
+    def prepare_batches(
+        self, fmt: PixelFormat, width: int, height: int, max_batch: int, slots: int = SLOTS
+    ) -> None:
+        """Capture the graphs of every batch size up to `max_batch` in the first `slots` slots now: not at
+        a band's first full batch."""
+        for slot in range(min(slots, SLOTS)):
             for n in range(1, min(max_batch, self.max_batch) + 1):
                 if (int(fmt), width, height, n, slot) not in self._frame_graphs:
                     self._frame_graph(fmt, width, height, n, slot)
