@@ -19,7 +19,7 @@ from ai_edge_litert.interpreter import Interpreter
 from lalelu.engines import BUNDLED_MODEL
 
 
-def median_ms(run, repeat: int = 50) -> float:
+def median_ms(run, repeat: int = 200) -> float:
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
