@@ -93,7 +93,10 @@ def cell_config(base: dict, fps: float, max_batch: int | None, in_flight: int = 
     data.setdefault("camera", {})["fps"] = fps
     data.setdefault("edge", {})["fallback"] = False  # the edges measure the backend, never their own engine
     data.setdefault("output", {})["kind"] = "log"
-    data.pop("monitor", None)
+    # no monitor page: K edges would each start its process at once and all but one fail on its port (the
+    # H100 run of 2026-12-06 had it on: with K = 4 and 8 every edge's first 0.3 s ran 20-60 ms late while
+    # the backend served each frame in 1.5 ms; whether the monitors' start was why is for the next run)
+    data["monitor"] = {"enabled": False}
     model = data.get("engine", {}).get("model", "")
     if model and not Path(model).is_absolute():  # as this checkout sees it: a baseline tree runs elsewhere
         data["engine"]["model"] = str((ROOT / model).resolve())
