@@ -64,6 +64,9 @@ MAX_PENDING_KEY = 8  # key exchanges not yet proven: a real edge's takes a round
 STALL_S = 5.0  # a frame begun and not finished for this long is from a dead or hostile client
 IDLE_S = 10.0  # an edge sends frames many times a second; a connection silent this long is dead
 ROOM_AFTER_S = 1.0  # when full, a connection silent this long gives its place to a new one
+# A batch on the GPU this long has hung (a batch takes milliseconds): the loop stops kicking the systemd
+# watchdog, which then restarts the backend, as it did when a hung GPU blocked the loop in its wait
+HUNG_BATCH_S = 2.0
 
 
 @dataclass
@@ -145,6 +148,7 @@ class InferenceServer:
         self._slot_conns: list[list[Connection]] = [[] for _ in range(self.slots)]
         self._slot_rusage: list[resource.struct_rusage | None] = [None] * self.slots
         self._in_flight: list[tuple[int, int]] = []  # (slot, launched ns), oldest first
+        self._said_hung = False
         # Each host's token bucket: max_fps_per_edge frames a second, bursts of 0.1 s (a camera's jitter)
         self.max_fps_per_edge = max_fps_per_edge
         self._burst = max(4.0, max_fps_per_edge / 10)
@@ -192,7 +196,7 @@ class InferenceServer:
         poll_until = 0.0
         try:
             while self._running and (now := time.monotonic()) < end:
-                if watchdog is not None:
+                if watchdog is not None and not self._hung():
                     watchdog.kick()  # every pass: a pass handles at most one frame per edge
                 # batches on the GPU: poll (they end within milliseconds) rather than sleep through the end
                 events = self._sel.select(timeout=0.0 if now < poll_until or self._in_flight else 0.2)
@@ -244,6 +248,19 @@ class InferenceServer:
             "max_batch": self.max_batch,
             "interval_s": round(elapsed, 2),
         }
+
+    def _hung(self) -> bool:
+        """Whether the oldest batch in flight has been on the GPU for HUNG_BATCH_S (said once in the log)."""
+        if not self._in_flight or now_ns() - self._in_flight[0][1] < HUNG_BATCH_S * 1e9:
+            return False
+        if not self._said_hung:
+            self._said_hung = True
+            log.error(
+                "a batch has been on the GPU for over %g s: the engine hangs; the watchdog is no longer "
+                "kicked, so systemd restarts the backend",
+                HUNG_BATCH_S,
+            )
+        return True
 
     def _drop_stalled(self) -> None:
         now = now_ns()
@@ -388,6 +405,7 @@ class InferenceServer:
             self._sel.unregister(conn.sock)
         self._connections.pop(conn.sock, None)
         conn.sock.close()
+        conn.outbox.clear()  # nobody to send it to; a frame of its still on the GPU is answered to no one
 
     def _bad(self, conn: Connection, err: ProtocolError) -> None:
         self.counters.bad_packets += 1
@@ -655,9 +673,12 @@ class InferenceServer:
         self.counters.batches += 1
         self.batch_sizes[n] += 1
         sm_mhz = self.gpu_clock.mhz if self.gpu_clock is not None else 0
+        counted = False
         for k, conn in enumerate(batch):
             frame, conn.ready = conn.ready, None
             assert frame is not None
+            if conn.sock.fileno() < 0:
+                continue  # dropped while its frame was on the GPU: no reply, and no pose to play
             conn.served += 1
             keypoints = self._batch_out[k]
             self._send(
@@ -674,14 +695,15 @@ class InferenceServer:
             row["pre_ns"], row["engine_ns"], row["post_ns"] = est.pre_ns, est.engine_ns, est.post_ns
             row["device_ns"] = est.device_ns
             row["batch"] = n
-            # the batch's thread counters on its first row only: sums over rows stay true
-            first = k == 0
+            # the batch's thread counters on its first row only, so that a batch is not counted n times (with
+            # batches in flight they span launch to collection, and two batches' spans can overlap)
+            first, counted = not counted, True
             row["involuntary_switches"] = after.ru_nivcsw - before.ru_nivcsw if first else 0
             row["voluntary_switches"] = after.ru_nvcsw - before.ru_nvcsw if first else 0
             row["minor_faults"] = after.ru_minflt - before.ru_minflt if first else 0
             row["major_faults"] = after.ru_majflt - before.ru_majflt if first else 0
             row["sm_mhz"] = sm_mhz
-            if self.consumer_factory is not None and status == Status.OK:
+            if self.consumer_factory is not None and status == Status.OK and conn.sock.fileno() >= 0:
                 if self.consumer is None:
                     self.consumer = self.consumer_factory(frame.width, frame.height)
                 self.consumer.on_pose(frame.seq, frame.capture_ns, keypoints)
@@ -695,6 +717,8 @@ class InferenceServer:
 
     def _queue(self, conn: Connection, data: bytes | bytearray) -> None:
         """Send `data` now, or what the socket does not take once it can."""
+        if conn.sock.fileno() < 0:
+            return  # dropped: selectors would refuse its closed socket
         if conn.outbox:
             conn.outbox += data
         else:

@@ -57,7 +57,7 @@ class PoseEstimator:
         buffer[:] = 0
         self.estimate(buffer, fmt, width, height, np.zeros((NUM_KEYPOINTS, 3), np.float32))
         prepare_batches = getattr(self.engine, "prepare_batches", None)
-        if prepare_batches is not None and max_batch > 1:
+        if prepare_batches is not None and max_batch > 1 and self.max_batch > 1:  # not a compiled engine
             prepare_batches(fmt, width, height, max_batch, max(1, in_flight))
 
     def frame_buffer(self, fmt: PixelFormat, width: int, height: int) -> np.ndarray:

@@ -243,6 +243,7 @@ all:
       hosts:
         gpu-a: {ansible_host: 192.0.2.10}
         gpu-b: {ansible_host: 192.0.2.11, lalelu_backend_address: gpu-b.local}
+        gpu-idle: {ansible_host: 192.0.2.12}
 """
 
 SHOW_LINKS = """
@@ -274,6 +275,7 @@ def test_a_band_shares_its_backend_and_each_backend_allows_only_its_own_edges(tm
         "pi-d": "192.0.2.10:7600",
         "gpu-a": ["192.0.2.21", "192.0.2.22", "192.0.2.24"],
         "gpu-b": ["192.0.2.23"],
+        "gpu-idle": ["127.0.0.1"],  # no edge names it: itself only, not "any address"
     }
 
 

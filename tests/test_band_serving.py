@@ -26,15 +26,24 @@ W, H = 32, 24
 
 class BatchingEstimator:
     """Stands in for a batching GPU engine: `seconds` per call whatever the batch; each pose's x column
-    is its frame's first pixel value, so the reply shows whose frame it was."""
+    is its frame's first pixel value, so the reply shows whose frame it was. Gated: call k ends only once
+    the test sets gates[k] (made as the call starts), so a test decides what happens during a batch."""
 
     max_batch = 16
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, gated: bool = False) -> None:
         self.seconds = seconds
+        self.gated = gated
+        self.gates: list[threading.Event] = []
         self.calls: list[int] = []  # frames per call
         self.pre_ns = self.engine_ns = self.post_ns = 0
         self.device_ns = -1
+
+    def _gate(self) -> threading.Event | None:
+        if not self.gated:
+            return None
+        self.gates.append(threading.Event())
+        return self.gates[-1]
 
     def frame_buffer(self, fmt, width, height):
         return np.empty(frame_shape(fmt, width, height), np.uint8)
@@ -43,8 +52,12 @@ class BatchingEstimator:
         self.estimate_batch([pixels], fmt, width, height, out[None])
 
     def estimate_batch(self, frames, fmt, width, height, out) -> None:
-        time.sleep(self.seconds)
+        gate = self._gate()
         self.calls.append(len(frames))
+        if gate is not None:
+            assert gate.wait(20), "the test never ended this batch"
+        else:
+            time.sleep(self.seconds)
         for k, frame in enumerate(frames):
             out[k] = 0
             out[k, :, 0] = frame.reshape(-1)[0]
@@ -52,27 +65,31 @@ class BatchingEstimator:
 
 class AsyncBatchingEstimator(BatchingEstimator):
     """Stands in for torch-cuda's slots: up to two batches in flight, each done `seconds` after its launch
-    (a GPU runs them side by side); the server polls batch_done and collects."""
+    (a GPU runs them side by side), or once its gate is set; the server polls batch_done and collects."""
 
     slots = 2
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(seconds)
-        self._in_flight: dict[int, tuple[float, list[int]]] = {}  # slot -> (done at, first pixels)
+    def __init__(self, seconds: float, gated: bool = False) -> None:
+        super().__init__(seconds, gated)
+        # slot -> (done at, its gate, first pixels)
+        self._in_flight: dict[int, tuple[float, threading.Event | None, list[int]]] = {}
         self.most_in_flight = 0
 
     def launch_batch(self, frames, fmt, width, height) -> int:
         slot = next(s for s in range(self.slots) if s not in self._in_flight)  # StopIteration: none free
-        self._in_flight[slot] = (time.monotonic() + self.seconds, [int(f.reshape(-1)[0]) for f in frames])
+        gate = self._gate()
+        values = [int(f.reshape(-1)[0]) for f in frames]
+        self._in_flight[slot] = (time.monotonic() + self.seconds, gate, values)
         self.most_in_flight = max(self.most_in_flight, len(self._in_flight))
         self.calls.append(len(frames))
         return slot
 
     def batch_done(self, slot: int) -> bool:
-        return time.monotonic() >= self._in_flight[slot][0]
+        done_at, gate, _ = self._in_flight[slot]
+        return gate.is_set() if gate is not None else time.monotonic() >= done_at
 
     def collect_batch(self, slot, fmt, width, height, out) -> int:
-        _, values = self._in_flight.pop(slot)
+        _, _, values = self._in_flight.pop(slot)
         for k, value in enumerate(values):
             out[k] = 0
             out[k, :, 0] = value
@@ -206,39 +223,146 @@ def test_a_flooding_edge_in_the_band_gets_its_share_and_the_others_every_frame(e
     assert flood_statuses.count(Status.BUSY) > flood_statuses.count(Status.OK) > 0
 
 
+def wait_until(what: str, condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+class PoseLog:
+    """Stands in for the backend's sound consumer: the first x of every pose it is given."""
+
+    def __init__(self) -> None:
+        self.xs: list[float] = []
+
+    def on_pose(self, seq, capture_ns, keypoints) -> None:
+        self.xs.append(float(keypoints[0, 0]))
+
+    def all_notes_off(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_a_batch_member_that_drops_its_connection_mid_batch_costs_the_others_nothing(estimator):
-    est = estimator(0.5)
-    server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
+    """The batch is held on the engine (gated) while one member resets its connection: its reply cannot
+    be sent and its pose is not played; the others get theirs, and the band plays on."""
+    est = estimator(0.0, gated=True)
+    poses = PoseLog()
+    server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8, consumer_factory=lambda w, h: poses)  # type: ignore[arg-type]
     thread = serving(server)
     two_slots = estimator is AsyncBatchingEstimator
     try:
-        busy = [from_host(server, "127.0.0.2"), from_host(server, "127.0.0.6")]
+        # one frame on the engine, or one in each slot: what comes next waits and goes in one batch
+        busy = [from_host(server, f"127.0.0.{k}") for k in ((2, 6) if two_slots else (2,))]
         others = [from_host(server, f"127.0.0.{k}") for k in (3, 4, 5)]
-        time.sleep(0.1)
-        # t = 0 and 0.05: two frames of 0.5 s each, one after the other: the engine is busy (with two
-        # slots, both are) until t = 0.5
-        busy[0].sendall(frame(0, 1))
-        time.sleep(0.05)
-        busy[1].sendall(frame(0, 6))
-        time.sleep(0.1)
-        for k, sock in enumerate(others):  # t = 0.15: these wait, then go in one batch at t = 0.5
+        # all accepted before the engine is held (the listener gives one connection a pass)
+        wait_until("the connections accepted", lambda: len(server._connections) == len(busy) + 3)
+        for k, sock in enumerate(busy):
+            sock.sendall(frame(0, 1 + 5 * k))
+            wait_until("its batch on the engine", lambda k=k: len(est.calls) == k + 1)
+        for k, sock in enumerate(others):
             sock.sendall(frame(0, 2 + k))
-        time.sleep(0.6)  # t = 0.75: in the middle of that batch
+        time.sleep(0.2)  # read by the server (two slots) or waiting in their sockets (one engine call)
+        est.gates[0].set()
+        wait_until("the batch of the three", lambda: len(est.calls) == len(busy) + 1)
+        assert est.calls[-1] == 3, est.calls  # the three together
         gone = others.pop()
         gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        gone.close()  # a reset while its frame is being inferred: its reply cannot be sent
-        assert [reply(sock) for sock in busy] == [(Status.OK, 0, 1.0), (Status.OK, 0, 6.0)]
+        gone.close()  # a reset while its frame is on the engine: its reply cannot be sent
+        time.sleep(0.1)
+        for gate in est.gates:
+            gate.set()
+        assert [reply(sock) for sock in busy] == [(Status.OK, 0, 1.0 + 5 * k) for k in range(len(busy))]
         assert [reply(sock) for sock in others] == [(Status.OK, 0, 2.0), (Status.OK, 0, 3.0)]
-        # waiting for each batch, the second busy frame joins the three; with two slots it ran beside
-        # the first, and the three went together into the slot that came free first
-        assert est.calls[:3] == ([1, 1, 3] if two_slots else [1, 4]), est.calls
+        wait_until("the poses played", lambda: len(poses.xs) == len(busy) + 2)
+        assert 4.0 not in poses.xs  # the dropped edge's pose was not played
+        est.gated = False
         for sock in (*busy, *others):  # the server serves on, the band too
             sock.sendall(frame(1, 7))
-        assert [reply(sock)[:2] for sock in (*busy, *others)] == [(Status.OK, 1)] * 4
+        assert [reply(sock)[:2] for sock in (*busy, *others)] == [(Status.OK, 1)] * (len(busy) + 2)
         for sock in (*busy, *others):
             sock.close()
     finally:
+        for gate in est.gates:
+            gate.set()
+        server.stop()
+        thread.join(5)
+
+
+def test_a_member_dropped_with_replies_still_queued_is_skipped_when_its_batch_ends():
+    """A connection dropped (its send failed, or the sweep closed it) while replies to it were still queued
+    and its frame was on the GPU: when the batch is collected it is skipped, not sent to (selectors
+    refuses a closed socket: this raised out of the server's loop and ended the backend)."""
+    import resource
+
+    from backend_app.server import Connection
+    from lalelu.wire import FrameHeader
+
+    server = InferenceServer(AsyncBatchingEstimator(0.0), "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
+    poses = PoseLog()
+    server.consumer = poses
+    server.consumer_factory = lambda w, h: poses  # type: ignore[assignment]
+    try:
+        pairs = [socket.socketpair() for _ in range(2)]
+        batch = []
+        for k, (ours, _theirs) in enumerate(pairs):
+            ours.setblocking(False)
+            conn = Connection(ours, f"edge{k}", f"127.0.0.{k + 2}")
+            server._connections[ours] = conn
+            server._sel.register(ours, 1, conn)  # EVENT_READ
+            conn.ready = FrameHeader(5, 1, PixelFormat.RGB888, 0, W, H)  # type: ignore[call-arg]
+            batch.append(conn)
+            server._batch_out[k, :, 0] = 10 + k
+        batch[0].outbox += b"unsent reply"
+        server._drop(batch[0], "reset by the edge")
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
+        server._answer(batch, Status.OK, 0, 1, usage, usage)  # must not raise
+        assert batch[0].ready is None and not batch[0].outbox
+        out = np.zeros((17, 3), np.float32)
+        live = pairs[1][1]
+        live.settimeout(5)
+        assert parse_reply_into(recv_exactly(live, REPLY_SIZE), out).seq == 5 and out[0, 0] == 11.0
+        assert poses.xs == [11.0]  # only the live member's pose played
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+        server.close()
+
+
+def test_a_batch_that_never_ends_stops_the_watchdog_so_systemd_restarts_the_backend(monkeypatch):
+    from backend_app import server as server_module
+
+    monkeypatch.setattr(server_module, "HUNG_BATCH_S", 0.3)
+    est = AsyncBatchingEstimator(0.0, gated=True)
+    server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
+    kicks: list[float] = []
+
+    class Watchdog:
+        def kick(self) -> None:
+            kicks.append(time.monotonic())
+
+    thread = threading.Thread(target=server.serve, kwargs={"watchdog": Watchdog()}, daemon=True)
+    thread.start()
+    try:
+        with from_host(server, "127.0.0.2") as sock:
+            sock.sendall(frame(0, 1))
+            wait_until("the batch on the engine", lambda: len(est.calls) == 1)
+            launched = time.monotonic()
+            time.sleep(0.8)
+            stopped = [t for t in kicks if t > launched + 0.35]
+            assert not stopped, "the watchdog was kicked while a batch hung"
+            assert any(launched <= t < launched + 0.25 for t in kicks)  # kicked while it was young
+            est.gates[0].set()
+            assert reply(sock)[:2] == (Status.OK, 0)
+            wait_until("kicks again", lambda: kicks[-1] > launched + 0.8)
+    finally:
+        for gate in est.gates:
+            gate.set()
         server.stop()
         thread.join(5)
 

@@ -205,7 +205,9 @@ def test_a_band_served_through_the_real_network_gets_each_edge_its_own_pose(cpu_
             for k, sock in enumerate(socks):
                 data = b""
                 while len(data) < REPLY_SIZE:
-                    data += sock.recv(REPLY_SIZE - len(data))
+                    chunk = sock.recv(REPLY_SIZE - len(data))
+                    assert chunk, "the server closed the connection"
+                    data += chunk
                 assert parse_reply_into(data, got[rnd, k]).seq == rnd
     finally:
         for sock in socks:

@@ -253,11 +253,12 @@ def analyse_cell(work: Path, k: int) -> dict:
     backend = [x for x in read_rows(work / "backend.jsonl") if start <= x["capture_ns"] <= end]
     sizes = np.array([x.get("batch", 1) or 1 for x in backend], np.int64)
     histogram = {str(n): int((sizes == n).sum()) for n in sorted(set(sizes.tolist()))}  # frames by call size
+    calls = float((1.0 / sizes).sum())  # a call of n frames left n rows
     return {
         "edges": per_edge,
         "window_s": (end - start) / 1e9,
         "backend_frames_by_batch": histogram,
-        "mean_batch": float(sizes.mean()) if sizes.size else None,
+        "mean_batch": sizes.size / calls if calls else None,  # frames per engine call
         "engine_p50_ms": float(np.median([x["engine_ns"] for x in backend]) / 1e6) if backend else None,
     }
 
@@ -301,7 +302,7 @@ def table(results: list[dict]) -> str:
     }
     lines = [
         "| variant | edges | fps | p50 ms (median edge) | p99 ms (worst edge) | max ms | p99 / one edge's "
-        "| no pose in window | skipped, lost (whole run) | mean frames per call | engine p50 ms |",
+        "| no pose in window | skipped, lost (whole run) | frames per call | engine p50 ms (launch to collected) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
@@ -337,10 +338,11 @@ def machine() -> dict:
 
 
 def write_json(args: argparse.Namespace, results: list[dict]) -> None:
+    # --from analyses another machine's run: this machine's facts would mislead
+    facts = {"analysed_offline_from": str(args.source)} if args.source is not None else machine()
     args.json.write_text(
         json.dumps(
-            {"machine": machine(), "config": str(args.config), "argv": sys.argv[1:], "cells": results},
-            indent=1,
+            {"machine": facts, "config": str(args.config), "argv": sys.argv[1:], "cells": results}, indent=1
         )
     )
 

@@ -20,9 +20,9 @@ from lalelu.wire import PixelFormat
 engine = TorchCudaEngine(Path(sys.argv[1]), "fp32", "graph")
 estimator = PoseEstimator(engine)
 photo = load_photo()
-wide = np.zeros((512, 812, 3), np.uint8)
-wide[:, 300:] = photo
-photos = [photo, np.ascontiguousarray(photo[:, ::-1]), wide] * 3
+# eight different pictures (the person shifted 40 px further each, every second one mirrored): a row of a
+# batch swapped with another's would show
+photos = [np.ascontiguousarray(np.roll(photo[:, :: (-1 if i % 2 else 1)], 40 * i, axis=1)) for i in range(8)]
 w, h = 320, 240
 result: dict = {"gpu": __import__("torch").cuda.get_device_name(0)}
 for fmt in (PixelFormat.RGB888, PixelFormat.YUV420):
@@ -74,6 +74,9 @@ for fmt in (PixelFormat.RGB888, PixelFormat.YUV420):
             estimator.collect_batch(sa, fmt, w, h, side[:4])
             estimator.collect_batch(sb, fmt, w, h, side[4:])
             both.append(time.perf_counter_ns() - t0)
+            # every repeat checked: two slots side by side must not share scratch memory
+            diff = max(diff, float(np.abs(side[:n] - alone[:n]).max()))
+            diff = max(diff, float(np.abs(side[4 : 4 + n] - alone[4 : 4 + n]).max()))
             t0 = time.perf_counter_ns()
             estimator.estimate_batch(a, fmt, w, h, side[:4])
             estimator.estimate_batch(b, fmt, w, h, side[4:])

@@ -38,8 +38,12 @@ class _Slot:
 
     def __init__(self, torch, on_gpu: bool) -> None:
         self.stream = torch.cuda.Stream() if on_gpu else None
+        # its graphs are captured on a stream of their own: cuBLAS keeps a workspace per stream, and graphs
+        # captured on one shared capture stream would share it while two slots run side by side
+        self.capture = torch.cuda.Stream() if on_gpu else None
         self.start = torch.cuda.Event(enable_timing=True) if on_gpu else None
         self.done = torch.cuda.Event(enable_timing=True) if on_gpu else None
+        self.state: tuple | None = None  # the graph and buffers of the batch in flight: kept alive by it
         self.host_out: np.ndarray | None = None
         self.n = 0
 
@@ -127,6 +131,7 @@ class TorchCudaEngine(WarmUpByInfer):
         self._graph = None
         self._torch = torch
         self._frame_graphs: dict[tuple[int, int, int, int, int], tuple] = {}
+        self._geometries: dict[tuple[int, int, int], None] = {}  # those with graphs, oldest first
         self._pinned: dict[int, object] = {}  # address of a frame_buffer array -> its pinned tensor
         self.slots = SLOTS
         self._slots = [_Slot(torch, on_gpu) for _ in range(SLOTS)]
@@ -148,17 +153,17 @@ class TorchCudaEngine(WarmUpByInfer):
         self._dev_in[0].copy_(self._host_in, non_blocking=True)
         self._host_out.copy_(self._forward(self._dev_in)[0], non_blocking=True)
 
-    def _capture(self, step: Callable[[], None]):
-        """`step` captured as a CUDA graph, after warm-up runs on a side stream."""
+    def _capture(self, step: Callable[[], None], stream=None):
+        """`step` captured as a CUDA graph on `stream` (a new one if None), after warm-up runs on it."""
         torch = self._torch
-        side = torch.cuda.Stream()
+        side = stream if stream is not None else torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side):
             for _ in range(3):  # cuDNN's benchmark and lazy allocations happen here, not during capture
                 step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
+        with torch.inference_mode(), torch.cuda.graph(graph, stream=side):
             step()
         torch.cuda.synchronize()
         return graph
@@ -197,9 +202,17 @@ class TorchCudaEngine(WarmUpByInfer):
         from lalelu.engines.gpu_letterbox import TorchLetterbox
 
         torch = self._torch
-        if len(self._frame_graphs) >= MAX_GEOMETRIES * self.max_batch * SLOTS:
-            self._frame_graphs.clear()  # a slot in flight keeps its own state
         on_gpu = self.device.type == "cuda"
+        geometry = (int(fmt), width, height)
+        if geometry not in self._geometries:
+            if len(self._geometries) >= MAX_GEOMETRIES:
+                # a camera keeps its geometry: this many is a hostile client. Start over, after every batch
+                # in flight has finished with the buffers and graphs that go
+                if on_gpu:
+                    torch.cuda.synchronize()
+                self._frame_graphs.clear()
+                self._geometries.clear()
+            self._geometries[geometry] = None
         raw = torch.zeros((n, payload_size(fmt, width, height)), dtype=torch.uint8, device=self.device)
         in_h, in_w = self._dev_in.shape[1:3]
         dev_in = torch.zeros((n, in_h, in_w, 3), dtype=self._dev_in.dtype, device=self.device)
@@ -223,7 +236,7 @@ class TorchCudaEngine(WarmUpByInfer):
                 letterbox(raw, dev_in)
                 host_out.copy_(self._forward(dev_in), non_blocking=True)
 
-        graph = self._capture(step) if self.mode == "graph" else None
+        graph = self._capture(step, self._slots[slot].capture) if self.mode == "graph" else None
         state = (raw, step, graph, host_out.numpy())
         self._frame_graphs[(int(fmt), width, height, n, slot)] = state
         return state
@@ -250,9 +263,8 @@ class TorchCudaEngine(WarmUpByInfer):
         slot = self._slots[index]
         try:
             key = (int(fmt), width, height, n, index)
-            raw, step, graph, host_out = self._frame_graphs.get(key) or self._frame_graph(
-                fmt, width, height, n, index
-            )
+            state = self._frame_graphs.get(key) or self._frame_graph(fmt, width, height, n, index)
+            raw, step, graph, host_out = state
             with contextlib.ExitStack() as on_stream:
                 if slot.stream is not None:
                     on_stream.enter_context(torch.cuda.stream(slot.stream))
@@ -272,7 +284,7 @@ class TorchCudaEngine(WarmUpByInfer):
         except BaseException:
             self._free.append(index)
             raise
-        slot.host_out, slot.n = host_out, n
+        slot.state, slot.host_out, slot.n = state, host_out, n
         return index
 
     def frames_done(self, index: int) -> bool:
@@ -292,6 +304,7 @@ class TorchCudaEngine(WarmUpByInfer):
             out[: slot.n] = slot.host_out
             return slot.n
         finally:
+            slot.state = None
             self._free.append(index)
 
     def infer_frames(
