@@ -175,11 +175,11 @@ def check_venv(host: Host) -> None:
 def live_line(host: Host) -> str:
     """The running service's own figures, from the state file it rewrites (what `lalelu check` reads): an
     edge's rate and latency, a backend's edges and frames per engine call."""
-    from lalelu.state import BACKEND_STATE_NAME, STATE_NAME, band_line, status_line
+    from lalelu.state import SERVICE_BACKEND_STATE, SERVICE_STATE, band_line, status_line
 
     backend = "edge" not in host.groups
     # the app's files are 0640 (its unit's UMask): read as root, as `lalelu check` does
-    r = remote(host, [*as_root(host), "cat", f"/run/lalelu/{BACKEND_STATE_NAME if backend else STATE_NAME}"])
+    r = remote(host, [*as_root(host), "cat", str(SERVICE_BACKEND_STATE if backend else SERVICE_STATE)])
     if r.exited != 0:
         return "no live figures: the service is not running or has not reported yet"
     try:

@@ -13,7 +13,7 @@ from typing import IO
 
 import numpy as np
 
-from backend_app.server import InferenceServer
+from backend_app.server import InferenceServer, batch_histogram
 from lalelu.config import Config, load_link_key
 from lalelu.engines import GPU_ENGINES, engine_from_config
 from lalelu.gestures.consumer import pose_consumer, request_reload, sound_leaves_here
@@ -23,15 +23,10 @@ from lalelu.reporter import Reporter
 from lalelu.sdnotify import StartingUp
 from lalelu.service import RealtimeService
 from lalelu.state import BACKEND_STATE_NAME, state_path, write_state
-from lalelu.timing import backend_summary, write_jsonl
+from lalelu.timing import backend_summary, frames_per_call, write_jsonl
 from lalelu.wire import PixelFormat
 
 log = logging.getLogger("lalelu.backend")
-
-
-def batch_histogram(sizes: np.ndarray) -> dict[str, int]:
-    """Engine calls by frames inferred together: {"1": calls, "2": ...}, sizes never seen left out."""
-    return {str(n): int(c) for n, c in enumerate(sizes) if c}
 
 
 def _log_report(
@@ -61,7 +56,7 @@ def _log_report(
         s["served"].get("p99", 0),
         s["engine"].get("p50", 0),
         s["engine"].get("p99", 0),
-        batch.size / float((1.0 / batch).sum()) if batch.size else 0.0,  # a call of n frames left n rows
+        frames_per_call(batch),
         int(batch.max()) if batch.size else 0,
         counters,
     )

@@ -69,6 +69,12 @@ ROOM_AFTER_S = 1.0  # when full, a connection silent this long gives its place t
 HUNG_BATCH_S = 2.0
 
 
+def batch_histogram(sizes: np.ndarray) -> dict[str, int]:
+    """Engine calls by frames inferred together ({"1": calls, "2": ...}), from counts indexed by batch
+    size; sizes never seen left out."""
+    return {str(n): int(c) for n, c in enumerate(sizes) if c}
+
+
 @dataclass
 class Counters:
     connections: int = 0
@@ -242,7 +248,7 @@ class InferenceServer:
         calls = int(sizes.sum())
         return {
             "edges": sorted(edges, key=lambda e: e["peer"]),
-            "engine_calls_by_frames": {str(n): int(c) for n, c in enumerate(sizes) if c},
+            "engine_calls_by_frames": batch_histogram(sizes),
             "mean_batch": float((sizes * np.arange(sizes.size)).sum() / calls) if calls else 0.0,
             "max_batch_seen": int(np.flatnonzero(sizes).max()) if calls else 0,
             "max_batch": self.max_batch,

@@ -83,6 +83,10 @@ class PoseEstimator:
         lb.to_frame(self._model_out, out)
         t3 = now_ns()
         self.pre_ns, self.engine_ns, self.post_ns = t1 - t0, t2 - t1, t3 - t2
+        self._read_device_ns()
+
+    def _read_device_ns(self) -> None:
+        """device_ns of the engine's last replay, where it times one."""
         if self._device_ms is not None:
             ms = self._device_ms()
             self.device_ns = int(ms * 1e6) if ms == ms else -1  # NaN: the engine ran off the GPU
@@ -120,7 +124,5 @@ class PoseEstimator:
             lb.to_frame(self._batch_out[k], out[k])
         t2 = now_ns()
         self.pre_ns, self.engine_ns, self.post_ns = 0, t1 - self._launched_ns[slot], t2 - t1
-        if self._device_ms is not None:
-            ms = self._device_ms()
-            self.device_ns = int(ms * 1e6) if ms == ms else -1
+        self._read_device_ns()
         return n

@@ -132,6 +132,13 @@ def stage_summary(rows: np.ndarray) -> dict[str, dict[str, float]]:
     }
 
 
+def frames_per_call(batch: np.ndarray) -> float:
+    """Mean frames per engine call from the backend rows' `batch` column (a call of n frames left n rows,
+    each saying n); 0.0 for none."""
+    batch = batch[batch > 0]
+    return float(batch.size / (1.0 / batch).sum()) if batch.size else 0.0
+
+
 def backend_summary(rows: np.ndarray) -> dict[str, dict[str, float]]:
     """Per-stage latency of backend telemetry rows (BACKEND_TELEMETRY_DTYPE)."""
     return {

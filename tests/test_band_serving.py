@@ -123,21 +123,31 @@ def play(server: InferenceServer, host: str, value: int, frames: int, fps: float
             time.sleep(max(0.0, 1 / fps - (time.monotonic() - t0)))
 
 
+def band_plays(
+    server: InferenceServer, edges: int, first_value: int, frames: int, fps: float
+) -> dict[int, list]:
+    """`edges` edges (127.0.0.2, ...) play at once, edge k's frames holding first_value + k; their replies."""
+    results: dict[int, list] = {k: [] for k in range(edges)}
+    threads = [
+        threading.Thread(
+            target=play, args=(server, f"127.0.0.{k + 2}", first_value + k, frames, fps, results[k])
+        )
+        for k in range(edges)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_a_band_is_inferred_in_batches_and_each_edge_gets_its_own_poses_in_order(estimator):
     est = estimator(0.02)  # 20 ms a call: four edges at 40 fps would need 80 ms of every 100 serially
     server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
     thread = serving(server)
-    results: dict[int, list] = {k: [] for k in range(4)}
-    edges = [
-        threading.Thread(target=play, args=(server, f"127.0.0.{k + 2}", 10 + k, 40, 40.0, results[k]))
-        for k in range(4)
-    ]
     try:
-        for e in edges:
-            e.start()
-        for e in edges:
-            e.join(30)
+        results = band_plays(server, 4, 10, 40, 40.0)
     finally:
         server.stop()
         thread.join(5)
@@ -159,16 +169,8 @@ def test_max_batch_one_serves_one_frame_per_call():
     est = BatchingEstimator(0.01)
     server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=1)  # type: ignore[arg-type]
     thread = serving(server)
-    results: dict[int, list] = {k: [] for k in range(3)}
-    edges = [
-        threading.Thread(target=play, args=(server, f"127.0.0.{k + 2}", 20 + k, 10, 50.0, results[k]))
-        for k in range(3)
-    ]
     try:
-        for e in edges:
-            e.start()
-        for e in edges:
-            e.join(30)
+        results = band_plays(server, 3, 20, 10, 50.0)
     finally:
         server.stop()
         thread.join(5)
@@ -201,18 +203,10 @@ def test_a_flooding_edge_in_the_band_gets_its_share_and_the_others_every_frame(e
                 seq += 1
 
     flooder = threading.Thread(target=flood, daemon=True)
-    results: dict[int, list] = {k: [] for k in range(3)}
-    edges = [
-        threading.Thread(target=play, args=(server, f"127.0.0.{k + 2}", 30 + k, 30, 50.0, results[k]))
-        for k in range(3)
-    ]
     try:
         flooder.start()
         time.sleep(0.2)
-        for e in edges:
-            e.start()
-        for e in edges:
-            e.join(30)
+        results = band_plays(server, 3, 30, 30, 50.0)
     finally:
         stop.set()
         flooder.join(5)

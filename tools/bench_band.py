@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -37,20 +36,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lalelu.errors import LaleluError  # noqa: E402
+from lalelu.realtime import cpu_list  # noqa: E402
+from lalelu.timing import frames_per_call  # noqa: E402
+from lalelu_commands.bench import machine_facts  # noqa: E402
 from lalelu_commands.demo import log_tail, wait_until_ready  # noqa: E402
 
 NEW_KEYS = {
     ("backend", "max_batch"),
     ("backend", "batches_in_flight"),
 }  # what a baseline checkout from before the batching does not know
-
-
-def cpu_list(text: str) -> list[int]:
-    cpus: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
 
 
 def parse_cells(specs: list[str]) -> list[tuple[int, float]]:
@@ -253,12 +247,11 @@ def analyse_cell(work: Path, k: int) -> dict:
     backend = [x for x in read_rows(work / "backend.jsonl") if start <= x["capture_ns"] <= end]
     sizes = np.array([x.get("batch", 1) or 1 for x in backend], np.int64)
     histogram = {str(n): int((sizes == n).sum()) for n in sorted(set(sizes.tolist()))}  # frames by call size
-    calls = float((1.0 / sizes).sum())  # a call of n frames left n rows
     return {
         "edges": per_edge,
         "window_s": (end - start) / 1e9,
         "backend_frames_by_batch": histogram,
-        "mean_batch": sizes.size / calls if calls else None,  # frames per engine call
+        "mean_batch": frames_per_call(sizes) if sizes.size else None,
         "engine_p50_ms": float(np.median([x["engine_ns"] for x in backend]) / 1e6) if backend else None,
     }
 
@@ -320,26 +313,7 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict:
-    facts = {"python": platform.python_version(), "cpus": os.cpu_count(), "kernel": platform.release()}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        facts["gpu"] = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout.strip()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                facts["cpu"] = line.split(":", 1)[1].strip()
-                break
-    return facts
-
-
-def write_json(args: argparse.Namespace, results: list[dict]) -> None:
-    # --from analyses another machine's run: this machine's facts would mislead
-    facts = {"analysed_offline_from": str(args.source)} if args.source is not None else machine()
+def write_json(args: argparse.Namespace, facts: dict, results: list[dict]) -> None:
     args.json.write_text(
         json.dumps(
             {"machine": facts, "config": str(args.config), "argv": sys.argv[1:], "cells": results}, indent=1
@@ -370,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.source is not None:
         results = reanalyse(args.source)
         print(table(results))
-        if args.json is not None:
-            write_json(args, results)
+        if args.json is not None:  # another machine's run: this machine's facts would mislead
+            write_json(args, {"analysed_offline_from": str(args.source)}, results)
         return 1 if any("error" in r for r in results) else 0
     base = tomllib.loads(args.config.read_text())
     # (name, checkout, max_batch, batches in flight): serial is this checkout one frame at a time,
@@ -390,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bench_band: unknown variant {name!r}: choose from {', '.join(known)}")
         variants.append((name, ROOT, *known[name]))
     cells = parse_cells(args.cells)
+    backend_cpus, edge_cpus = sorted(cpu_list(args.backend_cpus)), sorted(cpu_list(args.edge_cpus))
+    facts = machine_facts()
     results = []
     with tempfile.TemporaryDirectory(prefix="lalelu-band-") as tmp:
         work = args.keep or Path(tmp)
@@ -405,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                             cell_config(base, fps, max_batch, in_flight),
                             k,
                             args.seconds,
-                            cpu_list(args.backend_cpus),
-                            cpu_list(args.edge_cpus),
+                            backend_cpus,
+                            edge_cpus,
                             work / label,
                         )
                     )
@@ -415,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"bench_band: {label}: {exc}", file=sys.stderr, flush=True)
                 results.append(entry)
                 if args.json is not None:  # after every cell: a run cut short keeps what it measured
-                    write_json(args, results)
+                    write_json(args, facts, results)
     text = table(results)
     print(text)
     return 1 if any("error" in r for r in results) else 0
