@@ -175,7 +175,7 @@ def check_venv(host: Host) -> None:
 def live_line(host: Host) -> str:
     """The running service's own figures, from the state file it rewrites (what `lalelu check` reads): an
     edge's rate and latency, a backend's edges and frames per engine call."""
-    from lalelu.state import SERVICE_BACKEND_STATE, SERVICE_STATE, band_line, status_line
+    from lalelu.runtime.state import SERVICE_BACKEND_STATE, SERVICE_STATE, band_line, status_line
 
     backend = "edge" not in host.groups
     # the app's files are 0640 (its unit's UMask): read as root, as `lalelu check` does
@@ -216,7 +216,7 @@ def bench(
 ):
     """Run `lalelu bench` on the chosen hosts, fetch the JSON, print one table, keep results and plots; then
     each host's live figures as its service reports them (a backend: the edges it serves, its batches)."""
-    from lalelu_commands.bench import format_table
+    from lalelu.cli.bench import format_table
 
     out_dir = Path(results) / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ def bench(
             res["host"] = host.name
         combined.append(report)
         try:
-            from lalelu_commands.plots import plot_bench
+            from lalelu.cli.plots import plot_bench
 
             plot_bench(report, out_dir / host.name)
         except Exit:

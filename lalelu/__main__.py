@@ -1,5 +1,5 @@
 """`python -m lalelu`: the same as the `lalelu` command."""
 
-from lalelu_commands.cli import main
+from lalelu.cli.main import main
 
 raise SystemExit(main())

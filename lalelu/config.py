@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from lalelu.errors import ConfigError
-from lalelu.wire import split_address
+from lalelu.wire.protocol import split_address
 
 # The plug-in names, listed once: the configuration checks them, the CLI offers them, the factories
-# (engines.create_engine, edge_app.cameras.open_source, output.open_output) dispatch on them.
+# (engines.create_engine, lalelu.camera.open_source, output.open_output) dispatch on them.
 # auto: torch-cuda where torch sees a CUDA GPU and [engine] model is an ONNX file, litert elsewhere
 ENGINE_KINDS = ("auto", "litert", "tf-savedmodel", "tensorrt", "torch-cuda")
 CAMERA_SOURCES = ("still", "replay", "v4l2", "picamera2")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lalelu.engines import BUNDLED_MODEL
+from lalelu.engine import BUNDLED_MODEL
 
 REFERENCE = {  # ../shared/models/README.md: (x, y) on skimage.data.astronaut(), 512x512
     "nose": (227, 122),
@@ -32,7 +32,7 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def litert_engine():
-    from lalelu.engines import create_engine
+    from lalelu.engine import create_engine
 
     engine = create_engine("litert", BUNDLED_MODEL, threads=2)
     yield engine
@@ -43,7 +43,7 @@ def litert_engine():
 def lightning_onnx(tmp_path_factory) -> Path:
     """The bundled int8 Lightning as a float ONNX graph with its real weights (tf2onnx --dequantize)."""
     pytest.importorskip("tf2onnx", reason="needs tf2onnx (installed by .ci/run)")
-    from lalelu_commands.convert import to_onnx
+    from lalelu.cli.convert import to_onnx
 
     return to_onnx(BUNDLED_MODEL, tmp_path_factory.mktemp("onnx") / "lightning.onnx", log=lambda m: None)
 
@@ -56,7 +56,7 @@ def free_port() -> int:
 
 
 def lalelu_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lalelu_commands.cli", *args]
+    return [sys.executable, "-m", "lalelu", *args]
 
 
 def run_local_edge(
@@ -90,8 +90,8 @@ class Backend:
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
             preexec_fn=limit,
         )
+        from lalelu.cli.demo import wait_until_ready
         from lalelu.errors import LaleluError
-        from lalelu_commands.demo import wait_until_ready
 
         try:
             info = wait_until_ready(self.proc, self.ready)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lalelu.manifests import source_hash
+from lalelu.engine.manifests import source_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "ansible"
@@ -362,7 +362,7 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
                 str(root),
                 "/opt/lalelu/venv/bin/python",
                 "-c",
-                "import sys, lalelu, edge_app, backend_app; from lalelu.config import load_config, load_link_key; "
+                "import sys, lalelu, lalelu.edge, lalelu.backend; from lalelu.config import load_config, load_link_key; "
                 "c = load_config(sys.argv[1]); s = getattr(c, sys.argv[2]); "
                 "print(c.engine.kind, load_link_key(s.key_file, sys.argv[2]).decode())",
                 f"/etc/lalelu/{role}.toml",

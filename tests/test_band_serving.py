@@ -16,9 +16,9 @@ import pytest
 from test_fair_serving import from_host, serving
 from test_protocol import recv_exactly
 
-from backend_app.server import InferenceServer
-from lalelu.preprocess import frame_shape
-from lalelu.wire import REPLY_SIZE, PixelFormat, Status, encode_frame_header, parse_reply_into
+from lalelu.backend.server import InferenceServer
+from lalelu.engine.preprocess import frame_shape
+from lalelu.wire.protocol import REPLY_SIZE, PixelFormat, Status, encode_frame_header, parse_reply_into
 
 pytestmark = pytest.mark.process
 W, H = 32, 24
@@ -293,8 +293,8 @@ def test_a_member_dropped_with_replies_still_queued_is_skipped_when_its_batch_en
     refuses a closed socket: this raised out of the server's loop and ended the backend)."""
     import resource
 
-    from backend_app.server import Connection
-    from lalelu.wire import FrameHeader
+    from lalelu.backend.server import Connection
+    from lalelu.wire.protocol import FrameHeader
 
     server = InferenceServer(AsyncBatchingEstimator(0.0), "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
     poses = PoseLog()
@@ -329,7 +329,7 @@ def test_a_member_dropped_with_replies_still_queued_is_skipped_when_its_batch_en
 
 
 def test_a_batch_that_never_ends_stops_the_watchdog_so_systemd_restarts_the_backend(monkeypatch):
-    from backend_app import server as server_module
+    from lalelu.backend import server as server_module
 
     monkeypatch.setattr(server_module, "HUNG_BATCH_S", 0.3)
     est = AsyncBatchingEstimator(0.0, gated=True)

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 from conftest import lalelu_cmd, run_local_edge
 
+from lalelu.cli.bench import format_table, run_bench
 from lalelu.errors import LaleluError
-from lalelu_commands.bench import format_table, run_bench
 
 pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 
@@ -145,7 +145,7 @@ def test_demo_telemetry_of_both_apps_is_joined_and_explained(tmp_path):
 def test_plot_without_matplotlib_is_refused_before_the_benchmark(monkeypatch, tmp_path, capsys):
     import importlib.util
 
-    from lalelu_commands.cli import main
+    from lalelu.cli.main import main
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

@@ -5,15 +5,15 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_app.cameras import open_source
+from lalelu.camera import open_source
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
 from lalelu.keypoints import KEYPOINT_INDEX
-from lalelu.wire import PixelFormat
+from lalelu.wire.protocol import PixelFormat
 
 
 def test_still_source_moves_the_photo_on_its_known_trajectory(litert_engine):
-    from lalelu.inference import PoseEstimator
+    from lalelu.engine.estimator import PoseEstimator
 
     cfg = CameraConfig(width=320, height=240, fps=100, still_period_s=1.0, still_amplitude=0.15)
     src = open_source(cfg)
@@ -213,7 +213,7 @@ def test_picamera2_lores_rows_padded_by_stride_arrive_packed(tmp_path, monkeypat
 
 
 def test_picamera2_sensor_mode_is_the_largest_fast_enough():
-    from edge_app.cameras.picam import choose_sensor_mode
+    from lalelu.camera.picam import choose_sensor_mode
 
     modes = [
         {"size": (1536, 864), "fps": 120.13, "bit_depth": 10},
@@ -264,7 +264,7 @@ class FakeCapture:
 def test_v4l2_uses_the_drivers_timestamps_asks_for_mjpg_and_counts_drops(monkeypatch):
     import cv2
 
-    import edge_app.cameras.v4l2 as v4l2
+    import lalelu.camera.v4l2 as v4l2
 
     monkeypatch.setattr(v4l2.cv2, "VideoCapture", FakeCapture)
     src = v4l2.V4L2Source(CameraConfig(source="v4l2", width=320, height=240, fps=100))

@@ -64,7 +64,7 @@ def test_without_config_the_provisioned_hosts_file_is_read(tmp_path):
 
 
 def test_power_and_heat_reads_the_pi_firmware_flags():
-    from lalelu_commands.check import GO, NO_GO, WARN, throttle_check
+    from lalelu.cli.check import GO, NO_GO, WARN, throttle_check
 
     assert throttle_check(0x0, 52.0).verdict == GO
     now = throttle_check(0x50005, 61.2)  # under-voltage and throttled now, and since boot
@@ -82,8 +82,8 @@ def test_a_running_edge_is_judged_from_the_state_file_it_writes(tmp_path):
     """The real edge writes its state at every summary; check reads that, never its log lines."""
     from conftest import run_local_edge
 
-    from lalelu.state import read_state
-    from lalelu_commands.check import GO, NO_GO, live_from_state
+    from lalelu.cli.check import GO, NO_GO, live_from_state
+    from lalelu.runtime.state import read_state
 
     config = tmp_path / "edge.toml"
     config.write_text(Path(DEMO).read_text().replace("summary_interval_s = 5.0", "summary_interval_s = 0.5"))
@@ -114,9 +114,9 @@ def test_a_running_backend_is_judged_by_the_edges_it_serves_from_its_state_file(
     import numpy as np
     from conftest import Backend
 
-    from lalelu.state import read_state
-    from lalelu.wire import PixelFormat, encode_frame_header, round_trip
-    from lalelu_commands.check import GO, NO_GO, WARN, band_from_state
+    from lalelu.cli.check import GO, NO_GO, WARN, band_from_state
+    from lalelu.runtime.state import read_state
+    from lalelu.wire.protocol import PixelFormat, encode_frame_header, round_trip
 
     config = tmp_path / "backend.toml"
     state_file = tmp_path / "backend-state.json"
@@ -155,7 +155,7 @@ def test_a_running_backend_is_judged_by_the_edges_it_serves_from_its_state_file(
 
 
 def test_isolated_cpus_must_be_active_and_hold_the_app():
-    from lalelu_commands.check import GO, NO_GO, WARN, isolation_check
+    from lalelu.cli.check import GO, NO_GO, WARN, isolation_check
 
     line = "console=tty1 root=PARTUUID=4e639091-02 isolcpus=3 nohz_full=3 rcu_nocbs=3"
     not_active = isolation_check(line, "", {3}, "edge")  # asked for, but this boot did not apply it

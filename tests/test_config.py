@@ -66,7 +66,7 @@ def test_a_mapping_that_is_not_utf8_is_one_clear_error(tmp_path):
 
 
 def test_a_backend_host_that_cannot_be_encoded_is_unavailable_not_a_traceback():
-    from edge_app.link import BackendUnavailable, connect_backend
+    from lalelu.wire.link import BackendUnavailable, connect_backend
 
     with pytest.raises(BackendUnavailable, match="the host is not a valid name"):
         connect_backend("\u2603..\u2603:7600", 1.0)
@@ -75,7 +75,7 @@ def test_a_backend_host_that_cannot_be_encoded_is_unavailable_not_a_traceback():
 def test_a_busy_backend_port_is_one_line_naming_the_fix():
     import socket
 
-    from backend_app.server import InferenceServer
+    from lalelu.backend.server import InferenceServer
     from lalelu.errors import LaleluError
 
     holder = socket.create_server(("127.0.0.1", 0))

@@ -11,10 +11,10 @@ from conftest import REFERENCE
 tf = pytest.importorskip("tensorflow", reason="needs tensorflow-cpu (installed by .ci/run)")
 pytest.importorskip("tf2onnx", reason="needs tf2onnx (installed by .ci/run)")
 
-from lalelu.engines import BUNDLED_MODEL  # noqa: E402
+from lalelu.cli.convert import run_convert  # noqa: E402
+from lalelu.engine import BUNDLED_MODEL  # noqa: E402
+from lalelu.engine.manifests import check_manifest, write_manifest  # noqa: E402
 from lalelu.errors import LaleluError, ModelError  # noqa: E402
-from lalelu.manifests import check_manifest, write_manifest  # noqa: E402
-from lalelu_commands.convert import run_convert  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,9 @@ def test_savedmodel_to_onnx_matches_tensorflow(saved_model, tmp_path):
 def test_bundled_tflite_to_float_onnx_keeps_the_keypoints(lightning_onnx, astronaut, litert_engine):
     import onnxruntime as ort
 
+    from lalelu.engine.preprocess import Letterbox
     from lalelu.keypoints import KEYPOINT_INDEX
-    from lalelu.preprocess import Letterbox
-    from lalelu.wire import PixelFormat
+    from lalelu.wire.protocol import PixelFormat
 
     sess = ort.InferenceSession(str(lightning_onnx), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
@@ -89,7 +89,7 @@ def test_tensorrt_build_without_tensorrt_is_clear(saved_model, tmp_path):
 def test_without_tf2onnx_the_fix_is_named_not_a_traceback(tmp_path, monkeypatch):
     import importlib.util
 
-    import lalelu_commands.convert as convert
+    import lalelu.cli.convert as convert
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -100,7 +100,7 @@ def test_without_tf2onnx_the_fix_is_named_not_a_traceback(tmp_path, monkeypatch)
 
 
 def test_a_conversion_that_moves_the_keypoints_is_not_kept(saved_model, tmp_path, monkeypatch):
-    import lalelu_commands.convert as convert
+    import lalelu.cli.convert as convert
 
     monkeypatch.setattr(convert, "verify_onnx_on_photo", lambda source, onnx: 0.5)  # a broken conversion
     with pytest.raises(LaleluError, match="not kept"):

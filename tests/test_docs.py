@@ -32,7 +32,7 @@ def test_every_relative_link_of_the_manual_exists():
 
 def test_the_manual_names_commands_that_exist():
     """Every `lalelu SUBCOMMAND` the README tells a user to type is one the command line knows."""
-    from lalelu_commands.cli import build_parser
+    from lalelu.cli.main import build_parser
 
     known = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     used = set(re.findall(r"`(?:sudo )?lalelu ([a-z]+)", (ROOT / "README.md").read_text()))

@@ -136,7 +136,7 @@ def test_demo_prints_one_json_line():
 
 
 def test_the_demo_ends_with_a_verdict_a_person_reads():
-    from lalelu_commands.demo import demo_verdict
+    from lalelu.cli.demo import demo_verdict
 
     good = {
         "poses_received": 998,
@@ -206,7 +206,7 @@ def test_backend_serves_only_the_clients_in_its_allow_list(tmp_path):
 
     import numpy as np
 
-    from lalelu.wire import PixelFormat, Status, encode_frame_header, round_trip
+    from lalelu.wire.protocol import PixelFormat, Status, encode_frame_header, round_trip
 
     frame = np.full((240, 320, 3), 90, np.uint8).tobytes()
     header = encode_frame_header(1, 1, PixelFormat.RGB888, 320, 240, len(frame))
@@ -246,7 +246,7 @@ def test_a_backend_out_of_file_descriptors_keeps_serving_its_edge(tmp_path):
 
     import numpy as np
 
-    from lalelu.wire import PixelFormat, encode_frame_header, round_trip
+    from lalelu.wire.protocol import PixelFormat, encode_frame_header, round_trip
 
     backend = Backend(tmp_path, max_files=24)  # below the 32 connections it would allow
     host, port = "127.0.0.1", backend.port

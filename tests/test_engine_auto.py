@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lalelu.cli.check import WARN, unused_gpu_check
 from lalelu.config import EngineConfig, config_from_dict
-from lalelu.engines import engine_from_config, resolve_auto
-from lalelu_commands.check import WARN, unused_gpu_check
+from lalelu.engine import engine_from_config, resolve_auto
 
 H200 = ("NVIDIA H200", "")
 NO_TORCH = ("", "torch is not installed (the gpu-torch extra)")

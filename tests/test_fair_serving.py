@@ -15,10 +15,17 @@ import pytest
 from test_link_key import KEY
 from test_protocol import SlowEstimator
 
-from backend_app import server as server_module
-from backend_app.server import InferenceServer
-from edge_app.link import connect_backend
-from lalelu.wire import REPLY_SIZE, PixelFormat, Status, encode_frame_header, parse_reply_into, round_trip
+from lalelu.backend import server as server_module
+from lalelu.backend.server import InferenceServer
+from lalelu.wire.link import connect_backend
+from lalelu.wire.protocol import (
+    REPLY_SIZE,
+    PixelFormat,
+    Status,
+    encode_frame_header,
+    parse_reply_into,
+    round_trip,
+)
 
 pytestmark = pytest.mark.process
 W, H = 32, 24

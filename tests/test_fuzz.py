@@ -18,7 +18,7 @@ def test_backend_survives_100k_mutated_packets_and_keeps_serving_a_good_edge():
     cmd = [
         sys.executable,
         "-m",
-        "lalelu_commands.fuzz",
+        "lalelu.cli.fuzz",
         "--packets",
         str(PACKETS),
         "--flood",

@@ -14,12 +14,12 @@ import pytest
 from conftest import Backend, lalelu_cmd
 from test_protocol import SlowEstimator
 
-from backend_app import server as server_module
-from backend_app.server import InferenceServer
-from edge_app.link import BackendLink, BackendUnavailable, connect_backend
+from lalelu.backend import server as server_module
+from lalelu.backend.server import InferenceServer
 from lalelu.config import config_from_dict, load_link_key
 from lalelu.errors import ConfigError
-from lalelu.wire import (
+from lalelu.wire.link import BackendLink, BackendUnavailable, connect_backend
+from lalelu.wire.protocol import (
     CHALLENGE,
     HELLO,
     PixelFormat,
@@ -130,7 +130,7 @@ def test_a_recorded_or_reflected_exchange_does_not_pass(keyed_server):
             sent.append(bytes(data))
             return real_sendall(data)
 
-    from lalelu.wire import authenticate
+    from lalelu.wire.protocol import authenticate
 
     authenticate(Recorder(), KEY)
     assert one_frame(honest).status == Status.OK

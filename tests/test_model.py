@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from conftest import REFERENCE
 
-from lalelu.engines import create_engine
+from lalelu.cli.pose_image import estimate_pose
+from lalelu.engine import create_engine
 from lalelu.errors import LaleluError, ModelError
 from lalelu.keypoints import KEYPOINT_INDEX
-from lalelu_commands.pose_image import estimate_pose
 
 
 def test_engine_reports_model_metadata(litert_engine):
@@ -37,8 +37,8 @@ def test_keypoints_follow_a_non_square_frame(litert_engine, astronaut):
 def test_yuv420_frame_gives_the_same_pose(litert_engine, astronaut):
     import cv2
 
-    from lalelu.inference import PoseEstimator
-    from lalelu.wire import PixelFormat
+    from lalelu.engine.estimator import PoseEstimator
+    from lalelu.wire.protocol import PixelFormat
 
     yuv = cv2.cvtColor(astronaut, cv2.COLOR_RGB2YUV_I420)
     out = np.zeros((17, 3), np.float32)
@@ -122,7 +122,7 @@ def test_pose_command_refuses_bombs_and_pictures_too_small_for_a_person(tmp_path
     import cv2
     from conftest import lalelu_cmd
 
-    from lalelu_commands.pose_image import read_rgb
+    from lalelu.cli.pose_image import read_rgb
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_declaring(100_000, 100_000))

@@ -18,8 +18,11 @@ import numpy as np
 import pytest
 from conftest import free_port
 
-from edge_app.cameras.still import StillSource
-from edge_app.monitor.feed import (
+from lalelu.camera.still import StillSource
+from lalelu.cli.demo import DEMO_CONFIG, backend_and_edge
+from lalelu.config import load_config
+from lalelu.drawing import FOUND, NOT_FOUND, draw_pose, page_description
+from lalelu.edge.monitor.feed import (
     H_FRAME_SLOT,
     H_GIVEN,
     H_HITS,
@@ -30,15 +33,12 @@ from edge_app.monitor.feed import (
     MODE_REMOTE,
     MonitorFeed,
 )
-from lalelu.config import load_config
-from lalelu.drawing import FOUND, NOT_FOUND, draw_pose, page_description
-from lalelu.engines import engine_from_config
+from lalelu.engine import engine_from_config
+from lalelu.engine.estimator import PoseEstimator
 from lalelu.errors import ConfigError
 from lalelu.gestures.consumer import resolve_mapping
 from lalelu.gestures.mapping import load_mapping
-from lalelu.inference import PoseEstimator
-from lalelu.wire import PixelFormat
-from lalelu_commands.demo import DEMO_CONFIG, backend_and_edge
+from lalelu.wire.protocol import PixelFormat
 
 CHROMIUM = shutil.which("chromium")
 
@@ -68,7 +68,7 @@ def test_feed_hands_over_poses_hits_and_pictures_only_when_asked():
 
 
 def test_page_states_camera_lost_and_backend_reconnecting():
-    from edge_app.monitor.server import MonitorServer
+    from lalelu.edge.monitor.server import MonitorServer
 
     feed = MonitorFeed.create(32, 24, PixelFormat.RGB888)
     try:
@@ -86,7 +86,7 @@ def test_page_states_camera_lost_and_backend_reconnecting():
 
 
 def test_request_budget_refills_and_forgets_quiet_addresses():
-    from edge_app.monitor.server import TRACKED_ADDRESSES, RequestBudget
+    from lalelu.edge.monitor.server import TRACKED_ADDRESSES, RequestBudget
 
     budget = RequestBudget(rate=10.0)  # a burst of 20
     assert [budget.take("a", 0.0) for _ in range(21)].count(True) == 20
@@ -107,7 +107,7 @@ def test_an_address_that_asks_too_often_is_refused_before_any_work_and_others_st
     requests and another address's page load as usual."""
     from aiohttp import web
 
-    from edge_app.monitor.server import MonitorServer
+    from lalelu.edge.monitor.server import MonitorServer
 
     feed = MonitorFeed.create(32, 24, PixelFormat.RGB888)
     port = free_port()

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend_app.server import InferenceServer
-from lalelu.inference import PoseEstimator
-from lalelu.preprocess import frame_shape
-from lalelu.wire import (
+from lalelu.backend.server import InferenceServer
+from lalelu.engine.estimator import PoseEstimator
+from lalelu.engine.preprocess import frame_shape
+from lalelu.wire.protocol import (
     FRAME_HEADER,
     REPLY_SIZE,
     PixelFormat,
@@ -109,7 +109,7 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def live_server():
-    from lalelu.engines import BUNDLED_MODEL, create_engine
+    from lalelu.engine import BUNDLED_MODEL, create_engine
 
     engine = create_engine("litert", BUNDLED_MODEL, threads=1)
     s = LiveServer(engine)
@@ -258,7 +258,7 @@ def test_an_edge_with_frames_queued_does_not_hold_the_loop(slow_server):
 
 
 def test_a_client_that_stops_mid_frame_is_dropped(slow_server, monkeypatch):
-    import backend_app.server as server_module
+    import lalelu.backend.server as server_module
 
     monkeypatch.setattr(server_module, "STALL_S", 0.3)
     server, _ticks = slow_server
@@ -269,7 +269,7 @@ def test_a_client_that_stops_mid_frame_is_dropped(slow_server, monkeypatch):
 
 
 def test_connections_beyond_the_limit_are_refused_and_the_rest_served(slow_server, monkeypatch):
-    import backend_app.server as server_module
+    import lalelu.backend.server as server_module
 
     monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 3)
     server, _ticks = slow_server
@@ -287,7 +287,7 @@ def test_connections_beyond_the_limit_are_refused_and_the_rest_served(slow_serve
 
 def _link_to(server, replies: list[int], **options):
     """A BackendLink to the test server, 4 frames in flight, 5 s reply timeout; reply seqs into `replies`."""
-    from edge_app.link import BackendLink
+    from lalelu.wire.link import BackendLink
 
     return BackendLink(
         socket.create_connection(server.address, timeout=5),
@@ -325,7 +325,7 @@ def test_latency_budget_skips_frames_that_would_queue(slow_server):
 
 
 def test_latency_budget_still_notices_a_hung_backend(slow_server):
-    from edge_app.link import BackendLink, BackendUnavailable
+    from lalelu.wire.link import BackendLink, BackendUnavailable
 
     server, _ticks = slow_server
     server.estimator.seconds = 1.0  # hangs, as far as a 0.2 s reply timeout can tell
@@ -343,7 +343,7 @@ def test_latency_budget_still_notices_a_hung_backend(slow_server):
 
 
 def test_idle_clients_give_their_place_to_an_edge_and_time_out(slow_server, monkeypatch):
-    import backend_app.server as server_module
+    import lalelu.backend.server as server_module
 
     monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 4)
     monkeypatch.setattr(server_module, "ROOM_AFTER_S", 0.2)
@@ -385,7 +385,7 @@ def test_idle_clients_give_their_place_to_an_edge_and_time_out(slow_server, monk
 def test_waiting_for_a_slot_keeps_the_watchdog_fed_until_the_reply_timeout():
     """With every frame queued (budget 0), a slow backend holds the loop in `send` for up to
     reply_timeout_s: systemd's watchdog must hear from it meanwhile, or it restarts a working edge."""
-    from edge_app.link import BackendLink, BackendUnavailable
+    from lalelu.wire.link import BackendLink, BackendUnavailable
 
     ours, silent_backend = socket.socketpair()
     kicks = []
@@ -443,7 +443,7 @@ def test_busy_polling_server_polls_after_a_frame_then_sleeps_again():
 def test_busy_polling_link_gets_every_reply_and_closes_promptly(slow_server):
     """[edge] busy_poll_ms: the receiver waits for a send, then polls for the reply; replies arrive in
     order, a backend that goes away is reported at the next send, and close() does not wait for a poll."""
-    from edge_app.link import BackendUnavailable
+    from lalelu.wire.link import BackendUnavailable
 
     server, _ticks = slow_server
     server.estimator.seconds = 0.01
@@ -508,7 +508,7 @@ def _lying_backend(sock: socket.socket, lie: str) -> None:
     ],
 )
 def test_a_lying_backend_is_not_believed_and_is_left_like_a_lost_one(lie, reason):
-    from edge_app.link import BackendDistrusted, BackendLink
+    from lalelu.wire.link import BackendDistrusted, BackendLink
 
     ours, theirs = socket.socketpair()
     liar = threading.Thread(target=_lying_backend, args=(theirs, lie), daemon=True)
@@ -529,7 +529,7 @@ def test_a_lying_backend_is_not_believed_and_is_left_like_a_lost_one(lie, reason
 
 
 def test_an_honest_reply_is_believed():
-    from edge_app.link import BackendLink
+    from lalelu.wire.link import BackendLink
 
     ours, theirs = socket.socketpair()
     threading.Thread(target=_lying_backend, args=(theirs, "none"), daemon=True).start()
@@ -548,8 +548,8 @@ def test_an_honest_reply_is_believed():
 
 def test_a_backend_that_lied_is_asked_again_only_after_a_doubling_hold(slow_server):
     """A liar that answers the probe honestly would otherwise be taken back at once, again and again."""
-    from edge_app.failover import Reconnector
-    from edge_app.loop import LIE_HOLD_MAX_S, LIE_HOLD_S, distrust_hold_s
+    from lalelu.edge.failover import Reconnector
+    from lalelu.edge.loop import LIE_HOLD_MAX_S, LIE_HOLD_S, distrust_hold_s
 
     assert [distrust_hold_s(n) for n in (1, 2, 3)] == [LIE_HOLD_S, 2 * LIE_HOLD_S, 4 * LIE_HOLD_S]
     assert distrust_hold_s(8) == distrust_hold_s(10**6) == LIE_HOLD_MAX_S
@@ -579,7 +579,7 @@ def test_a_backend_that_lied_is_asked_again_only_after_a_doubling_hold(slow_serv
 def test_an_edge_connects_from_its_source_address_and_a_foreign_one_is_named(live_server):
     """[edge] source_address: the backend sees the edge at that address (its shares count per address);
     an address this machine does not have is refused with the key's name and the fix."""
-    from edge_app.link import BackendUnavailable, connect_backend
+    from lalelu.wire.link import BackendUnavailable, connect_backend
 
     address = f"127.0.0.1:{live_server.address[1]}"
     with connect_backend(address, 5.0, source="127.0.0.7") as sock:

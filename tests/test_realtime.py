@@ -14,7 +14,7 @@ import pytest
 def test_a_helper_thread_leaves_the_loops_cpu_and_priority():
     code = """
 import json, os, threading
-from lalelu.realtime import leave_realtime, online_cpus
+from lalelu.runtime.realtime import leave_realtime, online_cpus
 loop_cpu = max(online_cpus())
 os.sched_setaffinity(0, {loop_cpu})
 seen = {}
@@ -33,6 +33,6 @@ print(json.dumps({"loop_cpu": loop_cpu, "helper": seen["helper"], "main": sorted
 
 def test_bench_accepts_a_cpu_outside_its_own_affinity():
     """An isolated CPU is outside a new process's affinity but may be chosen (`lalelu bench --cpu-affinity`)."""
-    from lalelu.realtime import online_cpus
+    from lalelu.runtime.realtime import online_cpus
 
     assert set(os.sched_getaffinity(0)) <= online_cpus()

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from lalelu.gpu_clock import SmClockSampler, nvml_sm_clock
-from lalelu.reporter import Reporter
+from lalelu.engine.gpu_clock import SmClockSampler, nvml_sm_clock
+from lalelu.runtime.reporter import Reporter
 from lalelu.timing import BACKEND_TELEMETRY_DTYPE, warm_up_reports, write_jsonl
 
 

@@ -5,7 +5,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow", reason="needs tensorflow-cpu (installed by .ci/run)")
 
-from lalelu.engines import create_engine  # noqa: E402
+from lalelu.engine import create_engine  # noqa: E402
 
 
 class ThunderShaped(tf.Module):
@@ -42,7 +42,7 @@ def test_savedmodel_engine_reads_size_and_dtype_from_the_model(thunder_like):
 
 
 def test_savedmodel_engine_with_letterbox(thunder_like, astronaut):
-    from lalelu_commands.pose_image import estimate_pose
+    from lalelu.cli.pose_image import estimate_pose
 
     engine = create_engine("tf-savedmodel", thunder_like[0])
     kp = estimate_pose(engine, astronaut)

@@ -97,7 +97,7 @@ def test_log_lines_carry_journald_priorities_only_under_journald(tmp_path, monke
 def test_a_long_start_keeps_saying_it_is_alive(tmp_path, monkeypatch):
     """sdnotify.StartingUp: every period systemd hears EXTEND_TIMEOUT_USEC with the phase, and the
     heartbeat file is fresh; once started the file is gone."""
-    from lalelu.sdnotify import StartingUp
+    from lalelu.runtime.sdnotify import StartingUp
 
     path = tmp_path / "notify.sock"
     heartbeat = tmp_path / "backend.json.starting"
@@ -120,8 +120,8 @@ def test_the_demo_waits_for_a_backend_that_says_it_is_still_starting(tmp_path):
     """A start longer than the demo's wait is waited for while its heartbeat is fresh; a silent one is not."""
     import sys
 
+    from lalelu.cli.demo import wait_until_ready
     from lalelu.errors import LaleluError
-    from lalelu_commands.demo import wait_until_ready
 
     ready = tmp_path / "backend.json"
     slow = (  # 3 s of start-up with a heartbeat every 0.3 s, then ready
@@ -167,7 +167,7 @@ def test_the_demo_waits_for_a_backend_that_says_it_is_still_starting(tmp_path):
 
 def test_a_start_that_never_ends_stops_asking_for_time(tmp_path, monkeypatch):
     """After limit_s the beats stop, so the unit's start timeout ends a start that hangs."""
-    from lalelu.sdnotify import StartingUp
+    from lalelu.runtime.sdnotify import StartingUp
 
     path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import lalelu_cmd
 
+from lalelu.cli.soak import memory_growth, per_interval
 from lalelu.timing import TELEMETRY_DTYPE
-from lalelu_commands.soak import memory_growth, per_interval
 
 pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from edge_app.cameras.motion import SineMotion, StrokePattern, TableMotion, find_impacts, stroke_motion
+from lalelu.camera.motion import SineMotion, StrokePattern, TableMotion, find_impacts, stroke_motion
 from lalelu.errors import ConfigError
 from lalelu.gestures.mapping import mapping_from_dict
 from lalelu.gestures.reader import GestureReader, Hit

@@ -10,11 +10,11 @@ from conftest import REFERENCE
 torch = pytest.importorskip("torch", reason="needs torch (CPU build, installed by .ci/run)")
 pytest.importorskip("onnx", reason="needs onnx (installed by .ci/run)")
 
-from lalelu.engines import create_engine  # noqa: E402
-from lalelu.engines.torch_cuda import TorchCudaEngine  # noqa: E402
+from lalelu.cli.pose_image import estimate_pose  # noqa: E402
+from lalelu.engine import create_engine  # noqa: E402
+from lalelu.engine.torch_cuda import TorchCudaEngine  # noqa: E402
 from lalelu.errors import ModelError  # noqa: E402
 from lalelu.keypoints import KEYPOINT_INDEX  # noqa: E402
-from lalelu_commands.pose_image import estimate_pose  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_a_graph_without_movenet_heads_is_refused(tmp_path):
 def test_unknown_operator_is_named(lightning_onnx):
     from onnx import load
 
-    from lalelu.engines.onnx_torch import OnnxModule
+    from lalelu.engine.onnx_torch import OnnxModule
 
     node = next(n for n in load(str(lightning_onnx)).graph.node if n.op_type == "ArgMax")
     with pytest.raises(ModelError, match="uses ArgMax, which the torch-cuda engine cannot run"):
@@ -112,8 +112,8 @@ def test_raw_frames_letterboxed_in_the_engine_match_the_cpu_path(cpu_engine, ast
     the engine's) gives the keypoints of the cv2 path, here run on the CPU with the same network."""
     import cv2
 
-    from lalelu.inference import PoseEstimator
-    from lalelu.wire import PixelFormat
+    from lalelu.engine.estimator import PoseEstimator
+    from lalelu.wire.protocol import PixelFormat
 
     fmt = PixelFormat[fmt_name]
 
@@ -147,8 +147,8 @@ def test_a_batch_of_raw_frames_gives_each_frame_its_own_pose(cpu_engine, astrona
     it gets alone, three different photos in one batch and in two batch sizes."""
     import cv2
 
-    from lalelu.inference import PoseEstimator
-    from lalelu.wire import PixelFormat
+    from lalelu.engine.estimator import PoseEstimator
+    from lalelu.wire.protocol import PixelFormat
 
     fmt = PixelFormat[fmt_name]
     w, h = 320, 240
@@ -179,9 +179,9 @@ def test_a_band_served_through_the_real_network_gets_each_edge_its_own_pose(cpu_
 
     import cv2
 
-    from backend_app.server import InferenceServer
-    from lalelu.inference import PoseEstimator
-    from lalelu.wire import REPLY_SIZE, PixelFormat, encode_frame_header, parse_reply_into
+    from lalelu.backend.server import InferenceServer
+    from lalelu.engine.estimator import PoseEstimator
+    from lalelu.wire.protocol import REPLY_SIZE, PixelFormat, encode_frame_header, parse_reply_into
 
     w, h = 320, 240
     estimator = PoseEstimator(cpu_engine)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from vm import VM_EDGE_CONFIG, VM_MAPPING_TEXT
 
-from edge_app.cameras.still import StillSource
+from lalelu.camera.still import StillSource
 from lalelu.config import CameraConfig, EngineConfig
-from lalelu.engines import engine_from_config
+from lalelu.engine import engine_from_config
+from lalelu.engine.estimator import PoseEstimator
 from lalelu.gestures.mapping import load_mapping
 from lalelu.gestures.reader import GestureReader, Hit
-from lalelu.inference import PoseEstimator
 
 
 @pytest.mark.parametrize(("steps", "delay_s"), [((2, 3, 4), 2.4), ((2, 6, 10, 14), 3.5)])

@@ -755,7 +755,7 @@ def exposure(vm: VM, unit: str) -> float:
 
 
 def edge_state(pi: VM) -> dict:
-    """The running edge's state file (lalelu.state), {} while it has written none."""
+    """The running edge's state file (lalelu.runtime.state), {} while it has written none."""
     import json
 
     r = pi.ssh("sudo cat /run/lalelu/edge-state.json", check=False)  # 0640: the unit's UMask

@@ -37,7 +37,7 @@ def start_once(config: Path, cache: Path, work: Path) -> dict:
         TRITON_CACHE_DIR=str(cache / "triton"),
         PYTHONPATH=str(ROOT),
     )
-    cmd = [sys.executable, "-m", "lalelu_commands.cli", "backend", "--config", str(config), "--port", "0"]
+    cmd = [sys.executable, "-m", "lalelu", "backend", "--config", str(config), "--port", "0"]
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [*cmd, "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

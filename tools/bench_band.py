@@ -35,11 +35,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lalelu.cli.bench import machine_facts  # noqa: E402
+from lalelu.cli.demo import log_tail, wait_until_ready  # noqa: E402
 from lalelu.errors import LaleluError  # noqa: E402
-from lalelu.realtime import cpu_list  # noqa: E402
+from lalelu.runtime.realtime import cpu_list  # noqa: E402
 from lalelu.timing import frames_per_call  # noqa: E402
-from lalelu_commands.bench import machine_facts  # noqa: E402
-from lalelu_commands.demo import log_tail, wait_until_ready  # noqa: E402
 
 NEW_KEYS = {
     ("backend", "max_batch"),
@@ -131,7 +131,7 @@ def run_cell(
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(checkout), env.get("PYTHONPATH", "")) if p)
         return env
 
-    cli = [sys.executable, "-m", "lalelu_commands.cli"]
+    cli = [sys.executable, "-m", "lalelu"]
     ready = work / "backend.json"
     with contextlib.ExitStack() as stack:
         backend_log = stack.enter_context(open(work / "backend.log", "wb"))

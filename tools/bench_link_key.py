@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from backend_app.server import InferenceServer
-from edge_app.link import connect_backend
-from lalelu.preprocess import frame_shape
+from lalelu.backend.server import InferenceServer
+from lalelu.engine.preprocess import frame_shape
 from lalelu.timing import summarize_ns
-from lalelu.wire import PixelFormat, encode_frame_header, round_trip
+from lalelu.wire.link import connect_backend
+from lalelu.wire.protocol import PixelFormat, encode_frame_header, round_trip
 
 KEY = b"bench-link-key-0123456789abcdef0123456789"
 W, H = 320, 240

@@ -26,11 +26,11 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from lalelu.cli.demo import DEMO_CONFIG, run_demo
+from lalelu.cli.wav import session_impacts, session_wav, sound_times_s, versus_impacts
 from lalelu.config import config_from_dict
 from lalelu.gestures.mapping import load_mapping
 from lalelu.gestures.recording import load_recording, replay
-from lalelu_commands.demo import DEMO_CONFIG, run_demo
-from lalelu_commands.wav import session_impacts, session_wav, sound_times_s, versus_impacts
 
 # Not tuned to: the reader's constants were set on other seeds and patterns (quick strokes at 60-200
 # BPM with 4 ms of humanizing, seed 1). Each case is one player's style for a session.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from demo_runs import demo_config, print_table, row, write_runs
 
-from lalelu_commands.demo import run_demo
+from lalelu.cli.demo import run_demo
 
 
 def main() -> None:

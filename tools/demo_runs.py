@@ -9,7 +9,7 @@ import platform
 import re
 from pathlib import Path
 
-from lalelu_commands.demo import DEMO_CONFIG
+from lalelu.cli.demo import DEMO_CONFIG
 
 SUMMARY_KEYS = (
     "frames_inferred",

@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lalelu.engines.onnx_torch import movenet_network
-from lalelu.movenet_decode import MoveNetDecoder
+from lalelu.engine.movenet_decode import MoveNetDecoder
+from lalelu.engine.onnx_torch import movenet_network
 
 
 def graph_time(fn, n: int) -> dict:

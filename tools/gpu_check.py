@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lalelu.engines.torch_cuda import TorchCudaEngine
-from lalelu_commands.pose_image import estimate_pose
+from lalelu.cli.pose_image import estimate_pose
+from lalelu.engine.torch_cuda import TorchCudaEngine
 
 REFERENCE_NOSE = (227, 122)  # ../shared/models/README.md, on skimage.data.astronaut()
 

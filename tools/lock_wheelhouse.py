@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,12 +167,21 @@ def lock_lines(
     return rows
 
 
+def dependencies_sha(pyproject: Path) -> str:
+    """sha256 of what a lock is resolved from: requires-python, dependencies and every extra. A change
+    elsewhere in pyproject.toml (scripts, packages, tool settings) leaves the locks valid."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    wanted = {k: project.get(k) for k in ("requires-python", "dependencies", "optional-dependencies")}
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
+
+
 def write_lock(target: Target, rows, pyproject_sha: str) -> Path:
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     path = LOCK_DIR / f"{target.key}.txt"
     head = [
         f"# lalelu-drums: the wheels a {target.note or target.key} host may install ({target.key})",
-        "# made by `python tools/lock_wheelhouse.py` from pyproject.toml sha256 " + pyproject_sha[:16],
+        "# made by `python tools/lock_wheelhouse.py` from pyproject.toml's dependencies sha256 "
+        + pyproject_sha[:16],
         "# name==version  # via: the project's direct dependencies that pull it in; for: the extras that need it",
     ]
     body = [f"{n}=={v}  # via {' '.join(via)}; for {' '.join(fr)}" for n, v, via, fr in rows]
@@ -202,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown keys {unknown}; known: {sorted(known)} (or give --python/--arch/--glibc)")
         targets = [known[k] for k in args.only] if args.only else TARGETS
-    pyproject_sha = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    pyproject_sha = dependencies_sha(ROOT / "pyproject.toml")
     failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for target in targets:

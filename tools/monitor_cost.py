@@ -20,7 +20,7 @@ from pathlib import Path
 
 from demo_runs import demo_config, print_table, row, write_runs
 
-from lalelu_commands.demo import backend_and_edge
+from lalelu.cli.demo import backend_and_edge
 
 
 def free_port() -> int:

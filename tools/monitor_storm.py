@@ -32,7 +32,7 @@ import aiohttp
 from demo_runs import demo_config, print_table, row, write_runs
 from monitor_cost import free_port
 
-from lalelu_commands.demo import backend_and_edge
+from lalelu.cli.demo import backend_and_edge
 
 REFUSED = {503: "refused", 429: "too_often"}  # past max_clients; past the address's request budget
 

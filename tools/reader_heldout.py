@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from bench_strokes import CASES
 
-from edge_app.cameras.still import StillSource
+from lalelu.camera.still import StillSource
+from lalelu.cli.wav import versus_impacts
 from lalelu.config import CameraConfig, EngineConfig
-from lalelu.engines import engine_from_config
+from lalelu.engine import engine_from_config
+from lalelu.engine.estimator import PoseEstimator
 from lalelu.gestures import reader as this_reader
 from lalelu.gestures.mapping import load_mapping
 from lalelu.gestures.recording import sound_ns
-from lalelu.inference import PoseEstimator
-from lalelu_commands.wav import versus_impacts
 
 PATTERNS = ("q120", "q200", "gentle120", "accents100", "soft150", "mixed110")
 DELAY_MS = {100: 5.3, 200: 3.7}  # this machine's capture-to-pose p50 in the bench's live runs

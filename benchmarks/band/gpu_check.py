@@ -12,10 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.cameras.still import load_photo
-from lalelu.engines.torch_cuda import TorchCudaEngine
-from lalelu.inference import PoseEstimator
-from lalelu.wire import PixelFormat
+from lalelu.camera.still import load_photo
+from lalelu.engine.estimator import PoseEstimator
+from lalelu.engine.torch_cuda import TorchCudaEngine
+from lalelu.wire.protocol import PixelFormat
 
 engine = TorchCudaEngine(Path(sys.argv[1]), "fp32", "graph")
 estimator = PoseEstimator(engine)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from lalelu.engines import BUNDLED_MODEL
+from lalelu.engine import BUNDLED_MODEL
 
 
 def median_ms(run, repeat: int = 200) -> float:

@@ -20,7 +20,7 @@ for variant in off page off page; do
     python3 benchmarks/live/monitor_client.py ws://127.0.0.1:8790/ws "$seconds" > "$out/$n-$variant-client.json" &
   fi
   echo "== $n: monitor $variant"
-  python3 -m lalelu_commands.cli demo --config "$cfg" --seconds "$seconds" --quiet | tee "$out/$n-$variant.json"
+  python3 -m lalelu demo --config "$cfg" --seconds "$seconds" --quiet | tee "$out/$n-$variant.json"
   wait
   cat "$out/$n-$variant-client.json" 2>/dev/null
 done

@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,pstate,power.draw --format=
 for round in 1 2; do
   for clock in on off; do
     flag=""; [ "$clock" = off ] && flag="--no-gpu-clock"
-    python3 -m lalelu_commands.cli bench --engine torch-cuda --model "$model" --configs graph+pinned --pace 100 $flag \
+    python3 -m lalelu bench --engine torch-cuda --model "$model" --configs graph+pinned --pace 100 $flag \
       --warmup 200 --n 3000 --cpu-affinity 2 --quiet --json "$out/ab-bench-$clock-$round.json" \
       | grep "@100Hz" | tee "$out/ab-bench-$clock-$round.txt"
   done
@@ -19,8 +19,8 @@ for period in 50 0; do
   cfg="$out/ab-demo-$period.toml"
   sed -e "s#^model = .*#model = \"$model\"#" -e "s#^\[backend\]#[backend]\ngpu_clock_period_ms = $period#" \
     benchmarks/live/demo-torch-cuda.toml > "$cfg"
-  python3 -m lalelu_commands.cli demo --config "$cfg" --seconds 30 --fps 100 --quiet --telemetry "$out/ab-demo-$period" \
+  python3 -m lalelu demo --config "$cfg" --seconds 30 --fps 100 --quiet --telemetry "$out/ab-demo-$period" \
     | tee "$out/ab-demo-$period.json"
-  python3 -m lalelu_commands.cli bench --from-telemetry "$out/ab-demo-$period/edge.jsonl" "$out/ab-demo-$period/backend.jsonl" \
+  python3 -m lalelu bench --from-telemetry "$out/ab-demo-$period/edge.jsonl" "$out/ab-demo-$period/backend.jsonl" \
     | tee "$out/ab-demo-$period.txt"
 done

@@ -21,9 +21,9 @@ for compile in ${COMPILE:-false true}; do
         -e "s#^busy_poll_ms = [0-9.]*#busy_poll_ms = $poll#" \
         benchmarks/live/demo-torch-cuda.toml > "$cfg"
       echo "== $run"
-      python3 -m lalelu_commands.cli demo --config "$cfg" --seconds "${SECONDS_PER_DEMO:-30}" --fps "$fps" \
+      python3 -m lalelu demo --config "$cfg" --seconds "${SECONDS_PER_DEMO:-30}" --fps "$fps" \
         --quiet --telemetry "$out/$run" | tee "$out/$run.json"
-      python3 -m lalelu_commands.cli bench --from-telemetry "$out/$run/edge.jsonl" "$out/$run/backend.jsonl" \
+      python3 -m lalelu bench --from-telemetry "$out/$run/edge.jsonl" "$out/$run/backend.jsonl" \
         > "$out/$run.txt"
       tail -8 "$out/$run.txt"
       gzip -f "$out/$run"/*.jsonl

@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,pstate,power.
 lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$out/$label-gpu.txt"
 echo "== engine: back-to-back and paced at 100 and 200 Hz"
 for pace in 100 200; do
-  python3 -m lalelu_commands.cli bench --engine torch-cuda --model "$model" --configs graph+pinned --pace "$pace" \
+  python3 -m lalelu bench --engine torch-cuda --model "$model" --configs graph+pinned --pace "$pace" \
     --warmup 200 --n 2000 --cpu-affinity 2 --quiet --json "$out/$label-bench-$pace.json" | tee "$out/$label-bench-$pace.txt"
 done
 for compile in ${COMPILE:-false true}; do
@@ -22,9 +22,9 @@ for compile in ${COMPILE:-false true}; do
   for fps in 100 200; do
     run="$label-compile-$compile-$fps"
     echo "== live: lalelu demo at $fps fps, compile = $compile"
-    python3 -m lalelu_commands.cli demo --config "$cfg" --seconds "${SECONDS_PER_DEMO:-60}" --fps "$fps" --quiet \
+    python3 -m lalelu demo --config "$cfg" --seconds "${SECONDS_PER_DEMO:-60}" --fps "$fps" --quiet \
       --telemetry "$out/$run" | tee "$out/$run.json"
-    python3 -m lalelu_commands.cli bench --from-telemetry "$out/$run/edge.jsonl" "$out/$run/backend.jsonl" \
+    python3 -m lalelu bench --from-telemetry "$out/$run/edge.jsonl" "$out/$run/backend.jsonl" \
       --plot "$out" | tee "$out/$run.txt"
     mv "$out/edge.png" "$out/$run.png"
   done

@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,pstate --format=csv | tee "
 lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
 echo "== lalelu check --role backend (kind auto)"
-python3 -m lalelu_commands.cli check --role backend --config "$cfg" --frames 200 --max-p99-ms 10 2>&1 | tee "$out/check-backend.txt"
+python3 -m lalelu check --role backend --config "$cfg" --frames 200 --max-p99-ms 10 2>&1 | tee "$out/check-backend.txt"
 echo "== start times"
 python3 tools/backend_start_times.py --config "$cfg" --json "$out/start-times.json" 2>&1 | tee "$out/start-times.txt"
 echo "== cold demo, compile = true"
@@ -21,7 +21,7 @@ sed 's/^compile = .*/compile = true/' "$cfg" > /tmp/auto-compile.toml
 for fps in 200 100; do
   rm -rf /tmp/cold-caches
   TORCHINDUCTOR_CACHE_DIR=/tmp/cold-caches/ti TRITON_CACHE_DIR=/tmp/cold-caches/tr \
-    python3 -m lalelu_commands.cli demo --config /tmp/auto-compile.toml --seconds 20 --fps "$fps" \
+    python3 -m lalelu demo --config /tmp/auto-compile.toml --seconds 20 --fps "$fps" \
     > "$out/demo-cold-compile-$fps.json" 2> "$out/demo-cold-compile-$fps.log"
   echo "exit $?" >> "$out/demo-cold-compile-$fps.log"
   tail -4 "$out/demo-cold-compile-$fps.log"

@@ -1,0 +1,103 @@
+"""The edge's side of the monitor: the consumer that hands every pose to the feed, and the monitor's
+process, started beside the loop and stopped with it. A monitor that cannot start is a warning in the
+log (the server's own message names the cause), never a reason for the instrument not to play."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+
+from lalelu.config import Config, MonitorConfig
+from lalelu.drawing import page_description
+from lalelu.edge.monitor.feed import MonitorFeed
+from lalelu.gestures.consumer import PoseConsumer, resolve_mapping
+from lalelu.gestures.mapping import load_mapping
+from lalelu.timing import TelemetryRing
+from lalelu.wire.protocol import PixelFormat
+
+log = logging.getLogger("lalelu.monitor")
+
+
+class MonitorTap:
+    """A pose consumer in front of the player: the pose and its inference time into the feed, then on."""
+
+    def __init__(self, feed: MonitorFeed, inner: PoseConsumer, telemetry: TelemetryRing) -> None:
+        self.feed, self.inner, self.telemetry = feed, inner, telemetry
+
+    @property
+    def hits(self) -> int:
+        return getattr(self.inner, "hits", 0)
+
+    def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
+        row = self.telemetry.rows[seq % self.telemetry.capacity]
+        self.feed.put_pose(seq, capture_ns, int(row["backend_infer_ns"]), keypoints)
+        self.inner.on_pose(seq, capture_ns, keypoints)
+
+    def all_notes_off(self) -> None:
+        self.inner.all_notes_off()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class MonitorProcess:
+    def __init__(self, cfg: MonitorConfig, feed: MonitorFeed, page: dict, avoid_cpus: list[int]) -> None:
+        settings = {
+            "listen_host": cfg.listen_host,
+            "port": cfg.port,
+            "allow": cfg.allow,
+            "token": cfg.token,
+            "video_fps": cfg.video_fps,
+            "jpeg_quality": cfg.jpeg_quality,
+            "max_clients": cfg.max_clients,
+            "max_requests_per_s": cfg.max_requests_per_s,
+            "avoid_cpus": avoid_cpus,
+            "page": page,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lalelu.edge.monitor", str(feed.path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        assert self.proc.stdin is not None
+        # The token through a pipe, never in argv (ps) or the environment; a monitor that died at once
+        # says why itself.
+        with contextlib.suppress(BrokenPipeError), self.proc.stdin:
+            self.proc.stdin.write(json.dumps(settings).encode())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        elif self.proc.returncode:
+            log.warning(
+                "the monitor page had stopped (exit code %d): see its message above", self.proc.returncode
+            )
+
+
+@contextlib.contextmanager
+def edge_monitor(cfg: Config, width: int, height: int, fmt: PixelFormat) -> Iterator[MonitorFeed | None]:
+    """The feed and the monitor's process for an edge's session; None when [monitor] is off."""
+    if not cfg.monitor.enabled:
+        yield None
+        return
+    feed = MonitorFeed.create(width, height, fmt)
+    try:
+        page = page_description(load_mapping(resolve_mapping(cfg.output.mapping)), width, height)
+        process = MonitorProcess(cfg.monitor, feed, page, cfg.edge.cpus)
+        try:
+            yield feed
+        finally:
+            process.close()
+    finally:
+        feed.close()
