@@ -17,8 +17,8 @@ from test_fair_serving import from_host, serving
 from test_protocol import recv_exactly
 
 from lalelu.backend.server import InferenceServer
-from lalelu.engine.preprocess import frame_shape
-from lalelu.wire.protocol import REPLY_SIZE, PixelFormat, Status, encode_frame_header, parse_reply_into
+from lalelu.frames import FrameFormat, PixelFormat
+from lalelu.wire.protocol import REPLY_SIZE, Status, encode_frame_header, parse_reply_into
 
 pytestmark = pytest.mark.process
 W, H = 32, 24
@@ -46,7 +46,7 @@ class BatchingEstimator:
         return self.gates[-1]
 
     def frame_buffer(self, fmt, width, height):
-        return np.empty(frame_shape(fmt, width, height), np.uint8)
+        return np.empty(FrameFormat(fmt, width, height).shape, np.uint8)
 
     def estimate(self, pixels, fmt, width, height, out) -> None:
         self.estimate_batch([pixels], fmt, width, height, out[None])

@@ -8,8 +8,8 @@ import pytest
 from lalelu.camera import open_source
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
+from lalelu.frames import PixelFormat
 from lalelu.keypoints import KEYPOINT_INDEX
-from lalelu.wire.protocol import PixelFormat
 
 
 def test_still_source_moves_the_photo_on_its_known_trajectory(litert_engine):

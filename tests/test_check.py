@@ -115,8 +115,9 @@ def test_a_running_backend_is_judged_by_the_edges_it_serves_from_its_state_file(
     from conftest import Backend
 
     from lalelu.cli.check import GO, NO_GO, WARN, band_from_state
+    from lalelu.frames import PixelFormat
     from lalelu.runtime.state import read_state
-    from lalelu.wire.protocol import PixelFormat, encode_frame_header, round_trip
+    from lalelu.wire.protocol import encode_frame_header, round_trip
 
     config = tmp_path / "backend.toml"
     state_file = tmp_path / "backend-state.json"

@@ -38,8 +38,8 @@ def test_bundled_tflite_to_float_onnx_keeps_the_keypoints(lightning_onnx, astron
     import onnxruntime as ort
 
     from lalelu.engine.preprocess import Letterbox
+    from lalelu.frames import PixelFormat
     from lalelu.keypoints import KEYPOINT_INDEX
-    from lalelu.wire.protocol import PixelFormat
 
     sess = ort.InferenceSession(str(lightning_onnx), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]

@@ -206,7 +206,8 @@ def test_backend_serves_only_the_clients_in_its_allow_list(tmp_path):
 
     import numpy as np
 
-    from lalelu.wire.protocol import PixelFormat, Status, encode_frame_header, round_trip
+    from lalelu.frames import PixelFormat
+    from lalelu.wire.protocol import Status, encode_frame_header, round_trip
 
     frame = np.full((240, 320, 3), 90, np.uint8).tobytes()
     header = encode_frame_header(1, 1, PixelFormat.RGB888, 320, 240, len(frame))
@@ -246,7 +247,8 @@ def test_a_backend_out_of_file_descriptors_keeps_serving_its_edge(tmp_path):
 
     import numpy as np
 
-    from lalelu.wire.protocol import PixelFormat, encode_frame_header, round_trip
+    from lalelu.frames import PixelFormat
+    from lalelu.wire.protocol import encode_frame_header, round_trip
 
     backend = Backend(tmp_path, max_files=24)  # below the 32 connections it would allow
     host, port = "127.0.0.1", backend.port

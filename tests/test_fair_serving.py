@@ -17,15 +17,9 @@ from test_protocol import SlowEstimator
 
 from lalelu.backend import server as server_module
 from lalelu.backend.server import InferenceServer
+from lalelu.frames import PixelFormat
 from lalelu.wire.link import connect_backend
-from lalelu.wire.protocol import (
-    REPLY_SIZE,
-    PixelFormat,
-    Status,
-    encode_frame_header,
-    parse_reply_into,
-    round_trip,
-)
+from lalelu.wire.protocol import REPLY_SIZE, Status, encode_frame_header, parse_reply_into, round_trip
 
 pytestmark = pytest.mark.process
 W, H = 32, 24

@@ -18,16 +18,9 @@ from lalelu.backend import server as server_module
 from lalelu.backend.server import InferenceServer
 from lalelu.config import config_from_dict, load_link_key
 from lalelu.errors import ConfigError
+from lalelu.frames import PixelFormat
 from lalelu.wire.link import BackendLink, BackendUnavailable, connect_backend
-from lalelu.wire.protocol import (
-    CHALLENGE,
-    HELLO,
-    PixelFormat,
-    Status,
-    encode_frame_header,
-    encode_hello,
-    round_trip,
-)
+from lalelu.wire.protocol import CHALLENGE, HELLO, Status, encode_frame_header, encode_hello, round_trip
 
 KEY = b"0123456789abcdef0123456789abcdef"
 W, H = 32, 24

@@ -38,7 +38,7 @@ def test_yuv420_frame_gives_the_same_pose(litert_engine, astronaut):
     import cv2
 
     from lalelu.engine.estimator import PoseEstimator
-    from lalelu.wire.protocol import PixelFormat
+    from lalelu.frames import PixelFormat
 
     yuv = cv2.cvtColor(astronaut, cv2.COLOR_RGB2YUV_I420)
     out = np.zeros((17, 3), np.float32)

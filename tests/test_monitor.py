@@ -36,9 +36,9 @@ from lalelu.edge.monitor.feed import (
 from lalelu.engine import engine_from_config
 from lalelu.engine.estimator import PoseEstimator
 from lalelu.errors import ConfigError
+from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import resolve_mapping
 from lalelu.gestures.mapping import load_mapping
-from lalelu.wire.protocol import PixelFormat
 
 CHROMIUM = shutil.which("chromium")
 

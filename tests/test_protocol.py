@@ -15,11 +15,10 @@ from hypothesis import strategies as st
 
 from lalelu.backend.server import InferenceServer
 from lalelu.engine.estimator import PoseEstimator
-from lalelu.engine.preprocess import frame_shape
+from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.wire.protocol import (
     FRAME_HEADER,
     REPLY_SIZE,
-    PixelFormat,
     ProtocolError,
     Status,
     encode_frame_header,
@@ -42,6 +41,22 @@ def test_frame_header_round_trip():
         240,
         320 * 240 * 3 // 2,
     )
+
+
+@given(
+    fmt=st.sampled_from(list(PixelFormat)),
+    half_w=st.integers(1, 960),
+    half_h=st.integers(1, 540),
+)
+def test_frame_format_is_the_wire_s_size(fmt, half_w, half_h):
+    """A frame's array holds exactly the bytes its header announces, and the wire takes no other size."""
+    ff = FrameFormat(fmt, 2 * half_w, 2 * half_h)
+    assert np.empty(ff.shape, np.uint8).nbytes == ff.nbytes
+    limit = 4096 * 4096 * 3
+    header = parse_frame_header(encode_frame_header(1, 0, fmt, ff.width, ff.height), limit)
+    assert header.payload_len == ff.nbytes
+    with pytest.raises(ProtocolError, match="payload"):
+        parse_frame_header(encode_frame_header(1, 0, fmt, ff.width, ff.height, ff.nbytes + 1), limit)
 
 
 def test_reply_round_trip():
@@ -210,7 +225,7 @@ class SlowEstimator:
         self.device_ns = -1
 
     def frame_buffer(self, fmt, width, height):
-        return np.empty(frame_shape(fmt, width, height), np.uint8)
+        return np.empty(FrameFormat(fmt, width, height).shape, np.uint8)
 
     def estimate(self, pixels, fmt, width, height, out) -> None:
         time.sleep(self.seconds)

@@ -113,7 +113,7 @@ def test_raw_frames_letterboxed_in_the_engine_match_the_cpu_path(cpu_engine, ast
     import cv2
 
     from lalelu.engine.estimator import PoseEstimator
-    from lalelu.wire.protocol import PixelFormat
+    from lalelu.frames import PixelFormat
 
     fmt = PixelFormat[fmt_name]
 
@@ -148,7 +148,7 @@ def test_a_batch_of_raw_frames_gives_each_frame_its_own_pose(cpu_engine, astrona
     import cv2
 
     from lalelu.engine.estimator import PoseEstimator
-    from lalelu.wire.protocol import PixelFormat
+    from lalelu.frames import PixelFormat
 
     fmt = PixelFormat[fmt_name]
     w, h = 320, 240
@@ -181,7 +181,8 @@ def test_a_band_served_through_the_real_network_gets_each_edge_its_own_pose(cpu_
 
     from lalelu.backend.server import InferenceServer
     from lalelu.engine.estimator import PoseEstimator
-    from lalelu.wire.protocol import REPLY_SIZE, PixelFormat, encode_frame_header, parse_reply_into
+    from lalelu.frames import PixelFormat
+    from lalelu.wire.protocol import REPLY_SIZE, encode_frame_header, parse_reply_into
 
     w, h = 320, 240
     estimator = PoseEstimator(cpu_engine)

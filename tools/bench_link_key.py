@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.backend.server import InferenceServer
-from lalelu.engine.preprocess import frame_shape
+from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.timing import summarize_ns
 from lalelu.wire.link import connect_backend
-from lalelu.wire.protocol import PixelFormat, encode_frame_header, round_trip
+from lalelu.wire.protocol import encode_frame_header, round_trip
 
 KEY = b"bench-link-key-0123456789abcdef0123456789"
 W, H = 320, 240
@@ -37,7 +37,7 @@ class InstantEstimator:
     device_ns = -1
 
     def frame_buffer(self, fmt, width, height):
-        return np.empty(frame_shape(fmt, width, height), np.uint8)
+        return np.empty(FrameFormat(fmt, width, height).shape, np.uint8)
 
     def estimate(self, pixels, fmt, width, height, out) -> None:
         out[:] = 0.5

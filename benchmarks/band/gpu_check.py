@@ -15,7 +15,7 @@ import numpy as np
 from lalelu.camera.still import load_photo
 from lalelu.engine.estimator import PoseEstimator
 from lalelu.engine.torch_cuda import TorchCudaEngine
-from lalelu.wire.protocol import PixelFormat
+from lalelu.frames import PixelFormat
 
 engine = TorchCudaEngine(Path(sys.argv[1]), "fp32", "graph")
 estimator = PoseEstimator(engine)

@@ -18,13 +18,13 @@ from lalelu.config import Config, load_link_key
 from lalelu.engine import GPU_ENGINES, engine_from_config
 from lalelu.engine.estimator import PoseEstimator
 from lalelu.engine.gpu_clock import SmClockSampler
+from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import pose_consumer, request_reload, sound_leaves_here
 from lalelu.runtime.reporter import Reporter
 from lalelu.runtime.sdnotify import StartingUp
 from lalelu.runtime.service import RealtimeService
 from lalelu.runtime.state import BACKEND_STATE_NAME, state_path, write_state
 from lalelu.timing import backend_summary, frames_per_call, write_jsonl
-from lalelu.wire.protocol import PixelFormat
 
 log = logging.getLogger("lalelu.backend")
 

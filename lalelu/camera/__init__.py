@@ -8,7 +8,7 @@ import numpy as np
 
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
-from lalelu.wire.protocol import PixelFormat
+from lalelu.frames import PixelFormat
 
 
 class FrameSource(Protocol):

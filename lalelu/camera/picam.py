@@ -16,7 +16,7 @@ import numpy as np
 
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
-from lalelu.wire.protocol import PixelFormat
+from lalelu.frames import FrameFormat, PixelFormat
 
 log = logging.getLogger("lalelu.camera")
 
@@ -84,12 +84,7 @@ class Picamera2Source:
                 f"no usable Pi camera ({exc}); check the ribbon cable and `rpicam-hello --list-cameras`"
             ) from exc
         self.width, self.height, self.fps = cfg.width, cfg.height, cfg.fps
-        shape = (
-            (cfg.height * 3 // 2, cfg.width)
-            if self.pixel_format == PixelFormat.YUV420
-            else (cfg.height, cfg.width, 3)
-        )
-        self._buf = np.empty(shape, np.uint8)
+        self._buf = np.empty(FrameFormat(self.pixel_format, cfg.width, cfg.height).shape, np.uint8)
         self._last_ts = 0
         self._period_ns = frame_us * 1000
         self._timeout_s = max(1.0, 20 * frame_us / 1e6)

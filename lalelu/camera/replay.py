@@ -10,7 +10,7 @@ import numpy as np
 from lalelu.camera.pacing import Pacer
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
-from lalelu.wire.protocol import PixelFormat
+from lalelu.frames import PixelFormat
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 

@@ -18,7 +18,7 @@ from lalelu.camera.motion import SineMotion, motion_from_config
 from lalelu.camera.pacing import Pacer
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
-from lalelu.wire.protocol import PixelFormat
+from lalelu.frames import FrameFormat, PixelFormat
 
 BACKGROUND = 90
 BUNDLED_PHOTO = Path(__file__).resolve().parent.parent.parent / "lalelu" / "data" / "astronaut.png"
@@ -49,8 +49,10 @@ class StillSource:
         self.motion = motion_from_config(cfg)
         self.whole_pixels = isinstance(self.motion, SineMotion)
         self._shift = np.array([[1.0, 0.0, float(self.photo_x)], [0.0, 1.0, 0.0]])
-        self._rgb = np.full((cfg.height, cfg.width, 3), BACKGROUND, np.uint8)
-        self._yuv = np.empty((cfg.height * 3 // 2, cfg.width), np.uint8)
+        self._rgb = np.full(
+            FrameFormat(PixelFormat.RGB888, cfg.width, cfg.height).shape, BACKGROUND, np.uint8
+        )
+        self._yuv = np.empty(FrameFormat(PixelFormat.YUV420, cfg.width, cfg.height).shape, np.uint8)
         self._pacer = Pacer(cfg.fps, paced=True)
         self.seq = -1
 

@@ -13,7 +13,7 @@ import numpy as np
 from lalelu.clock import now_ns
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
-from lalelu.wire.protocol import PixelFormat
+from lalelu.frames import PixelFormat
 
 
 class V4L2Source:

@@ -17,6 +17,7 @@ import numpy as np
 
 from lalelu.config import Config, load_link_key
 from lalelu.errors import ConfigError, LaleluError
+from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import sound_leaves_here
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.runtime.realtime import GOVERNOR, ISOLATED_CPUS, cpu_list, read_kernel_value
@@ -31,7 +32,6 @@ from lalelu.runtime.state import (
 from lalelu.timing import summarize_ns
 from lalelu.wire.protocol import (
     NEEDS_KEY,
-    PixelFormat,
     ProtocolError,
     Status,
     authenticate,

@@ -81,7 +81,7 @@ def verify_onnx_on_photo(source: Path, onnx_path: Path) -> float:
     model and the source model, on the bundled photo of a person, letterboxed as the app does."""
     from lalelu.camera.still import load_photo
     from lalelu.engine.preprocess import Letterbox
-    from lalelu.wire.protocol import PixelFormat
+    from lalelu.frames import PixelFormat
 
     photo = load_photo()
     engine = _source_engine(source)

@@ -22,14 +22,9 @@ import time
 import numpy as np
 import psutil
 
+from lalelu.frames import PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.wire.protocol import (
-    FRAME_HEADER,
-    REPLY_SIZE,
-    PixelFormat,
-    encode_frame_header,
-    round_trip,
-)
+from lalelu.wire.protocol import FRAME_HEADER, REPLY_SIZE, encode_frame_header, round_trip
 
 PARSED_FIELDS = [*range(0, 8), *range(24, 32)]  # magic, version, format, flags | width, height, length
 EXTREMES = [0, 1, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]

@@ -10,8 +10,8 @@ import numpy as np
 from lalelu.engine import PoseEngine
 from lalelu.engine.estimator import PoseEstimator
 from lalelu.errors import LaleluError
+from lalelu.frames import PixelFormat
 from lalelu.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
-from lalelu.wire.protocol import PixelFormat
 
 # A 108-MP phone photo decodes to 324 MB of RGB; a file declaring more is refused before it is decoded.
 MAX_PIXELS = 120_000_000

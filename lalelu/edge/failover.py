@@ -13,16 +13,15 @@ import threading
 import numpy as np
 
 from lalelu.clock import now_ns
+from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.runtime.realtime import leave_realtime
 from lalelu.wire.link import BackendUnavailable, connect_backend
 from lalelu.wire.protocol import (
     NEEDS_KEY,
-    PixelFormat,
     ProtocolError,
     Status,
     encode_frame_header,
-    payload_size,
     reply_problem,
     round_trip,
 )
@@ -46,7 +45,7 @@ class Reconnector:
         self.address = address
         self._key = key
         self._source = source
-        self._probe = (fmt, width, height, bytes(payload_size(fmt, width, height)))
+        self._probe = (fmt, width, height, bytes(FrameFormat(fmt, width, height).nbytes))
         self._timeout_s = connect_timeout_s
         self._first_delay_s, self._max_delay_s = first_delay_s, max_delay_s
         self._stop = threading.Event()

@@ -15,9 +15,10 @@ import numpy as np
 from lalelu.clock import now_ns
 from lalelu.config import EdgeConfig
 from lalelu.engine.estimator import PoseEstimator
+from lalelu.frames import PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.wire.link import BackendLink
-from lalelu.wire.protocol import PixelFormat, Reply, Status
+from lalelu.wire.protocol import Reply, Status
 
 # deliver(seq, keypoints or None when the engine failed on the frame, queue_ns, infer_ns, served_ns):
 # the times are the engine's side of the frame, the backend's own clock for a remote pose

@@ -8,9 +8,9 @@ import numpy as np
 
 from lalelu.clock import now_ns
 from lalelu.engine import PoseEngine
-from lalelu.engine.preprocess import Letterbox, LetterboxGeometry, frame_shape
+from lalelu.engine.preprocess import Letterbox, LetterboxGeometry
+from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.wire.protocol import PixelFormat
 
 
 class PoseEstimator:
@@ -65,7 +65,7 @@ class PoseEstimator:
         make = getattr(self.engine, "frame_buffer", None)
         if make is not None:
             return make(fmt, width, height)
-        return np.empty(frame_shape(fmt, width, height), np.uint8)
+        return np.empty(FrameFormat(fmt, width, height).shape, np.uint8)
 
     def estimate(self, frame: np.ndarray, fmt: PixelFormat, width: int, height: int, out: np.ndarray) -> None:
         """Write (17, 3) rows (x, y, score) in the frame's pixels into `out`."""

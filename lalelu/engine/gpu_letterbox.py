@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lalelu.engine.preprocess import LetterboxGeometry
-from lalelu.wire.protocol import PixelFormat
+from lalelu.frames import PixelFormat
 
 
 def resize_weights(src: int, dst: int, pad: int, size: int) -> np.ndarray:

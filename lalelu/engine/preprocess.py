@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lalelu.wire.protocol import PixelFormat
+from lalelu.frames import PixelFormat
 
 # One small resize per frame: OpenCV's worker pool would only contend with the model's threads.
 cv2.setNumThreads(1)
@@ -55,7 +55,3 @@ class Letterbox(LetterboxGeometry):
         cv2.resize(src, (self.new_w, self.new_h), dst=self._roi, interpolation=self._interp)
         if self._canvas is not self.dst:
             np.copyto(self.dst, self._canvas, casting="unsafe")
-
-
-def frame_shape(fmt: PixelFormat, width: int, height: int) -> tuple[int, ...]:
-    return (height, width, 3) if fmt == PixelFormat.RGB888 else (height * 3 // 2, width)

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.engine import WarmUpByInfer, check_model_path
-from lalelu.engine.preprocess import LetterboxGeometry, frame_shape
+from lalelu.engine.preprocess import LetterboxGeometry
 from lalelu.errors import ModelError
+from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.wire.protocol import PixelFormat, payload_size
 
 MAX_GEOMETRIES = 8  # a graph per camera geometry; an edge keeps its geometry, so more means a hostile client
 # frames one replay infers together: graphs are captured per batch size up to the configured one
@@ -188,9 +188,11 @@ class TorchCudaEngine(WarmUpByInfer):
     def frame_buffer(self, fmt: PixelFormat, width: int, height: int) -> np.ndarray:
         """A buffer for one raw frame (the socket reads into it), in pinned memory on a GPU."""
         t = self._torch.empty(
-            payload_size(fmt, width, height), dtype=self._torch.uint8, pin_memory=self.device.type == "cuda"
+            FrameFormat(fmt, width, height).nbytes,
+            dtype=self._torch.uint8,
+            pin_memory=self.device.type == "cuda",
         )
-        array = t.numpy().reshape(frame_shape(fmt, width, height))  # holds t: memory outlives the dict
+        array = t.numpy().reshape(FrameFormat(fmt, width, height).shape)  # holds t: memory outlives the dict
         if len(self._pinned) >= 4 * MAX_GEOMETRIES:  # connections come and go; forget the oldest buffer
             del self._pinned[next(iter(self._pinned))]
         self._pinned[array.ctypes.data] = t
@@ -213,7 +215,7 @@ class TorchCudaEngine(WarmUpByInfer):
                 self._frame_graphs.clear()
                 self._geometries.clear()
             self._geometries[geometry] = None
-        raw = torch.zeros((n, payload_size(fmt, width, height)), dtype=torch.uint8, device=self.device)
+        raw = torch.zeros((n, FrameFormat(fmt, width, height).nbytes), dtype=torch.uint8, device=self.device)
         in_h, in_w = self._dev_in.shape[1:3]
         dev_in = torch.zeros((n, in_h, in_w, 3), dtype=self._dev_in.dtype, device=self.device)
         host_out = torch.zeros((n, NUM_KEYPOINTS, 3), dtype=torch.float32, pin_memory=on_gpu)

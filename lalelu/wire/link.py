@@ -13,11 +13,11 @@ from collections.abc import Callable
 import numpy as np
 
 from lalelu.errors import LaleluError
+from lalelu.frames import PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.wire.protocol import (
     NEEDS_KEY,
     REPLY_SIZE,
-    PixelFormat,
     ProtocolError,
     Reply,
     Status,

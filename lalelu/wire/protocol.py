@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
 
 VERSION = 1
@@ -52,16 +53,6 @@ CHALLENGE = struct.Struct("<4sH2x32s32s")
 PROOF = struct.Struct("<4sH2x32s")
 
 
-class PixelFormat(enum.IntEnum):
-    RGB888 = 1  # packed R, G, B bytes, row-major
-    YUV420 = 2  # planar I420: Y plane, then U and V at half resolution
-
-    @classmethod
-    def named(cls, name: str) -> PixelFormat:
-        """The format a configuration names ([camera] pixel_format: "rgb888" or "yuv420")."""
-        return cls[name.upper()]
-
-
 class Status(enum.IntEnum):
     OK = 0
     BAD_FRAME = 1  # header parsed but the frame was rejected (size, format); the connection stays up
@@ -80,12 +71,6 @@ def split_address(address: str) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return host, int(port)
-
-
-def payload_size(fmt: PixelFormat, width: int, height: int) -> int:
-    if fmt == PixelFormat.RGB888:
-        return width * height * 3
-    return width * height * 3 // 2
 
 
 class ProtocolError(Exception):
@@ -111,7 +96,7 @@ def encode_frame_header(
     seq: int, capture_ns: int, fmt: PixelFormat, width: int, height: int, payload_len: int | None = None
 ) -> bytes:
     if payload_len is None:
-        payload_len = payload_size(fmt, width, height)
+        payload_len = FrameFormat(fmt, width, height).nbytes
     return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, int(fmt), 0, seq, capture_ns, width, height, payload_len)
 
 
@@ -143,7 +128,7 @@ def parse_frame_header(
         raise ProtocolError(f"frame size {width}x{height} outside 1..{MAX_DIMENSION}", fatal=False)
     if pf == PixelFormat.YUV420 and (width % 2 or height % 2):
         raise ProtocolError(f"YUV420 frame size {width}x{height} must be even", fatal=False)
-    expected = payload_size(pf, width, height)
+    expected = FrameFormat(pf, width, height).nbytes
     if length != expected:
         raise ProtocolError(
             f"payload length {length} does not match {pf.name} {width}x{height} ({expected} bytes)",

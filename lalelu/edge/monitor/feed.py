@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.clock import now_ns
-from lalelu.engine.preprocess import frame_shape
+from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
-from lalelu.wire.protocol import PixelFormat
 
 POSE_SLOTS = 256  # 2.5 s at 100 fps: the monitor reads every 50 ms
 HIT_SLOTS = 64
@@ -82,7 +81,7 @@ class MonitorFeed:
         fd, name = tempfile.mkstemp(prefix=f"lalelu-monitor-{os.getpid()}-", dir=folder)
         os.close(fd)
         path = Path(name)
-        size = FIXED_BYTES + 2 * math.prod(frame_shape(fmt, width, height))
+        size = FIXED_BYTES + 2 * math.prod(FrameFormat(fmt, width, height).shape)
         feed = cls(path, np.memmap(path, np.uint8, "w+", shape=(size,)), owner=True)
         h = feed.header
         h[H_WIDTH], h[H_HEIGHT], h[H_FORMAT] = width, height, int(fmt)

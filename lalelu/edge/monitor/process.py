@@ -16,10 +16,10 @@ import numpy as np
 from lalelu.config import Config, MonitorConfig
 from lalelu.drawing import page_description
 from lalelu.edge.monitor.feed import MonitorFeed
+from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import PoseConsumer, resolve_mapping
 from lalelu.gestures.mapping import load_mapping
 from lalelu.timing import TelemetryRing
-from lalelu.wire.protocol import PixelFormat
 
 log = logging.getLogger("lalelu.monitor")
 

@@ -47,9 +47,8 @@ from lalelu.edge.monitor.feed import (
     POSE_SLOTS,
     MonitorFeed,
 )
-from lalelu.engine.preprocess import frame_shape
+from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.timing import summarize_ns
-from lalelu.wire.protocol import PixelFormat
 
 log = logging.getLogger("lalelu.monitor")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -126,7 +125,7 @@ class MonitorServer:
         self.pages: set[Page] = set()
         h = feed.header
         self.fmt = PixelFormat(int(h[H_FORMAT]))
-        self.shape = frame_shape(self.fmt, int(h[H_WIDTH]), int(h[H_HEIGHT]))
+        self.shape = FrameFormat(self.fmt, int(h[H_WIDTH]), int(h[H_HEIGHT])).shape
         self._poses_seen = int(h[H_POSES])
         self._hits_seen = int(h[H_HITS])
         self._frame_seq_sent = -1
