@@ -3,24 +3,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import Backend, wait_until
 
 from lalelu.engine import BUNDLED_MODEL
-
-REFERENCE = {  # ../shared/models/README.md: (x, y) on skimage.data.astronaut(), 512x512
-    "nose": (227, 122),
-    "left_eye": (248, 103),
-    "right_eye": (206, 101),
-    "left_shoulder": (313, 258),
-    "right_shoulder": (113, 252),
-}
 
 
 @pytest.fixture(scope="session")
@@ -46,65 +37,6 @@ def lightning_onnx(tmp_path_factory) -> Path:
     from lalelu.cli.convert import to_onnx
 
     return to_onnx(BUNDLED_MODEL, tmp_path_factory.mktemp("onnx") / "lightning.onnx", log=lambda m: None)
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on (for a server the test starts, or an unreachable one)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def lalelu_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lalelu", *args]
-
-
-def run_local_edge(
-    fps: float, seconds: float, *args: str, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    """`lalelu edge` inferring on its own (no backend, no SCHED_FIFO) on the moving photo; asserts it exits 0."""
-    r = subprocess.run(
-        lalelu_cmd("edge", "--backend", "", "--no-fifo", "--fps", str(fps), "--seconds", str(seconds), *args),
-        capture_output=True,
-        timeout=timeout,
-    )
-    assert r.returncode == 0, r.stderr.decode()
-    return r
-
-
-class Backend:
-    def __init__(self, tmp: Path, *args: str, max_files: int = 0) -> None:
-        """`max_files`: the process's open-file limit (RLIMIT_NOFILE), to run it out of descriptors."""
-        import resource
-
-        def limit() -> None:
-            if max_files:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
-
-        self.ready = tmp / f"ready-{time.monotonic_ns()}.json"
-        self.log = open(tmp / "backend.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            lalelu_cmd("backend", "--port", "0", "--ready-file", str(self.ready), "--no-fifo", *args),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            preexec_fn=limit,
-        )
-        from lalelu.cli.demo import wait_until_ready
-        from lalelu.errors import LaleluError
-
-        try:
-            info = wait_until_ready(self.proc, self.ready)
-        except LaleluError as exc:
-            pytest.fail(f"{exc}: {(tmp / 'backend.log').read_text()}")
-        self.port: int = info["port"]
-        self.address = f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture
@@ -152,18 +84,17 @@ def jack_server(tmp_path_factory):
     old = os.environ.get("JACK_DEFAULT_SERVER")
     os.environ["JACK_DEFAULT_SERVER"] = name
     os.environ["JACK_NO_START_SERVER"] = "1"
-    deadline = time.monotonic() + 10
-    while True:  # ready when a client can open
+
+    def client_opens() -> bool:  # JACK is up when a client can open a port
         try:
             probe = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="probe")
             probe.open_virtual_port("probe")
             probe.close_port()
-            del probe
-            break
+            return True
         except Exception:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "JACK did not start in 10 s:\n" + log.read_text()
-            time.sleep(0.2)
+            return False
+
+    wait_until("JACK starting", client_opens, timeout_s=10, every_s=0.2, alive=proc, context=log.read_text)
     yield name
     proc.terminate()
     proc.wait(10)

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_until
 from test_fair_serving import from_host, serving
 from test_protocol import recv_exactly
 
@@ -215,13 +216,6 @@ def test_a_flooding_edge_in_the_band_gets_its_share_and_the_others_every_frame(e
     for k, got in results.items():
         assert got == [(Status.OK, q, 30 + k) for q in range(30)], k
     assert flood_statuses.count(Status.BUSY) > flood_statuses.count(Status.OK) > 0
-
-
-def wait_until(what: str, condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 class PoseLog:

@@ -5,7 +5,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import lalelu_cmd, run_local_edge
+from support import lalelu_cmd, run_local_edge
 
 from lalelu.cli.bench import format_table, run_bench
 from lalelu.errors import LaleluError

@@ -160,7 +160,7 @@ def test_a_camera_that_goes_silent_ends_the_edge_with_a_clear_error(tmp_path):
     timeout) calls, answered by a stand-in whose sensor stops after 30 frames."""
     import subprocess
 
-    from conftest import lalelu_cmd
+    from support import lalelu_cmd
 
     (tmp_path / "picamera2.py").write_text(FAKE_PICAMERA2)
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")

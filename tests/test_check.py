@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import lalelu_cmd
+from support import lalelu_cmd
 
 pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 
@@ -80,7 +80,7 @@ def test_power_and_heat_reads_the_pi_firmware_flags():
 
 def test_a_running_edge_is_judged_from_the_state_file_it_writes(tmp_path):
     """The real edge writes its state at every summary; check reads that, never its log lines."""
-    from conftest import run_local_edge
+    from support import run_local_edge
 
     from lalelu.cli.check import GO, NO_GO, live_from_state
     from lalelu.runtime.state import read_state
@@ -112,7 +112,7 @@ def test_a_running_backend_is_judged_by_the_edges_it_serves_from_its_state_file(
     import time
 
     import numpy as np
-    from conftest import Backend
+    from support import Backend
 
     from lalelu.cli.check import GO, NO_GO, WARN, band_from_state
     from lalelu.frames import PixelFormat

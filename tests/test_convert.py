@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REFERENCE
+from support import REFERENCE
 
 tf = pytest.importorskip("tensorflow", reason="needs tensorflow-cpu (installed by .ci/run)")
 pytest.importorskip("tf2onnx", reason="needs tf2onnx (installed by .ci/run)")

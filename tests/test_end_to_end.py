@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from conftest import Backend, free_port, lalelu_cmd, run_local_edge
+from support import Backend, free_port, lalelu_cmd, run_local_edge
 
 pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 

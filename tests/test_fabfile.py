@@ -8,11 +8,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from support import free_port, wait_until
 
 pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 
@@ -39,15 +38,14 @@ def sshd(tmp_path_factory):
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on
     with open(d / "sshd.log", "wb") as log:
         proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None, (d / "sshd.log").read_text()
-            assert time.monotonic() < deadline, "sshd did not start"
-            time.sleep(0.1)
+    wait_until(
+        "sshd listening",
+        lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
+        timeout_s=10,
+        every_s=0.1,
+        alive=proc,
+        context=(d / "sshd.log").read_text,
+    )
     yield {"port": port, "key": str(d / "user_key"), "user": os.environ.get("USER") or "root", "dir": d}
     proc.terminate()
     proc.wait(10)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import Backend, lalelu_cmd
+from support import Backend, lalelu_cmd
 from test_protocol import SlowEstimator
 
 from lalelu.backend import server as server_module

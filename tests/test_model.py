@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import REFERENCE
+from support import REFERENCE
 
 from lalelu.cli.pose_image import estimate_pose
 from lalelu.engine import create_engine
@@ -72,7 +72,7 @@ def test_pose_command_prints_json_in_image_pixels_and_draws(tmp_path):
     import subprocess
 
     import cv2
-    from conftest import lalelu_cmd
+    from support import lalelu_cmd
 
     photo = tmp_path / "astronaut.png"
     cv2.imwrite(str(photo), cv2.cvtColor(__import__("skimage").data.astronaut(), cv2.COLOR_RGB2BGR))
@@ -92,7 +92,7 @@ def test_pose_command_prints_json_in_image_pixels_and_draws(tmp_path):
 def test_pose_command_on_a_missing_image_is_clear(tmp_path):
     import subprocess
 
-    from conftest import lalelu_cmd
+    from support import lalelu_cmd
 
     r = subprocess.run(lalelu_cmd("pose", str(tmp_path / "nope.jpg")), capture_output=True, timeout=60)
     assert r.returncode == 2
@@ -120,7 +120,7 @@ def test_pose_command_refuses_bombs_and_pictures_too_small_for_a_person(tmp_path
     import subprocess
 
     import cv2
-    from conftest import lalelu_cmd
+    from support import lalelu_cmd
 
     from lalelu.cli.pose_image import read_rgb
 

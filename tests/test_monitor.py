@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import free_port
+from support import free_port, wait_until
 
 from lalelu.camera.still import StillSource
 from lalelu.cli.demo import DEMO_CONFIG, backend_and_edge
@@ -235,10 +235,7 @@ def test_page_in_a_browser_follows_the_instrument(tmp_path):
     x0, y0, still = nose_trajectory(cfg)
     url = f"http://127.0.0.1:{port}/?token=t0k"
     with backend_and_edge(config, 60, tmp_path, quiet=True) as (backend, edge, _):
-        deadline = time.monotonic() + 30
-        while http_status(url) != 200:
-            assert edge.poll() is None and time.monotonic() < deadline, "the monitor page never answered"
-            time.sleep(0.2)
+        wait_until("the monitor page answering", lambda: http_status(url) == 200, 30, 0.2, alive=edge)
         assert http_status(f"http://127.0.0.1:{port}/") == 401  # no token, no page
         assert http_status(f"http://127.0.0.1:{port}/static/monitor.js") == 401  # nor its files
         assert http_status(f"http://127.0.0.1:{port}/?token=t0K") == 401

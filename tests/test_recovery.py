@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Backend, free_port, lalelu_cmd
+from support import Backend, free_port, lalelu_cmd, wait_until
 
 pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 
@@ -65,10 +65,9 @@ mapping = "{mapping}"
 
 
 def wait_for_line(path, text: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in path.read_text():
-        assert time.monotonic() < deadline, f"no {text!r} within {timeout_s} s:\n{path.read_text()}"
-        time.sleep(0.05)
+    wait_until(
+        f"{text!r} in {path.name}", lambda: text in path.read_text(), timeout_s, 0.05, context=path.read_text
+    )
 
 
 def start_edge(tmp: Path, config: Path, seconds: float) -> tuple[subprocess.Popen, Path, Path]:

@@ -4,7 +4,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import lalelu_cmd, run_local_edge
+from support import lalelu_cmd, run_local_edge
 
 pytestmark = pytest.mark.process  # starts servers or `lalelu` processes
 

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from support import wait_until
 
 from lalelu.engine.gpu_clock import SmClockSampler, nvml_sm_clock
 from lalelu.runtime.reporter import Reporter
@@ -114,12 +115,8 @@ def test_the_sampler_follows_the_clock_and_stops_when_the_driver_goes(monkeypatc
     fake = FakeNvml(fail_after=20)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     sampler = SmClockSampler(period_s=0.002)
-    deadline = time.monotonic() + 5
-    while sampler.mhz != 1980 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert sampler.mhz == 1980
-    while fake.queries <= 20 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until("the first sample", lambda: sampler.mhz == 1980, 5)
+    wait_until("the failing query", lambda: fake.queries > 20, 5)
     time.sleep(0.05)
     assert fake.queries == 21  # no query after the failure
     assert "NVML stopped answering (GPU is lost)" in caplog.text

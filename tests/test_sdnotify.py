@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 
-from conftest import lalelu_cmd
+from support import lalelu_cmd
 
 
 def _collect(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:

@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import lalelu_cmd
+from support import lalelu_cmd
 
 from lalelu.cli.soak import memory_growth, per_interval
 from lalelu.timing import TELEMETRY_DTYPE

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from gesture_helpers import cosine_strokes, drum
+from support import wait_until
 
 from lalelu.gestures.consumer import GestureConsumer
 from lalelu.gestures.mapping import mapping_from_dict
@@ -36,15 +37,14 @@ PROBE = [0xBF, 3, 0]  # CC 3 (undefined) on channel 16: harmless, and filtered o
 
 def wait_connected(out: MidiOutput, midi_in) -> None:
     """JACK connects ports asynchronously: probe until a message gets through, then drain."""
-    end = time.monotonic() + 5
-    while time.monotonic() < end:
+
+    def probe_arrives() -> bool:
         out._out.send_message(PROBE)
-        got = receive(midi_in, 1, timeout=0.1)
-        if got:
-            while receive(midi_in, 1, timeout=0.05):
-                pass
-            return
-    pytest.fail("the JACK MIDI connection did not come up within 5 s")
+        return bool(receive(midi_in, 1, timeout=0.1))
+
+    wait_until("the JACK MIDI connection", probe_arrives, timeout_s=5, every_s=0)
+    while receive(midi_in, 1, timeout=0.05):
+        pass
 
 
 def test_hits_arrive_as_exact_midi_bytes_through_jack(jack_server):

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import lalelu_cmd
+from support import lalelu_cmd, wait_until
 
 from lalelu.config import load_config
 from lalelu.errors import ConfigError
@@ -198,13 +198,6 @@ def synth_and_listener(jack_server):
     yield out, listener
     out.close()
     listener.close()
-
-
-def wait_until(what: str, cond, timeout_s: float = 5.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < end, f"{what} did not happen within {timeout_s} s"
-        time.sleep(0.005)
 
 
 @pytest.mark.process

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REFERENCE
+from support import REFERENCE
 
 torch = pytest.importorskip("torch", reason="needs torch (CPU build, installed by .ci/run)")
 pytest.importorskip("onnx", reason="needs onnx (installed by .ci/run)")

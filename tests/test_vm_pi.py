@@ -14,7 +14,8 @@ import time
 
 import pytest
 import vm as vmlib
-from vm import FIGURES, edge_state, exposure, journal, main_pid, wait_for
+from support import wait_until
+from vm import FIGURES, edge_state, exposure, journal, main_pid
 
 UNIT = "lalelu-edge"
 
@@ -44,14 +45,16 @@ def restarted_and_playing(pi: vmlib.VM, old_pid: int, t0: float, timeout: float 
     """Seconds from t0 until the unit runs again with a new pid (READY=1), and until that process
     reports poses reaching its gesture reader (its state file; hits need a nod the emulated rig may be
     too slow to show within the wait)."""
-    pid = wait_for(f"{UNIT} active again", lambda: (p := main_pid(pi, UNIT)) != old_pid and p, timeout)
+    pid = wait_until(
+        f"{UNIT} active again", lambda: (p := main_pid(pi, UNIT)) != old_pid and p, timeout, every_s=1
+    )
     ready = time.monotonic() - t0
 
     def poses() -> bool:
         state = edge_state(pi)
         return state.get("pid") == pid and state.get("poses", 0) > 0
 
-    wait_for(f"poses from the new {UNIT} (pid {pid})", poses, timeout)
+    wait_until(f"poses from the new {UNIT} (pid {pid})", poses, timeout, every_s=1)
     return ready, time.monotonic() - t0
 
 
@@ -67,7 +70,7 @@ def test_first_run_rebooted_once_into_the_new_kernel_line(rig):
 
 def test_the_edge_plays_pinned_and_real_time(rig):
     pi = rig.pi
-    pid = wait_for(f"{UNIT} active", lambda: main_pid(pi, UNIT), 300)
+    pid = wait_until(f"{UNIT} active", lambda: main_pid(pi, UNIT), 300, every_s=1)
     assert pi.ssh(f"taskset -pc {pid}").stdout.split(":")[-1].strip() == "3"
     assert pi.ssh(f"ps -o cls=,rtprio= -p {pid}").stdout.split() == ["FF", "60"]  # [edge] fifo_priority
     assert pi.ssh(f"ps -o user= -p {pid}").stdout.strip() == "lalelu"
@@ -76,8 +79,8 @@ def test_the_edge_plays_pinned_and_real_time(rig):
     assert "unlimited" in pi.ssh(f"sudo grep 'Max locked memory' /proc/{pid}/limits").stdout
     # the first hits after provisioning: 89-239 s in earlier runs, over 300 s in one (poses every ~3 s of a
     # 40-s nod on the emulated rig); the wait is generous, the assertion is that hits come
-    wait_for(
-        "hits in the edge's journal", lambda: hits(pi) >= 2, 600, every=5, context=lambda: edge_story(rig)
+    wait_until(
+        "hits in the edge's journal", lambda: hits(pi) >= 2, 600, every_s=5, context=lambda: edge_story(rig)
     )
     # the login user still logs in and may sudo (the service's user is another account)
     assert pi.ssh("id -un && sudo -n true && echo sudo-ok").stdout.split() == ["pi", "sudo-ok"]
@@ -85,10 +88,11 @@ def test_the_edge_plays_pinned_and_real_time(rig):
 
 def test_check_says_go_for_isolation_and_the_service(rig):
     pi = rig.pi
-    wait_for(
+    wait_until(
         "the edge's state",
         lambda: pi.ssh("test -s /run/lalelu/edge-state.json", check=False).returncode == 0,
         60,
+        every_s=1,
     )
     r = pi.ssh(
         "sudo /opt/lalelu/venv/bin/lalelu check --config /etc/lalelu/edge.toml --max-p99-ms 10000",
@@ -127,7 +131,7 @@ def test_journal_conventions_and_reload(rig):
     assert "lalelu: error: " in errors and "/nope.toml" in errors, errors
     pid = main_pid(pi, UNIT)
     pi.ssh(f"sudo systemctl reload {UNIT}")
-    wait_for("the mapping reloaded", lambda: "reloaded" in journal(pi, f"_PID={pid}"), 60)
+    wait_until("the mapping reloaded", lambda: "reloaded" in journal(pi, f"_PID={pid}"), 60, every_s=1)
     assert main_pid(pi, UNIT) == pid
 
 

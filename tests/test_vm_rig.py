@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import vm as vmlib
+from support import wait_until
 from vm import (
     BACKEND_ADDRESS,
     EDGE_SEEN_FROM,
@@ -30,7 +31,6 @@ from vm import (
     exposure,
     journal,
     main_pid,
-    wait_for,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,7 @@ def test_the_pc_booted_its_new_kernel_line_through_grub(rig):
 
 def test_the_backend_serves_only_the_inventorys_edge_pinned_and_real_time(rig):
     pc = rig.pc
-    pid = wait_for("lalelu-backend active", lambda: main_pid(pc, "lalelu-backend"), 300)
+    pid = wait_until("lalelu-backend active", lambda: main_pid(pc, "lalelu-backend"), 300, every_s=1)
     assert pc.ssh(f"taskset -pc {pid}").stdout.split(":")[-1].strip() == "3"
     assert pc.ssh(f"ps -o cls= -p {pid}").stdout.strip() == "FF"
     assert exposure(pc, "lalelu-backend.service") < 5.0  # hardened, and real-time all the same
@@ -128,14 +128,17 @@ def test_ssh_takes_keys_only(rig):
 
 def test_the_edge_plays_through_the_backend(rig):
     pi, pc = rig.pi, rig.pc
-    state = wait_for(
-        "the edge on the backend", lambda: (s := edge_state(pi)).get("mode") == "remote" and s, 300
+    state = wait_until(
+        "the edge on the backend",
+        lambda: (s := edge_state(pi)).get("mode") == "remote" and s,
+        300,
+        every_s=1,
     )
     assert state["backend"] == f"{BACKEND_ADDRESS}:7600"
     before = backend_frames(pc)
-    wait_for("the backend's counters growing", lambda: backend_frames(pc) > before, 120)
+    wait_until("the backend's counters growing", lambda: backend_frames(pc) > before, 120, every_s=1)
     poses = state["poses"]
-    wait_for("the edge's poses growing", lambda: edge_state(pi).get("poses", 0) > poses, 120)
+    wait_until("the edge's poses growing", lambda: edge_state(pi).get("poses", 0) > poses, 120, every_s=1)
     # Over the link key the inventory gave both (a file of the app's group only).
     assert "link key proven" in journal(pc, "-u lalelu-backend")
     assert pc.ssh("sudo stat -c %a:%U:%G /etc/lalelu/link.key").stdout.strip() == "640:root:lalelu"
@@ -143,7 +146,7 @@ def test_the_edge_plays_through_the_backend(rig):
 
 def test_fab_over_the_inventory(rig):
     inv = rig.inventory
-    wait_for("the edge on the backend", lambda: mode(rig.pi) == "remote", 300)
+    wait_until("the edge on the backend", lambda: mode(rig.pi) == "remote", 300, every_s=1)
     # emulated machines (TCG, 8 vCPUs on 2 cores): seconds per frame, and the Pi's own check takes CPU
     # from its edge while it runs; what is tested here is the wiring, not the speed
     r = fab(inv, "check", "--max-p99-ms", "30000", "--min-fps-ratio", "0.5", "--frames", "5")
@@ -209,7 +212,7 @@ def test_fab_over_the_inventory(rig):
 def test_a_stopped_backend_is_not_ready_and_the_edge_plays_locally(rig):
     pi, pc, inv = rig.pi, rig.pc, rig.inventory
     pc.ssh("sudo systemctl stop lalelu-backend")
-    wait_for("the edge local", lambda: mode(pi).startswith("local"), 120)
+    wait_until("the edge local", lambda: mode(pi).startswith("local"), 120, every_s=1)
     # emulated machines (TCG, 8 vCPUs on 2 cores): seconds per frame, and the Pi's own check takes CPU
     # from its edge while it runs; what is tested here is the wiring, not the speed
     r = fab(inv, "check", "--max-p99-ms", "30000", "--min-fps-ratio", "0.5", "--frames", "5")
@@ -220,32 +223,34 @@ def test_a_stopped_backend_is_not_ready_and_the_edge_plays_locally(rig):
         in r.stdout
     )
     pc.ssh("sudo systemctl start lalelu-backend")
-    wait_for("the edge back on the backend", lambda: mode(pi) == "remote", 180)
+    wait_until("the edge back on the backend", lambda: mode(pi) == "remote", 180, every_s=1)
 
 
 def test_drill_backend_powered_off_mid_show_and_back(rig):
     pi, pc = rig.pi, rig.pc
     t = pi_clock_ns(pi)
     pc.power_cut()
-    wait_for("the edge local", lambda: mode(pi).startswith("local"), 120)
+    wait_until("the edge local", lambda: mode(pi).startswith("local"), 120, every_s=1)
     poses = edge_state(pi).get("poses", 0)
-    wait_for("poses while the backend is off", lambda: edge_state(pi).get("poses", 0) > poses, 180)
+    wait_until(
+        "poses while the backend is off", lambda: edge_state(pi).get("poses", 0) > poses, 180, every_s=1
+    )
     FIGURES["drill_backend_power_cut"] = switch_to_local(pi, t)
     t0 = time.monotonic()
     pc.start()
-    wait_for("the edge back on the backend", lambda: mode(pi) == "remote", 400)
+    wait_until("the edge back on the backend", lambda: mode(pi) == "remote", 400, every_s=1)
     FIGURES["drill_backend_power_on_to_edge_remote_s"] = round(time.monotonic() - t0, 1)
 
 
 def test_drill_cable_cut_and_restored(rig):
     pi = rig.pi
-    wait_for("the edge on the backend", lambda: mode(pi) == "remote", 120)
+    wait_until("the edge on the backend", lambda: mode(pi) == "remote", 120, every_s=1)
     t = pi_clock_ns(pi)
     rig.cable.cut()
-    wait_for("the edge local", lambda: mode(pi).startswith("local"), 120)
+    wait_until("the edge local", lambda: mode(pi).startswith("local"), 120, every_s=1)
     FIGURES["drill_cable_cut"] = switch_to_local(pi, t)
     t0 = time.monotonic()
     rig.cable.restore()
-    wait_for("the edge back on the backend", lambda: mode(pi) == "remote", 120)
+    wait_until("the edge back on the backend", lambda: mode(pi) == "remote", 120, every_s=1)
     FIGURES["drill_cable_restored_to_edge_remote_s"] = round(time.monotonic() - t0, 1)
     assert "answers again" in journal(pi, "-u lalelu-edge")

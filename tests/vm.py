@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import free_port
+from support import free_port
 
 CACHE = Path(os.environ.get("LALELU_VM_CACHE", "/var/cache/lalelu-test/vm"))
 MIRROR = "http://deb.debian.org/debian"
@@ -714,23 +714,6 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
         found[m[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[2])}
     return found
-
-
-def wait_for(what: str, probe, timeout: float, every: float = 1.0, context=None):
-    """probe() until it is truthy; else fail, with context() (what the machines said) in the message."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = probe()
-        if got:
-            return got
-        time.sleep(every)
-    told = ""
-    if context is not None:
-        try:
-            told = f"\n{context()}"
-        except Exception as exc:  # a hung VM or a half-written file must not hide the failure itself
-            told = f"\n(and its evidence could not be gathered: {exc!r})"
-    raise AssertionError(f"{what}: not within {timeout:.0f} s{told}")
 
 
 def main_pid(vm: VM, unit: str) -> int:
