@@ -238,7 +238,7 @@ def bench(
                 str(int(count)),
                 "--warmup",
                 str(int(warmup)),
-                "--cpu-affinity",
+                "--cpus",
                 str(int(cpu)),
                 "--json",
                 remote_json,

@@ -38,7 +38,7 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path):
             "1",
             "--configs",
             "plain,pinned",
-            "--cpu-affinity",
+            "--cpus",
             "0",
             "--warmup",
             "5",

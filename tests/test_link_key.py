@@ -202,7 +202,7 @@ def test_lalelu_edge_and_backend_with_the_key_and_an_edge_without_it(tmp_path):
             )
             summary = tmp_path / f"{name}.json"
             r = subprocess.run(
-                lalelu_cmd("edge", "--config", str(cfg), "--seconds", "3", "--summary-json", str(summary)),
+                lalelu_cmd("edge", "--config", str(cfg), "--seconds", "3", "--json", str(summary)),
                 capture_output=True,
                 text=True,
                 timeout=120,

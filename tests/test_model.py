@@ -78,7 +78,7 @@ def test_pose_command_prints_json_in_image_pixels_and_draws(tmp_path):
     cv2.imwrite(str(photo), cv2.cvtColor(__import__("skimage").data.astronaut(), cv2.COLOR_RGB2BGR))
     out = tmp_path / "annotated.png"
     r = subprocess.run(
-        lalelu_cmd("pose", str(photo), "--json", "--out", str(out)), capture_output=True, timeout=60
+        lalelu_cmd("pose", str(photo), "--json", "-", "--out", str(out)), capture_output=True, timeout=60
     )
     assert r.returncode == 0, r.stderr.decode()
     kps = json.loads(r.stdout)["keypoints"]

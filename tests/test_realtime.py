@@ -32,7 +32,7 @@ print(json.dumps({"loop_cpu": loop_cpu, "helper": seen["helper"], "main": sorted
 
 
 def test_bench_accepts_a_cpu_outside_its_own_affinity():
-    """An isolated CPU is outside a new process's affinity but may be chosen (`lalelu bench --cpu-affinity`)."""
+    """An isolated CPU is outside a new process's affinity but may be chosen (`lalelu bench --cpus`)."""
     from lalelu.runtime.realtime import online_cpus
 
     assert set(os.sched_getaffinity(0)) <= online_cpus()

@@ -81,7 +81,7 @@ def start_edge(tmp: Path, config: Path, seconds: float) -> tuple[subprocess.Pope
                 str(config),
                 "--seconds",
                 str(seconds),
-                "--summary-json",
+                "--json",
                 str(summary_file),
             ),
             stdout=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ def test_record_then_replay_is_deterministic(tmp_path):
         "demo-nod",
         "--record",
         str(rec),
-        "--summary-json",
+        "--json",
         str(summary),
     )
     live = json.loads(summary.read_text())

@@ -176,7 +176,7 @@ def run_cell(
                             f"127.0.0.1:{port}",
                             "--seconds",
                             str(seconds),
-                            "--summary-json",
+                            "--json",
                             str(work / f"edge{e}.json"),
                             "--telemetry",
                             str(work / f"edge{e}.jsonl"),

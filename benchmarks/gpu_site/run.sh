@@ -43,7 +43,7 @@ lalelu check --role backend --frames 500 2>&1 | tee "$out/check-backend.txt"
 for fps in 100 200; do
   echo "== edge at $fps fps through the provisioned backend"
   lalelu edge --config benchmarks/gpu_site/edge.toml --fps "$fps" --seconds 20 --telemetry "$out/edge-$fps.jsonl" \
-    --summary-json "$out/edge-$fps.json" > "$out/edge-$fps.log" 2>&1
+    --json "$out/edge-$fps.json" > "$out/edge-$fps.log" 2>&1
   echo "edge exit $?"; tail -3 "$out/edge-$fps.log"
   lalelu bench --from-telemetry "$out/edge-$fps.jsonl" 2>&1 | tee "$out/edge-$fps.txt" | tail -12
 done

@@ -10,7 +10,7 @@ python3 -c 'import torch, onnx; print("torch", torch.__version__, "cuda", torch.
 echo "== keypoints: GPU variants against the CPU path"
 python3 tools/gpu_check.py "$model" --json "$out/keypoints.json"
 echo "== lalelu bench (torch-cuda)"
-python3 -m lalelu bench --engine torch-cuda --model "$model" --warmup 200 --n 2000 --cpu-affinity 3 \
+python3 -m lalelu bench --engine torch-cuda --model "$model" --warmup 200 --n 2000 --cpus 3 \
   --json "$out/bench.json" --plot "$out" --quiet | tee "$out/bench.txt"
 echo "== end to end: lalelu demo with the torch-cuda backend"
 for fps in 100 200; do

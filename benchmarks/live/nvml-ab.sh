@@ -11,7 +11,7 @@ for round in 1 2; do
   for clock in on off; do
     flag=""; [ "$clock" = off ] && flag="--no-gpu-clock"
     python3 -m lalelu bench --engine torch-cuda --model "$model" --configs graph+pinned --pace 100 $flag \
-      --warmup 200 --n 3000 --cpu-affinity 2 --quiet --json "$out/ab-bench-$clock-$round.json" \
+      --warmup 200 --n 3000 --cpus 2 --quiet --json "$out/ab-bench-$clock-$round.json" \
       | grep "@100Hz" | tee "$out/ab-bench-$clock-$round.txt"
   done
 done

@@ -13,7 +13,7 @@ lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$out/$label-gpu.txt"
 echo "== engine: back-to-back and paced at 100 and 200 Hz"
 for pace in 100 200; do
   python3 -m lalelu bench --engine torch-cuda --model "$model" --configs graph+pinned --pace "$pace" \
-    --warmup 200 --n 2000 --cpu-affinity 2 --quiet --json "$out/$label-bench-$pace.json" | tee "$out/$label-bench-$pace.txt"
+    --warmup 200 --n 2000 --cpus 2 --quiet --json "$out/$label-bench-$pace.json" | tee "$out/$label-bench-$pace.txt"
 done
 for compile in ${COMPILE:-false true}; do
   cfg="$out/$label-demo-compile-$compile.toml"

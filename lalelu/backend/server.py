@@ -30,7 +30,7 @@ import numpy as np
 
 from lalelu.clock import now_ns
 from lalelu.engine.estimator import PoseEstimator
-from lalelu.errors import LaleluError
+from lalelu.errors import LaleluError, RunFailed
 from lalelu.gestures.consumer import PoseConsumer
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.timing import BACKEND_TELEMETRY_DTYPE, TelemetryRing
@@ -172,7 +172,7 @@ class InferenceServer:
         try:
             self._listener = socket.create_server((host, port), backlog=16, reuse_port=False)
         except OSError as exc:
-            raise LaleluError(
+            raise RunFailed(
                 f"cannot listen on {host}:{port} ({exc.strerror or exc}): another backend may hold the port; "
                 "stop it, or choose another [backend] port / --port"
             ) from exc

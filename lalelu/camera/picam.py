@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from lalelu.config import CameraConfig
-from lalelu.errors import CameraError
+from lalelu.errors import CameraError, CameraFailed
 from lalelu.frames import FrameFormat, PixelFormat
 
 log = logging.getLogger("lalelu.camera")
@@ -57,7 +57,7 @@ class Picamera2Source:
         try:
             from picamera2 import Picamera2
         except ImportError as exc:
-            raise CameraError(
+            raise CameraFailed(
                 "picamera2 is not installed: on the Pi, apt install python3-picamera2 and create the venv with "
                 "--system-site-packages (the Ansible role does both)"
             ) from exc
@@ -80,7 +80,7 @@ class Picamera2Source:
             self._cam.configure(config)
             self._cam.start()
         except (IndexError, RuntimeError) as exc:
-            raise CameraError(
+            raise CameraFailed(
                 f"no usable Pi camera ({exc}); check the ribbon cable and `rpicam-hello --list-cameras`"
             ) from exc
         self.width, self.height, self.fps = cfg.width, cfg.height, cfg.fps
@@ -97,12 +97,12 @@ class Picamera2Source:
             job = self._cam.capture_request(wait=False)
             request = self._cam.wait(job, timeout=self._timeout_s)
         except TimeoutError as exc:
-            raise CameraError(
+            raise CameraFailed(
                 f"the Pi camera delivered no frame for {self._timeout_s:g} s (cable, sensor or power); "
                 "exiting so systemd restarts the service"
             ) from exc
         except Exception as exc:  # libcamera raises plain RuntimeError/OSError kinds on a lost sensor
-            raise CameraError(
+            raise CameraFailed(
                 f"the Pi camera stopped delivering frames ({exc}); exiting so systemd restarts"
             ) from exc
         try:

@@ -12,7 +12,7 @@ import numpy as np
 
 from lalelu.clock import now_ns
 from lalelu.config import CameraConfig
-from lalelu.errors import CameraError
+from lalelu.errors import CameraFailed
 from lalelu.frames import PixelFormat
 
 
@@ -20,7 +20,7 @@ class V4L2Source:
     def __init__(self, cfg: CameraConfig) -> None:
         self._cap = cv2.VideoCapture(cfg.device, cv2.CAP_V4L2)
         if not self._cap.isOpened():
-            raise CameraError(
+            raise CameraFailed(
                 f"no V4L2 camera at /dev/video{cfg.device}: plug it in or set [camera] device (v4l2-ctl --list-devices)"
             )
         # the format first: the sizes and rates a webcam offers depend on it
@@ -42,7 +42,7 @@ class V4L2Source:
     def read(self) -> tuple[np.ndarray, int, int] | None:
         ok, img = self._cap.read()
         if not ok:
-            raise CameraError(
+            raise CameraFailed(
                 "the V4L2 camera stopped delivering frames (unplugged?); exiting so systemd restarts"
             )
         ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)

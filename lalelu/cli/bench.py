@@ -6,7 +6,7 @@ configuration runs in its own child process, one after the other, so pinning and
 exactly that configuration. `reference` is the plainest possible loop straight on the LiteRT
 interpreter, the yardstick the engine's own numbers must agree with.
 
-A configuration is words joined by '+': `pinned` (to --cpu-affinity), `fifo` (SCHED_FIFO), and for the
+A configuration is words joined by '+': `pinned` (to --cpus), `fifo` (SCHED_FIFO), and for the
 torch-cuda engine `eager` or `graph` (CUDA graph replay), `fp16` and `compile` (torch.compile). Engines that time the GPU with CUDA
 events (torch-cuda) report device-side figures beside the host-side ones (what the app waits for).
 """
@@ -225,7 +225,7 @@ def run_bench(
         check_config(engine_name, c)
     online = online_cpus()
     if cpu not in online:
-        raise LaleluError(f"--cpu-affinity {cpu}: this host's CPUs are {sorted(online)}; choose one of them")
+        raise LaleluError(f"--cpus {cpu}: this host's CPUs are {sorted(online)}; choose one of them")
     results = []
     from tqdm import tqdm
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lalelu
 from lalelu.config import Config, load_config, monitor_url, override
-from lalelu.errors import LaleluError
+from lalelu.errors import LaleluError, RunFailed
 
 DEMO_CONFIG = Path(lalelu.__file__).resolve().parent / "data" / "demo.toml"
 
@@ -23,6 +23,12 @@ DEMO_CONFIG = Path(lalelu.__file__).resolve().parent / "data" / "demo.toml"
 def lalelu_command(*args: str) -> list[str]:
     """`lalelu ARGS` as a child process of this interpreter."""
     return [sys.executable, "-m", "lalelu", *args]
+
+
+def child_failed(message: str, code: int | None) -> LaleluError:
+    """A child app's exit as this command's error: bad input stays bad input (2), anything else is a
+    failed run (1)."""
+    return LaleluError(message) if code == 2 else RunFailed(message)
 
 
 def wait_until_ready(
@@ -37,7 +43,9 @@ def wait_until_ready(
     last_alive, phase = t0, ""
     while not ready.exists():
         if backend.poll() is not None:
-            raise LaleluError(f"the backend exited with code {backend.returncode} before it was ready")
+            raise child_failed(
+                f"the backend exited with code {backend.returncode} before it was ready", backend.returncode
+            )
         now = time.monotonic()
         try:
             if time.time() - heartbeat.stat().st_mtime < stale_s:
@@ -99,7 +107,7 @@ def backend_and_edge(
                     f"127.0.0.1:{port}",
                     "--seconds",
                     str(seconds),
-                    "--summary-json",
+                    "--json",
                     str(summary_file),
                     *edge_args,
                 ),
@@ -208,8 +216,9 @@ def run_demo(
                     page.poll()
                     time.sleep(0.25)
             if edge.returncode != 0:
-                raise LaleluError(
-                    f"the demo's edge exited with code {edge.returncode}{log_tail(Path(tmp), 'edge')}"
+                raise child_failed(
+                    f"the demo's edge exited with code {edge.returncode}{log_tail(Path(tmp), 'edge')}",
+                    edge.returncode,
                 )
         summary = json.loads(summary_file.read_text())
         result = {k: v for k, v in summary.items() if k != "stages_ms"}

@@ -204,7 +204,7 @@ def main() -> int:
                 "--no-fifo",
                 "--ready-file",
                 str(ready),
-                "--summary-json",
+                "--json",
                 str(summary_file),
             ),
             stdout=subprocess.DEVNULL,

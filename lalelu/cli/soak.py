@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.cli.bench import machine_facts
-from lalelu.cli.demo import DEMO_CONFIG, backend_and_edge, log_tail, progress
+from lalelu.cli.demo import DEMO_CONFIG, backend_and_edge, child_failed, log_tail, progress
 from lalelu.cli.plots import load_telemetry
 from lalelu.config import load_config
 from lalelu.errors import LaleluError
@@ -117,13 +117,15 @@ def run_soak(
                         update(now - start)
                     time.sleep(0.1)
             if edge.returncode != 0:
-                raise LaleluError(
-                    f"the soak's edge exited with code {edge.returncode}{log_tail(Path(tmp), 'edge')}"
+                raise child_failed(
+                    f"the soak's edge exited with code {edge.returncode}{log_tail(Path(tmp), 'edge')}",
+                    edge.returncode,
                 )
             if backend.poll() is not None:
-                raise LaleluError(
+                raise child_failed(
                     f"the backend died during the soak (exit code {backend.returncode})"
-                    f"{log_tail(Path(tmp), 'backend')}"
+                    f"{log_tail(Path(tmp), 'backend')}",
+                    backend.returncode,
                 )
         summary = json.loads(summary_file.read_text())
         rows = load_telemetry(telemetry)

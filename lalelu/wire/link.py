@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lalelu.errors import LaleluError
+from lalelu.errors import RunFailed
 from lalelu.frames import PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.wire.protocol import (
@@ -31,7 +31,7 @@ from lalelu.wire.protocol import (
 log = logging.getLogger("lalelu.edge")
 
 
-class BackendUnavailable(LaleluError):
+class BackendUnavailable(RunFailed):
     pass
 
 
