@@ -5,23 +5,33 @@ Hosts and their variables come from Ansible itself (`ansible-inventory --list`, 
 folder, so YAML or INI inventories, group_vars/ and host_vars/ all count), never from a second host list:
 `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file` and `lalelu_venv` (the
 virtualenv the Ansible app role installs the project into). One SSH connection per host, reused by every
-command of a task; every remote argument is quoted.
+command of a task; every remote argument is quoted. Hosts are served side by side (one thread each), and
+their output is printed host by host in inventory order. `fab -H NAME TASK` (Fabric's own host list) picks
+inventory hosts by name or address, as --hosts does; --group picks groups. A host that cannot be reached is
+one line, and the others are still served.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from fabric import Connection, task
 from invoke.exceptions import Exit
 from paramiko.ssh_exception import SSHException
+
+# paramiko's transport thread logs a traceback when a host does not speak SSH; remote() says it in one line
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_INVENTORY = ROOT / "ansible" / "inventory" / "hosts.yml"
@@ -128,12 +138,14 @@ def load_inventory(path: Path) -> dict[str, Host]:
 def select(inventory: str, group: str, hosts: str) -> list[Host]:
     known = load_inventory(Path(inventory) if inventory else DEFAULT_INVENTORY)
     if hosts:
-        missing = [h for h in hosts.split(",") if h not in known]
+        by_address = {h.address: h for h in known.values()}
+        names = [h for h in hosts.split(",") if h]
+        missing = [h for h in names if h not in known and h not in by_address]
         if missing:
             raise Exit(
                 f"host(s) {', '.join(missing)} not in the inventory; known: {', '.join(known) or 'none'}"
             )
-        return [known[h] for h in hosts.split(",")]
+        return [known[h] if h in known else by_address[h] for h in names]
     groups = group.split(",") if group != "all" else ["all"]
     chosen = [h for h in known.values() if "all" in groups or set(groups) & set(h.groups)]
     if not chosen:
@@ -142,6 +154,36 @@ def select(inventory: str, group: str, hosts: str) -> list[Host]:
             f"{', '.join(sorted({g for h in known.values() for g in h.groups}))}"
         )
     return chosen
+
+
+def chosen_hosts(c, inventory: str, group: str, hosts: str) -> list[Host]:
+    """The hosts a task serves: Fabric's -H (it then calls the task once per host, with a Connection),
+    else --hosts, else --group; each looked up in the inventory, whose variables say how to reach it."""
+    if isinstance(c, Connection):
+        hosts = c.original_host
+    return select(inventory, group, hosts)
+
+
+R = TypeVar("R")
+
+
+def each(hosts: list[Host], work: Callable[[Host], R]) -> list[tuple[Host, R | Exit]]:
+    """`work` on every host at once (one thread each: SSH round trips overlap); the results, or the
+    Exit that host ended with, in the hosts' order."""
+
+    def attempt(host: Host) -> R | Exit:
+        try:
+            return work(host)
+        except Exit as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+        return list(zip(hosts, pool.map(attempt, hosts), strict=True))
+
+
+def failed_line(host: Host, exc: Exit) -> str:
+    message = str(exc.message or exc)
+    return message if message.startswith(host.name) else f"{host.name}: {message}"
 
 
 def remote(host: Host, command: str | list[str], hide: bool = True):
@@ -189,18 +231,36 @@ def live_line(host: Host) -> str:
         return f"live figures unreadable ({exc}): an older lalelu on the host?"
 
 
+COMMON_HELP = {
+    "group": "inventory group(s), comma-separated: backend, edge or all",
+    "hosts": "comma-separated inventory names or addresses instead of a group (or fab -H)",
+    "inventory": "Ansible inventory (default ansible/inventory/hosts.yml)",
+}
+
+
+def _report(results: list[tuple[Host, R | Exit]], show: Callable[[Host, R], None]) -> list[str]:
+    """Print each host's result in order (a failed host: one line); the names of the failed hosts."""
+    failed = []
+    for host, got in results:
+        if isinstance(got, Exit):
+            print(failed_line(host, got), flush=True)
+            failed.append(host.name)
+        else:
+            show(host, got)
+    return failed
+
+
 @task(
+    auto_shortflags=False,
     help={
-        "group": "backend, edge or all",
-        "hosts": "comma-separated inventory names instead of a group",
-        "configs": "bench configurations",
+        **COMMON_HELP,
+        "configs": "bench configurations, comma-separated",
         "threads": "thread counts, e.g. 1,2",
-        "count": "timed inferences",
+        "count": "timed inferences per configuration",
         "warmup": "warm-up inferences",
         "cpu": "core of the pinned configurations",
-        "inventory": "Ansible inventory (default ansible/inventory/hosts.yml)",
-        "results": "results folder",
-    }
+        "results": "results folder (a timestamped folder per run inside it)",
+    },
 )
 def bench(
     c,
@@ -220,31 +280,14 @@ def bench(
 
     out_dir = Path(results) / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    combined = []
-    chosen = select(inventory, group, hosts)
-    for host in chosen:
+    chosen = chosen_hosts(c, inventory, group, hosts)
+
+    def run(host: Host) -> tuple[dict, str]:
         check_venv(host)
         remote_json = f"/tmp/lalelu-bench-{int(time.time())}.json"
-        r = remote(
-            host,
-            [
-                lalelu(host),
-                "bench",
-                "--configs",
-                str(configs),
-                "--threads",
-                str(threads),
-                "--n",
-                str(int(count)),
-                "--warmup",
-                str(int(warmup)),
-                "--cpus",
-                str(int(cpu)),
-                "--json",
-                remote_json,
-                "--quiet",
-            ],
-        )
+        argv = [lalelu(host), "bench", "--configs", str(configs), "--threads", str(threads)]
+        argv += ["--n", str(int(count)), "--warmup", str(int(warmup)), "--cpus", str(int(cpu))]
+        r = remote(host, [*argv, "--json", remote_json, "--quiet"])
         if r.exited != 0:
             raise Exit(f"{host.name}: lalelu bench failed:\n{r.stderr[-2000:]}")
         local = out_dir / f"{host.name}.json"
@@ -257,29 +300,40 @@ def bench(
         report = json.loads(local.read_text())
         for res in report["results"]:
             res["host"] = host.name
-        combined.append(report)
+        return report, live_line(host)
+
+    results_ = each(chosen, run)
+    combined = [got[0] for _, got in results_ if not isinstance(got, Exit)]
+    for report in combined:
         try:
             from lalelu.cli.plots import plot_bench
 
-            plot_bench(report, out_dir / host.name)
-        except Exit:
-            raise
+            plot_bench(report, out_dir / report["results"][0]["host"])
         except Exception as exc:  # plots are a bonus: a controller without matplotlib still gets the table
-            print(f"(no plots for {host.name}: {exc})")
-    print(f"{'host':<16} " + format_table({"results": []}).splitlines()[0])
-    for report in combined:
-        for line in format_table(report).splitlines()[2:-1]:
-            print(f"{report['results'][0]['host']:<16} {line}")
-    (out_dir / "combined.json").write_text(json.dumps(combined))
+            print(f"(no plots for {report['results'][0]['host']}: {exc})")
+    if combined:
+        print(f"{'host':<16} " + format_table({"results": []}).splitlines()[0])
+        for report in combined:
+            for line in format_table(report).splitlines()[2:-1]:
+                print(f"{report['results'][0]['host']:<16} {line}")
+        (out_dir / "combined.json").write_text(json.dumps(combined))
     width = max(len(h.name) for h in chosen)
     print("live, as each service reports it:")
-    for host in chosen:
-        print(f"{host.name:<{width}}  {live_line(host)}")
+    failed = _report(results_, lambda host, got: print(f"{host.name:<{width}}  {got[1]}"))
     print(f"results in {out_dir}")
+    if failed:
+        raise Exit("no bench from: " + ", ".join(failed), code=1)
 
 
 @task(
-    help={"source": "model path on the backend", "to": "onnx, tensorrt or tf-trt", "fp16": "half precision"}
+    auto_shortflags=False,
+    help={
+        "source": "model path on the backend (/opt/lalelu/models/NAME.onnx)",
+        "to": "what to build: tensorrt (ONNX is made on the controller by site.yml)",
+        "fp16": "half precision",
+        "hosts": COMMON_HELP["hosts"],
+        "inventory": COMMON_HELP["inventory"],
+    },
 )
 def convert(c, source, to="tensorrt", fp16=False, inventory="", hosts=""):
     """Run `lalelu convert` on the backend: a TensorRT engine from the ONNX model site.yml copied there
@@ -289,12 +343,20 @@ def convert(c, source, to="tensorrt", fp16=False, inventory="", hosts=""):
             f"fab convert --to {to}: the backend has no converter (tf2onnx is the controller's convert extra); "
             "site.yml converts the model to ONNX on the controller and copies it, or run `lalelu convert` here"
         )
-    for host in select(inventory, "backend", hosts):
+
+    def run(host: Host) -> str:
         check_venv(host)
         fp16_flag = ["--fp16"] if fp16 else []
-        r = remote(host, [lalelu(host), "convert", str(source), "--to", str(to), *fp16_flag], hide=False)
+        r = remote(host, [lalelu(host), "convert", str(source), "--to", str(to), *fp16_flag])
         if r.exited != 0:
-            raise Exit(f"{host.name}: lalelu convert failed")
+            raise Exit(f"{host.name}: lalelu convert failed:\n{r.stderr[-2000:]}")
+        return r.stdout
+
+    failed = _report(
+        each(chosen_hosts(c, inventory, "backend", hosts), run), lambda h, out: print(f"== {h.name}\n{out}")
+    )
+    if failed:
+        raise Exit("no engine built on: " + ", ".join(failed), code=1)
 
 
 STATUS = {
@@ -308,45 +370,48 @@ STATUS = {
 }
 
 
-@task
+@task(auto_shortflags=False, help=COMMON_HELP)
 def status(c, group="all", hosts="", inventory=""):
     """Service state, isolated CPUs, governor, Pi throttling/temperature, GPU clocks and power state."""
-    for host in select(inventory, group, hosts):
-        print(f"== {host.name} ({host.address})")
-        for key, cmd in STATUS.items():
-            print(f"  {key:<12} {remote(host, cmd).stdout.strip()}")
+
+    def run(host: Host) -> list[str]:
+        return [f"  {key:<12} {remote(host, cmd).stdout.strip()}" for key, cmd in STATUS.items()]
+
+    def show(host: Host, lines: list[str]) -> None:
+        print(f"== {host.name} ({host.address})", *lines, sep="\n")
+
+    failed = _report(each(chosen_hosts(c, inventory, group, hosts), run), show)
+    if failed:
+        raise Exit("unreachable: " + ", ".join(failed), code=1)
 
 
 @task(
     name="play-test",
+    auto_shortflags=False,
     help={
-        "hosts": "comma-separated inventory names instead of every edge",
-        "inventory": "Ansible inventory (default ansible/inventory/hosts.yml)",
+        "hosts": "comma-separated inventory names or addresses instead of every edge (or fab -H)",
+        "inventory": COMMON_HELP["inventory"],
         "wait": "seconds to wait for each edge's note (it plays at its next pose)",
     },
 )
 def play_test(c, hosts="", inventory="", wait=10.0):
     """One note through each edge's output (a sound check without playing): SIGUSR1 to the running
     lalelu-edge, then its journal's word that the note went out. Exit 1 unless every edge played it."""
-    failed = []
-    for host in select(inventory, "edge", hosts):
+
+    def run(host: Host) -> str:
         root = as_root(host)
         shown = remote(
             host, ["systemctl", "show", "-p", "MainPID", "-p", "ActiveState", "--value", "lalelu-edge"]
         ).stdout.split()
         pid, state = [*shown, "", ""][:2]
         if state != "active" or not pid.isdigit() or pid == "0":  # a starting edge is left alone
-            print(
+            raise Exit(
                 f"{host.name}: lalelu-edge is not playing ({state or 'unknown'}): see fab status and fab logs"
             )
-            failed.append(host.name)
-            continue
         since = remote(host, ["date", "+%Y-%m-%d %H:%M:%S"]).stdout.strip()
         sent = remote(host, [*root, "kill", "-USR1", pid])
         if sent.exited != 0:
-            print(f"{host.name}: could not signal lalelu-edge: {sent.stderr.strip() or 'kill failed'}")
-            failed.append(host.name)
-            continue
+            raise Exit(f"{host.name}: could not signal lalelu-edge: {sent.stderr.strip() or 'kill failed'}")
         line = ""
         deadline = time.monotonic() + float(wait)
         while not line and time.monotonic() < deadline:
@@ -356,84 +421,70 @@ def play_test(c, hosts="", inventory="", wait=10.0):
             ).stdout
             line = next((ln for ln in journal.splitlines() if "test note" in ln and "played" in ln), "")
             line = line or next((ln for ln in journal.splitlines() if "SIGUSR1:" in ln), "")
-        if "test note played" in line:
-            print(f"{host.name}: {line.split(': ', 1)[-1]}")
-        else:
-            print(
+        if "test note played" not in line:
+            raise Exit(
                 f"{host.name}: no test note within {float(wait):g} s ({line or 'no pose reached the player?'}); see fab logs"
             )
-            failed.append(host.name)
+        return line.split(": ", 1)[-1]
+
+    failed = _report(
+        each(chosen_hosts(c, inventory, "edge", hosts), run), lambda host, said: print(f"{host.name}: {said}")
+    )
     if failed:
         raise Exit("no test note from: " + ", ".join(failed), code=1)
 
 
-@task
+@task(auto_shortflags=False, help={**COMMON_HELP, "lines": "journal lines per host"})
 def logs(c, group="all", hosts="", inventory="", lines=100):
     """The services' journal."""
-    for host in select(inventory, group, hosts):
-        print(f"== {host.name}")
-        print(
-            remote(
-                host,
-                [
-                    *as_root(host),
-                    "journalctl",
-                    "-u",
-                    "lalelu-edge",
-                    "-u",
-                    "lalelu-backend",
-                    "-n",
-                    str(int(lines)),
-                    "--no-pager",
-                ],
-            ).stdout
-        )
+    argv = ["journalctl", "-u", "lalelu-edge", "-u", "lalelu-backend", "-n", str(int(lines)), "--no-pager"]
+    failed = _report(
+        each(
+            chosen_hosts(c, inventory, group, hosts),
+            lambda host: remote(host, [*as_root(host), *argv]).stdout,
+        ),
+        lambda host, journal: print(f"== {host.name}\n{journal}"),
+    )
+    if failed:
+        raise Exit("unreachable: " + ", ".join(failed), code=1)
 
 
 @task(
+    auto_shortflags=False,
     help={
-        "group": "backend, edge or all",
-        "hosts": "comma-separated inventory names instead of a group",
+        **COMMON_HELP,
         "config": "configuration path on the hosts (default /etc/lalelu/<role>.toml, as Ansible writes it)",
-        "max_p99_ms": "the live latency's p99 limit",
+        "max_p99_ms": "the live latency's p99 limit in ms",
         "min_fps_ratio": "the share of the configured camera rate that counts as ready",
         "frames": "frames of the live latency measurement",
-        "inventory": "Ansible inventory (default ansible/inventory/hosts.yml)",
-    }
+    },
 )
 def check(c, group="all", hosts="", inventory="", config="", max_p99_ms=50.0, min_fps_ratio=0.9, frames=50):
     """`lalelu check` on every host: each host's go/no-go table, then one line per host; exit 1 unless all are ready."""
+
+    def role_of(host: Host) -> str:
+        return "edge" if "edge" in host.groups else "backend"
+
+    def run(host: Host) -> tuple[str, str]:
+        role = role_of(host)
+        check_venv(host)
+        argv = [*as_root(host), lalelu(host), "check", "--role", role]
+        argv += ["--config", config or f"/etc/lalelu/{role}.toml", "--frames", str(int(frames))]
+        argv += ["--max-p99-ms", str(float(max_p99_ms)), "--min-fps-ratio", str(float(min_fps_ratio))]
+        r = remote(host, argv)
+        verdict = {0: "READY", 1: "NOT READY"}.get(r.exited, f"ERROR (exit {r.exited})")
+        return verdict, r.stdout + r.stderr
+
     verdicts: dict[str, str] = {}
-    for host in select(inventory, group, hosts):
-        role = "edge" if "edge" in host.groups else "backend"
-        print(f"== {host.name} ({host.address}, {role})", flush=True)
-        try:
-            check_venv(host)
-            r = remote(
-                host,
-                [
-                    *as_root(host),
-                    lalelu(host),
-                    "check",
-                    "--role",
-                    role,
-                    "--config",
-                    config or f"/etc/lalelu/{role}.toml",
-                    "--frames",
-                    str(int(frames)),
-                    "--max-p99-ms",
-                    str(float(max_p99_ms)),
-                    "--min-fps-ratio",
-                    str(float(min_fps_ratio)),
-                ],
-                hide=False,
-            )
-        except Exit as exc:  # one host down must not hide the others' tables
-            print(exc.message)
+    for host, got in each(chosen_hosts(c, inventory, group, hosts), run):
+        print(f"== {host.name} ({host.address}, {role_of(host)})", flush=True)
+        if isinstance(got, Exit):  # one host down must not hide the others' tables
+            print(failed_line(host, got))
             verdicts[host.name] = "UNREACHABLE"
             continue
-        verdicts[host.name] = {0: "READY", 1: "NOT READY"}.get(r.exited, f"ERROR (exit {r.exited})")
-        if role == "edge":
+        verdicts[host.name], told = got
+        print(told.rstrip("\n"))
+        if role_of(host) == "edge":
             print(
                 f"monitor page: {host.monitor} (open it on a phone on this network)"
                 if host.monitor

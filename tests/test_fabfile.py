@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,71 @@ def test_fab_says_when_a_host_is_unreachable(tmp_path):
     r = fab("status", "--inventory", str(inv), cwd=tmp_path)
     assert r.returncode != 0
     assert "is unreachable" in r.stderr + r.stdout
+
+
+@pytest.fixture
+def not_ssh():
+    """A port that answers, but not with SSH (a web server on the wrong port): paramiko's worst case."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+def test_fab_serves_the_reachable_hosts_and_says_each_unreachable_one_in_one_line(sshd, not_ssh, tmp_path):
+    inv = inventory(tmp_path, sshd, sys.prefix)
+    inv.write_text(
+        inv.read_text() + f"    edge:\n      hosts:\n        wrong-port:\n          ansible_host: 127.0.0.1\n"
+        f"          ansible_port: {not_ssh}\n          ansible_user: root\n"
+        f"        switched-off:\n          ansible_host: 127.0.0.1\n          ansible_port: {free_port()}\n"
+    )
+    r = fab("status", "--inventory", str(inv), cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "== loopback-backend (127.0.0.1)" in r.stdout and "isolated" in r.stdout  # served all the same
+    for name in ("wrong-port", "switched-off"):
+        said = [line for line in out.splitlines() if name in line]
+        assert len(said) == 2 and "is unreachable" in said[0], said  # its line, and the summary's
+    assert "Traceback" not in out and "Exception" not in out, out
+    assert r.stderr.strip().splitlines()[-1] == "unreachable: wrong-port, switched-off"
+    # Fabric's own host list picks inventory hosts by name: only that one is served
+    r = fab("-H", "loopback-backend", "status", "--inventory", str(inv), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "== loopback-backend" in r.stdout and "wrong-port" not in r.stdout + r.stderr
+
+
+def test_every_fab_task_option_has_help_and_no_short_flag():
+    """`fab --help TASK` explains every option; no option takes a short flag (--hosts took -h, help's)."""
+    import inspect
+
+    sys.path.insert(0, str(ROOT))
+    from invoke import Task
+
+    import fabfile
+
+    tasks = [v for v in vars(fabfile).values() if isinstance(v, Task)]
+    assert {t.name for t in tasks} >= {"bench", "check", "status", "logs", "play-test", "convert"}
+    for t in tasks:
+        options = [p for p in inspect.signature(t.body).parameters if p != "c"]
+        assert set(options) <= set(t.help), (t.name, set(options) - set(t.help))
+        assert not t.auto_shortflags, t.name
+    r = subprocess.run([FAB, "-r", str(ROOT), "--help", "bench"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--hosts=STRING" in r.stdout and "-h STRING" not in r.stdout, r.stdout
 
 
 def test_fab_check_runs_lalelu_check_on_each_host_and_says_ready(sshd, tmp_path):
