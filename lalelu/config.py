@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lalelu.errors import ConfigError
-from lalelu.wire.protocol import split_address
+from lalelu.wire.protocol import DEFAULT_MAX_PAYLOAD, split_address
 
 # The plug-in names, listed once: the configuration checks them, the CLI offers them, the factories
 # (engines.create_engine, lalelu.camera.open_source, output.open_output) dispatch on them.
@@ -102,7 +102,7 @@ class BackendConfig:
     cpus: list[int] = field(default_factory=list, metadata=_rule(0, 4095))
     sched_fifo: bool = True
     fifo_priority: int = field(default=50, metadata=_rule(1, 99))
-    max_payload: int = field(default=1920 * 1080 * 3, metadata=_rule(1024, 64 * 1024 * 1024))
+    max_payload: int = field(default=DEFAULT_MAX_PAYLOAD, metadata=_rule(1024, 64 * 1024 * 1024))
     allow: list[str] = field(default_factory=list, metadata=_rule(doc="client IPs allowed; empty = any"))
     key_file: str = field(
         default="",

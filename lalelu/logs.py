@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import TextIO
 
 # logging level -> syslog priority (sd-daemon(3): "<N>" at the start of a line)
@@ -50,3 +51,24 @@ def setup_logging(level: int, stream: TextIO = sys.stderr) -> None:
 def error_line(message: str, stream: TextIO = sys.stderr) -> str:
     """`lalelu: error: ...` as printed for a mistake the user can fix; an error priority in the journal."""
     return ("<3>" if to_journal(stream) else "") + f"lalelu: error: {message}"
+
+
+class RateLimited:
+    """At most one warning a second from one source (a flooding client must not flood the journal); the
+    next one that is written counts those held back."""
+
+    __slots__ = ("every_ns", "held", "last_ns")
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_ns = int(every_s * 1e9)
+        self.last_ns = -self.every_ns
+        self.held = 0
+
+    def warn(self, logger: logging.Logger, message: str) -> None:
+        t = time.monotonic_ns()
+        if t - self.last_ns <= self.every_ns:
+            self.held += 1
+            return
+        more = f" (+{self.held} more since the last)" if self.held else ""
+        logger.warning("%s%s", message, more)
+        self.last_ns, self.held = t, 0

@@ -22,6 +22,7 @@ from lalelu.camera.still import StillSource
 from lalelu.cli.demo import DEMO_CONFIG, backend_and_edge
 from lalelu.config import load_config
 from lalelu.drawing import FOUND, NOT_FOUND, draw_pose, page_description
+from lalelu.edge.modes import EdgeMode
 from lalelu.edge.monitor.feed import (
     H_FRAME_SLOT,
     H_GIVEN,
@@ -29,8 +30,6 @@ from lalelu.edge.monitor.feed import (
     H_POSES,
     H_TICK_NS,
     H_WANT,
-    MODE_RECONNECTING,
-    MODE_REMOTE,
     MonitorFeed,
 )
 from lalelu.engine import engine_from_config
@@ -48,10 +47,10 @@ def test_feed_hands_over_poses_hits_and_pictures_only_when_asked():
     reader = MonitorFeed.attach(feed.path)
     try:
         frame = np.full((24, 32, 3), 7, np.uint8)
-        feed.offer_frame(frame, 1, MODE_REMOTE)
+        feed.offer_frame(frame, 1, EdgeMode.REMOTE)
         assert reader.header[H_GIVEN] == 0 and not reader.frames[0].any()  # nobody asked: no copy
         reader.header[H_WANT] = 1
-        feed.offer_frame(frame, 2, MODE_REMOTE)
+        feed.offer_frame(frame, 2, EdgeMode.REMOTE)
         assert reader.header[H_GIVEN] == 1
         assert (reader.frames[int(reader.header[H_FRAME_SLOT])] == 7).all()
         kp = np.arange(51, dtype=np.float32).reshape(17, 3)
@@ -75,9 +74,9 @@ def test_page_states_camera_lost_and_backend_reconnecting():
         settings = {"page": {}, "max_clients": 4, "video_fps": 10, "jpeg_quality": 70}
         server = MonitorServer(MonitorFeed.attach(feed.path), settings)
         frame = np.zeros((24, 32, 3), np.uint8)
-        feed.offer_frame(frame, 0, MODE_REMOTE)  # the loop took a frame just now
+        feed.offer_frame(frame, 0, EdgeMode.REMOTE)  # the loop took a frame just now
         assert server._stats()["camera"] == "ok" and server._stats()["mode"] == "remote"
-        feed.offer_frame(frame, 1, MODE_RECONNECTING)  # the backend went away ...
+        feed.offer_frame(frame, 1, EdgeMode.RECONNECTING)  # the backend went away ...
         feed.header[H_TICK_NS] -= 2_000_000_000  # ... and no frame came for two seconds
         stats = server._stats()
         assert stats["camera"] == "lost" and stats["mode"] == "reconnecting"

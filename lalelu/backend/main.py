@@ -23,7 +23,7 @@ from lalelu.gestures.consumer import pose_consumer, request_reload, sound_leaves
 from lalelu.runtime.reporter import Reporter
 from lalelu.runtime.sdnotify import StartingUp
 from lalelu.runtime.service import RealtimeService
-from lalelu.runtime.state import BACKEND_STATE_NAME, state_path, write_state
+from lalelu.runtime.state import BACKEND_STATE_NAME, state_path, write_state, write_whole
 from lalelu.timing import backend_summary, frames_per_call, write_jsonl
 
 log = logging.getLogger("lalelu.backend")
@@ -127,19 +127,14 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
         signal.signal(signal.SIGTERM, lambda *_: server.stop())
         signal.signal(signal.SIGINT, lambda *_: server.stop())
         signal.signal(signal.SIGHUP, lambda *_: request_reload(server.consumer))  # `systemctl reload`
-        if ready_file is not None:  # written whole, then renamed: a reader never sees half of it
-            partial_file = ready_file.with_name(ready_file.name + ".part")
-            partial_file.write_text(
-                json.dumps(
-                    {
-                        "host": server.address[0],
-                        "port": server.address[1],
-                        "cpus": affinity,
-                        "sched_fifo": fifo,
-                    }
-                )
-            )
-            partial_file.replace(ready_file)
+        if ready_file is not None:
+            address = {
+                "host": server.address[0],
+                "port": server.address[1],
+                "cpus": affinity,
+                "sched_fifo": fifo,
+            }
+            write_whole(ready_file, json.dumps(address))
         written = 0
         state_file = state_path(b.state_file, BACKEND_STATE_NAME)
 

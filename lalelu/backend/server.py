@@ -31,8 +31,10 @@ import numpy as np
 from lalelu.clock import now_ns
 from lalelu.engine.estimator import PoseEstimator
 from lalelu.errors import LaleluError, RunFailed
+from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import PoseConsumer
 from lalelu.keypoints import NUM_KEYPOINTS
+from lalelu.logs import RateLimited
 from lalelu.timing import BACKEND_TELEMETRY_DTYPE, TelemetryRing
 from lalelu.wire.protocol import (
     FRAME_HEADER,
@@ -106,8 +108,7 @@ class Connection:
     last_byte_ns: int = field(default_factory=now_ns)  # connected or last read: what idleness counts from
     begun_ns: int = 0  # when the first byte of the frame being read arrived; 0 between frames
     outbox: bytearray = field(default_factory=bytearray)
-    last_log_ns: int = 0
-    suppressed: int = 0
+    bad_packets: RateLimited = field(default_factory=RateLimited)  # its warnings, at most one a second
     plays: bool = False  # its poses reached the sound consumer
     # The key exchange: its next message's bytes while it runs (None: keyless, or proven), both nonces.
     auth: bytearray | None = None
@@ -185,8 +186,7 @@ class InferenceServer:
         self._zeros = np.zeros((NUM_KEYPOINTS, 3), np.float32)
         self._running = True
         self._closed = False
-        self._last_warning_ns = 0
-        self._suppressed = 0
+        self._warnings = RateLimited()
         self._connections: dict[socket.socket, Connection] = {}
 
     def stop(self) -> None:
@@ -393,13 +393,7 @@ class InferenceServer:
         return True
 
     def _rate_limited_warning(self, message: str) -> None:
-        t = now_ns()
-        if t - self._last_warning_ns > 1_000_000_000:
-            more = f" (+{self._suppressed} more since the last)" if self._suppressed else ""
-            log.warning("%s%s", message, more)
-            self._last_warning_ns, self._suppressed = t, 0
-        else:
-            self._suppressed += 1
+        self._warnings.warn(log, message)
 
     def _drop(self, conn: Connection, why: str) -> None:
         if conn.sock.fileno() < 0:
@@ -415,13 +409,7 @@ class InferenceServer:
 
     def _bad(self, conn: Connection, err: ProtocolError) -> None:
         self.counters.bad_packets += 1
-        t = now_ns()
-        if t - conn.last_log_ns > 1_000_000_000:
-            more = f" (+{conn.suppressed} more since the last report)" if conn.suppressed else ""
-            log.warning("bad packet from %s: %s%s", conn.peer, err.reason, more)
-            conn.last_log_ns, conn.suppressed = t, 0
-        else:
-            conn.suppressed += 1
+        conn.bad_packets.warn(log, f"bad packet from {conn.peer}: {err.reason}")
 
     def _on_readable(self, conn: Connection) -> None:
         # Read until the socket is drained or one frame is complete, then go back to select: an edge
@@ -523,9 +511,9 @@ class InferenceServer:
             if err.fatal:
                 self._drop(conn, f"unframeable stream ({err.reason})")
                 return
-            _magic, _v, _fmt, _flags, seq, _ts, _w, _h, length = FRAME_HEADER.unpack(conn.header)
             self.counters.bad_frames += 1
-            conn.frame = FrameHeader(seq, 0, 0, 0, 0, length)  # type: ignore[arg-type]
+            length = err.payload_len
+            conn.frame = FrameHeader(err.seq, 0, PixelFormat.RGB888, 0, 0, length)  # its seq and length only
             conn.discard = True
             if len(conn.payload) != length or conn.pixels is not None:
                 conn.payload, conn.pixels, conn.geometry = memoryview(bytearray(length)), None, (0, 0, 0)

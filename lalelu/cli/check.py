@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lalelu.config import Config, load_link_key
+from lalelu.edge.modes import EdgeMode
 from lalelu.errors import ConfigError, LaleluError
 from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import sound_leaves_here
@@ -145,7 +146,7 @@ def live_from_state(
     if backend:
         checks.append(
             Check("inference", GO, f"on the backend {backend}")
-            if mode == "remote"
+            if mode == EdgeMode.REMOTE.text
             else Check(
                 "inference",
                 WARN,

@@ -21,7 +21,8 @@ from lalelu.camera import FrameSource, open_source
 from lalelu.clock import now_ns
 from lalelu.config import Config, load_link_key
 from lalelu.edge.failover import Reconnector
-from lalelu.edge.monitor.feed import MODE_LOCAL, MODE_RECONNECTING, MODE_REMOTE, MonitorFeed
+from lalelu.edge.modes import EdgeMode
+from lalelu.edge.monitor.feed import MonitorFeed
 from lalelu.edge.monitor.process import MonitorTap, edge_monitor
 from lalelu.edge.poses import BackendPoses, LocalPoses, PoseSource
 from lalelu.engine import engine_from_config
@@ -36,7 +37,6 @@ from lalelu.timing import TelemetryRing, stage_summary, write_jsonl
 from lalelu.wire.link import BackendDistrusted, BackendUnavailable, connect_backend
 
 log = logging.getLogger("lalelu.edge")
-MODE_TEXT = {MODE_REMOTE: "remote", MODE_LOCAL: "local", MODE_RECONNECTING: "local, reconnecting"}
 LIE_HOLD_S = 30.0  # after a backend's first reply not believed, it is asked again this much later
 LIE_HOLD_MAX_S = 600.0  # doubling with each lie, up to this
 
@@ -315,13 +315,13 @@ class EdgeLoop:
             write_jsonl(new, self._telemetry_fh)  # first: whoever sees the new state finds its frames
         self._publish_state(s, counts)
 
-    def _mode_code(self) -> int:
+    def _mode_code(self) -> EdgeMode:
         if not self.cfg.edge.backend:
-            return MODE_LOCAL
-        return MODE_REMOTE if self._poses is not None and self._poses.remote else MODE_RECONNECTING
+            return EdgeMode.LOCAL
+        return EdgeMode.REMOTE if self._poses is not None and self._poses.remote else EdgeMode.RECONNECTING
 
     def mode(self) -> str:
-        return MODE_TEXT[self._mode_code()]
+        return self._mode_code().text
 
     def _publish_state(self, s: dict, counts: dict) -> None:
         """Every summary: the state file `lalelu check` reads and systemd's STATUS= line."""

@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+from lalelu.runtime.state import write_whole
+
 
 def _address() -> str | None:
     addr = os.environ.get("NOTIFY_SOCKET")
@@ -106,10 +108,8 @@ class StartingUp:
         status = f"{self.phase} ({time.monotonic() - self._t0:.0f} s)"
         notify(f"EXTEND_TIMEOUT_USEC={int(self.extend_s * 1e6)}\nSTATUS=starting: {status}")
         if self.heartbeat is not None:
-            with contextlib.suppress(OSError):  # written whole, then renamed: a reader never sees it empty
-                part = self.heartbeat.with_name(self.heartbeat.name + ".part")
-                part.write_text(status)
-                part.replace(self.heartbeat)
+            with contextlib.suppress(OSError):
+                write_whole(self.heartbeat, status)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):

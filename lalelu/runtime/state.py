@@ -22,11 +22,15 @@ def state_path(configured: str, name: str = STATE_NAME) -> Path | None:
     return Path(runtime) / name if runtime else None
 
 
-def write_state(path: Path, state: dict) -> None:
-    """Written whole, then renamed: a reader never sees half of it."""
+def write_whole(path: Path, text: str) -> None:
+    """Written beside it, then renamed over it: a reader never sees half of it (or an empty file)."""
     part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(dict(state, time=time.time())))
+    part.write_text(text)
     part.replace(path)
+
+
+def write_state(path: Path, state: dict) -> None:
+    write_whole(path, json.dumps(dict(state, time=time.time())))
 
 
 def read_state(path: Path = SERVICE_STATE) -> dict | None:

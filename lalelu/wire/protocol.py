@@ -74,12 +74,16 @@ def split_address(address: str) -> tuple[str, int] | None:
 
 
 class ProtocolError(Exception):
-    """A bad packet. `fatal` means the stream can no longer be framed and must be closed."""
+    """A bad packet. `fatal` means the stream can no longer be framed and must be closed; a frame rejected
+    while the stream stays framed carries its `seq` (for the BAD_FRAME reply) and `payload_len` (the bytes
+    to skip)."""
 
-    def __init__(self, reason: str, fatal: bool) -> None:
+    def __init__(self, reason: str, fatal: bool, seq: int = 0, payload_len: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
         self.fatal = fatal
+        self.seq = seq
+        self.payload_len = payload_len
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,21 +125,24 @@ def parse_frame_header(
         )
     if length > max_payload:
         raise ProtocolError(f"payload length {length} exceeds the limit {max_payload}", fatal=True)
+
+    def rejected(reason: str) -> ProtocolError:
+        return ProtocolError(reason, fatal=False, seq=seq, payload_len=length)
+
     if fmt not in PixelFormat._value2member_map_:
-        raise ProtocolError(f"unknown pixel format {fmt}", fatal=False)
+        raise rejected(f"unknown pixel format {fmt}")
     pf = PixelFormat(fmt)
     if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):
-        raise ProtocolError(f"frame size {width}x{height} outside 1..{MAX_DIMENSION}", fatal=False)
+        raise rejected(f"frame size {width}x{height} outside 1..{MAX_DIMENSION}")
     if pf == PixelFormat.YUV420 and (width % 2 or height % 2):
-        raise ProtocolError(f"YUV420 frame size {width}x{height} must be even", fatal=False)
+        raise rejected(f"YUV420 frame size {width}x{height} must be even")
     expected = FrameFormat(pf, width, height).nbytes
     if length != expected:
-        raise ProtocolError(
-            f"payload length {length} does not match {pf.name} {width}x{height} ({expected} bytes)",
-            fatal=False,
+        raise rejected(
+            f"payload length {length} does not match {pf.name} {width}x{height} ({expected} bytes)"
         )
     if capture_ns < 0:
-        raise ProtocolError(f"negative capture timestamp {capture_ns}", fatal=False)
+        raise rejected(f"negative capture timestamp {capture_ns}")
     return FrameHeader(seq, capture_ns, pf, width, height, length)
 
 

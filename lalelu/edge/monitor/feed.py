@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lalelu.clock import now_ns
+from lalelu.edge.modes import EdgeMode
 from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
 
@@ -39,15 +40,6 @@ H_MAGIC, H_POSES, H_HITS, H_WANT, H_GIVEN, H_FRAME_SEQ, H_FRAME_SLOT, H_MODE = r
 H_TICK_NS, H_WIDTH, H_HEIGHT, H_FORMAT, H_PORT = range(8, 13)
 HEADER_WORDS = 32
 FIXED_BYTES = HEADER_WORDS * 8 + POSE_SLOTS * POSE_DTYPE.itemsize + HIT_SLOTS * HIT_DTYPE.itemsize
-
-# Where the poses come from (H_MODE)
-MODE_REMOTE, MODE_LOCAL, MODE_RECONNECTING, MODE_STARTING = 0, 1, 2, 3
-MODE_NAMES = {
-    MODE_REMOTE: "remote",
-    MODE_LOCAL: "local",
-    MODE_RECONNECTING: "reconnecting",
-    MODE_STARTING: "starting",
-}
 
 
 def remove_stale_feeds(folder: Path) -> None:
@@ -85,7 +77,7 @@ class MonitorFeed:
         feed = cls(path, np.memmap(path, np.uint8, "w+", shape=(size,)), owner=True)
         h = feed.header
         h[H_WIDTH], h[H_HEIGHT], h[H_FORMAT] = width, height, int(fmt)
-        h[H_MODE] = MODE_STARTING
+        h[H_MODE] = EdgeMode.STARTING
         h[H_MAGIC] = MAGIC
         return feed
 

@@ -29,6 +29,7 @@ from aiohttp import WSMsgType, web
 
 from lalelu.clock import now_ns
 from lalelu.config import MonitorConfig, monitor_url
+from lalelu.edge.modes import EdgeMode
 from lalelu.edge.monitor.feed import (
     H_FORMAT,
     H_FRAME_SEQ,
@@ -43,7 +44,6 @@ from lalelu.edge.monitor.feed import (
     H_WANT,
     H_WIDTH,
     HIT_SLOTS,
-    MODE_NAMES,
     POSE_SLOTS,
     MonitorFeed,
 )
@@ -262,7 +262,7 @@ class MonitorServer:
         last_s = poses[poses["pose_ns"] >= now - 1_000_000_000]  # the feed's ring holds the last second
         stats: dict[str, Any] = {
             "t": "stats",
-            "mode": MODE_NAMES.get(int(h[H_MODE]), "?"),
+            "mode": mode.word if (mode := EdgeMode.of(int(h[H_MODE]))) is not None else "?",
             "camera": "lost" if (now - int(h[H_TICK_NS])) / 1e9 > CAMERA_LOST_S else "ok",
             "fps": int(last_s.size),
             "pages": len(self.pages),
