@@ -288,6 +288,7 @@ def test_a_member_dropped_with_replies_still_queued_is_skipped_when_its_batch_en
     import resource
 
     from lalelu.backend.server import Connection
+    from lalelu.wire.framing import FrameReader
     from lalelu.wire.protocol import FrameHeader
 
     server = InferenceServer(AsyncBatchingEstimator(0.0), "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
@@ -299,7 +300,9 @@ def test_a_member_dropped_with_replies_still_queued_is_skipped_when_its_batch_en
         batch = []
         for k, (ours, _theirs) in enumerate(pairs):
             ours.setblocking(False)
-            conn = Connection(ours, f"edge{k}", f"127.0.0.{k + 2}")
+            conn = Connection(
+                ours, f"edge{k}", f"127.0.0.{k + 2}", FrameReader(1 << 20, server.estimator.frame_buffer)
+            )
             server._connections[ours] = conn
             server._sel.register(ours, 1, conn)  # EVENT_READ
             conn.ready = FrameHeader(5, 1, PixelFormat.RGB888, 0, W, H)  # type: ignore[call-arg]

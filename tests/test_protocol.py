@@ -563,8 +563,7 @@ def test_an_honest_reply_is_believed():
 
 def test_a_backend_that_lied_is_asked_again_only_after_a_doubling_hold(slow_server):
     """A liar that answers the probe honestly would otherwise be taken back at once, again and again."""
-    from lalelu.edge.failover import Reconnector
-    from lalelu.edge.loop import LIE_HOLD_MAX_S, LIE_HOLD_S, distrust_hold_s
+    from lalelu.edge.failover import LIE_HOLD_MAX_S, LIE_HOLD_S, Reconnector, distrust_hold_s
 
     assert [distrust_hold_s(n) for n in (1, 2, 3)] == [LIE_HOLD_S, 2 * LIE_HOLD_S, 4 * LIE_HOLD_S]
     assert distrust_hold_s(8) == distrust_hold_s(10**6) == LIE_HOLD_MAX_S
@@ -603,3 +602,48 @@ def test_an_edge_connects_from_its_source_address_and_a_foreign_one_is_named(liv
         BackendUnavailable, match=r"source_address = '192\.0\.2\.99' is not an address of this"
     ):
         connect_backend(address, 5.0, source="192.0.2.99")
+
+
+def test_frame_reader_says_what_arrived_byte_by_byte():
+    """The wire's side of a backend connection on its own: a frame trickling in a byte at a time, a
+    rejected frame (answered after its payload is read past), one without a payload, an unframeable
+    stream, a closed peer."""
+    from lalelu.wire.framing import FrameReader, Read
+
+    made = []
+
+    def frame_buffer(fmt, w, h):
+        made.append((fmt, w, h))
+        return np.empty(FrameFormat(fmt, w, h).shape, np.uint8)
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    reader = FrameReader(MAX_PAYLOAD, frame_buffer)
+    try:
+        pixels = np.arange(8 * 6 * 3, dtype=np.uint8).tobytes()
+        for byte in encode_frame_header(7, 99, PixelFormat.RGB888, 8, 6) + pixels:
+            assert reader.read(ours) is Read.MORE
+            theirs.sendall(bytes([byte]))
+        assert reader.read(ours) is Read.FRAME
+        assert reader.last is not None and (reader.last.seq, reader.last.width) == (7, 8)
+        assert reader.pixels is not None and reader.pixels.tobytes() == pixels
+        assert reader.first_byte_ns <= reader.recv_ns and reader.begun_ns == 0
+        # the same geometry again: the same buffer, no new one
+        theirs.sendall(encode_frame_header(8, 99, PixelFormat.RGB888, 8, 6) + pixels)
+        assert reader.read(ours) is Read.FRAME and made == [(PixelFormat.RGB888, 8, 6)]
+        # a payload that does not match its size: rejected at the header, answered once read past
+        theirs.sendall(encode_frame_header(9, 99, PixelFormat.RGB888, 8, 6, 10) + bytes(10))
+        assert reader.read(ours) is Read.REJECTED and reader.error is not None and reader.error.seq == 9
+        assert reader.read(ours) is Read.SKIPPED
+        theirs.sendall(encode_frame_header(10, 99, PixelFormat.RGB888, 8, 6, 0))
+        assert reader.read(ours) is Read.REJECTED and reader.read(ours) is Read.SKIPPED
+        assert reader.error is not None and reader.error.seq == 10 and reader.error.__traceback__ is None
+        theirs.sendall(encode_frame_header(11, 99, PixelFormat.RGB888, 8, 6) + pixels)
+        assert reader.read(ours) is Read.FRAME and reader.last is not None and reader.last.seq == 11
+        theirs.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(8))
+        assert reader.read(ours) is Read.UNFRAMEABLE and reader.error is not None and reader.error.fatal
+        theirs.close()
+        fresh = FrameReader(MAX_PAYLOAD, frame_buffer)
+        assert fresh.read(ours) is Read.CLOSED and fresh.why == "closed by the edge"
+    finally:
+        ours.close()

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -22,7 +21,7 @@ from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import pose_consumer, request_reload, sound_leaves_here
 from lalelu.runtime.reporter import Reporter
 from lalelu.runtime.sdnotify import StartingUp
-from lalelu.runtime.service import RealtimeService
+from lalelu.runtime.service import RealtimeService, handle_signals
 from lalelu.runtime.state import BACKEND_STATE_NAME, state_path, write_state, write_whole
 from lalelu.timing import backend_summary, frames_per_call, write_jsonl
 
@@ -124,9 +123,7 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
             affinity,
             fifo,
         )
-        signal.signal(signal.SIGTERM, lambda *_: server.stop())
-        signal.signal(signal.SIGINT, lambda *_: server.stop())
-        signal.signal(signal.SIGHUP, lambda *_: request_reload(server.consumer))  # `systemctl reload`
+        handle_signals(server.stop, lambda: request_reload(server.consumer))
         if ready_file is not None:
             address = {
                 "host": server.address[0],

@@ -31,11 +31,11 @@ import numpy as np
 from lalelu.clock import now_ns
 from lalelu.engine.estimator import PoseEstimator
 from lalelu.errors import LaleluError, RunFailed
-from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import PoseConsumer
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.logs import RateLimited
 from lalelu.timing import BACKEND_TELEMETRY_DTYPE, TelemetryRing
+from lalelu.wire.framing import FrameReader, Read
 from lalelu.wire.protocol import (
     FRAME_HEADER,
     FRAME_MAGIC,
@@ -47,7 +47,6 @@ from lalelu.wire.protocol import (
     Status,
     encode_challenge,
     encode_reply_into,
-    parse_frame_header,
     parse_hello,
     proof_is_valid,
 )
@@ -95,28 +94,19 @@ class Counters:
 class Connection:
     sock: socket.socket
     peer: str
-    host: str = ""  # the peer's address: budgets and connection caps count per host
-    header: bytearray = field(default_factory=lambda: bytearray(FRAME_HEADER.size))
-    got: int = 0
-    frame: FrameHeader | None = None
-    payload: memoryview = field(default_factory=lambda: memoryview(bytearray()))  # flat bytes being read
-    pixels: np.ndarray | None = None  # the frame buffer `payload` views, shaped; None while discarding
-    geometry: tuple[int, int, int] = (0, 0, 0)  # (format, width, height) `pixels` was made for
-    discard: bool = False  # reading the payload of a rejected frame only to stay framed
-    recv_ns: int = 0
-    first_byte_ns: int = 0  # of the frame last completed
-    last_byte_ns: int = field(default_factory=now_ns)  # connected or last read: what idleness counts from
-    begun_ns: int = 0  # when the first byte of the frame being read arrived; 0 between frames
+    host: str  # the peer's address: budgets and connection caps count per host
+    reader: FrameReader  # its frames as they arrive (the wire's side)
     outbox: bytearray = field(default_factory=bytearray)
     bad_packets: RateLimited = field(default_factory=RateLimited)  # its warnings, at most one a second
     plays: bool = False  # its poses reached the sound consumer
     # The key exchange: its next message's bytes while it runs (None: keyless, or proven), both nonces.
     auth: bytearray | None = None
+    auth_got: int = 0
     edge_nonce: bytes = b""
     backend_nonce: bytes = b""
     connected_ns: int = field(default_factory=now_ns)
     last_frame_ns: int = 0  # when its last complete frame arrived: a connection that plays
-    # a complete frame in `pixels` waiting for its batch: the connection is not read on until it is served
+    # a complete frame in its reader's pixels, waiting for its batch: not read on until it is served
     ready: FrameHeader | None = None
     served: int = 0  # frames inferred for it
     served_reported: int = 0  # `served` at the last band_state()
@@ -274,10 +264,10 @@ class InferenceServer:
             if conn.auth is not None and conn.connected_ns < now - STALL_S * 1e9:
                 self.counters.dropped_clients += 1
                 self._drop(conn, f"did not complete the key exchange in {STALL_S:g} s")
-            elif conn.begun_ns and conn.begun_ns < now - STALL_S * 1e9:
+            elif conn.reader.begun_ns and conn.reader.begun_ns < now - STALL_S * 1e9:
                 self.counters.dropped_clients += 1
                 self._drop(conn, f"sent part of a frame, then nothing for {STALL_S:g} s")
-            elif conn.last_byte_ns < now - IDLE_S * 1e9:
+            elif conn.reader.last_byte_ns < now - IDLE_S * 1e9:
                 self.counters.dropped_clients += 1
                 self._drop(conn, f"sent nothing for {IDLE_S:g} s")
 
@@ -286,8 +276,8 @@ class InferenceServer:
         silent that long, so idle clients cannot keep a real one out."""
         if not self._connections:
             return False
-        quietest = min(self._connections.values(), key=lambda c: c.last_byte_ns)
-        if quietest.last_byte_ns > now_ns() - ROOM_AFTER_S * 1e9:
+        quietest = min(self._connections.values(), key=lambda c: c.reader.last_byte_ns)
+        if quietest.reader.last_byte_ns > now_ns() - ROOM_AFTER_S * 1e9:
             return False
         self.counters.dropped_clients += 1
         self._drop(quietest, f"silent, and its place was needed ({why})")
@@ -335,7 +325,7 @@ class InferenceServer:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.counters.connections += 1
-        conn = Connection(sock, peer, addr[0])
+        conn = Connection(sock, peer, addr[0], FrameReader(self.max_payload, self.estimator.frame_buffer))
         if self.key:
             conn.auth = bytearray(HELLO.size)
         else:
@@ -412,52 +402,36 @@ class InferenceServer:
         conn.bad_packets.warn(log, f"bad packet from {conn.peer}: {err.reason}")
 
     def _on_readable(self, conn: Connection) -> None:
-        # Read until the socket is drained or one frame is complete, then go back to select: an edge
-        # that keeps a frame queued behind the one being inferred must not hold the loop (other edges,
-        # the watchdog and the stall sweep wait for it).
         if conn.ready is not None:
             return  # its frame still fills the buffer the next one would be read into
-        while True:
-            if conn.auth is not None:
-                if not self._on_auth_readable(conn):
-                    return
-                continue
-            try:
-                if conn.frame is None and not conn.discard:
-                    n = conn.sock.recv_into(memoryview(conn.header)[conn.got :])
-                else:
-                    n = conn.sock.recv_into(conn.payload[conn.got :])
-            except BlockingIOError:
+        while conn.auth is not None:
+            if not self._on_auth_readable(conn):
                 return
-            except OSError as exc:
-                self._drop(conn, str(exc))
-                return
-            if n == 0:
-                self._drop(conn, "closed by the edge")
-                return
-            conn.last_byte_ns = now_ns()
-            if not conn.begun_ns:
-                conn.begun_ns = conn.last_byte_ns
-            conn.got += n
-            if conn.frame is None and not conn.discard:
-                if conn.got < FRAME_HEADER.size:
-                    continue
-                self._on_header(conn)
-                if conn.sock.fileno() < 0:
-                    return
-                if conn.frame is None and not conn.discard:
-                    continue
-            elif conn.got == len(conn.payload):
-                conn.recv_ns = now_ns()
-                conn.first_byte_ns, conn.begun_ns = conn.begun_ns, 0
-                self._on_payload(conn)
-                return
+        reader = conn.reader
+        while (got := reader.read(conn.sock)) is Read.REJECTED:
+            assert reader.error is not None
+            self._bad(conn, reader.error)  # at its header: a peer that never sends the payload is counted too
+            self.counters.bad_frames += 1
+        if got is Read.MORE:
+            return
+        if got is Read.CLOSED:
+            self._drop(conn, reader.why)
+        elif got is Read.UNFRAMEABLE:
+            assert reader.error is not None
+            self._bad(conn, reader.error)
+            self._drop(conn, f"unframeable stream ({reader.error.reason})")
+        elif got is Read.SKIPPED:
+            assert reader.error is not None
+            self._send(conn, Status.BAD_FRAME, reader.error.seq, reader.recv_ns, 0, 0, self._zeros)
+        else:
+            assert reader.last is not None
+            self._on_frame(conn, reader.last)
 
     def _on_auth_readable(self, conn: Connection) -> bool:
         """Read the key exchange's next message; True once the edge has proven the key and may go on."""
         assert conn.auth is not None
         try:
-            n = conn.sock.recv_into(memoryview(conn.auth)[conn.got :])
+            n = conn.sock.recv_into(memoryview(conn.auth)[conn.auth_got :])
         except BlockingIOError:
             return False
         except OSError as exc:
@@ -466,9 +440,9 @@ class InferenceServer:
         if n == 0:
             self._drop(conn, "closed by the edge during the key exchange")
             return False
-        conn.last_byte_ns = now_ns()
-        conn.got += n
-        if conn.got >= FRAME_HEADER.size and conn.auth[:4] == FRAME_MAGIC:
+        conn.reader.last_byte_ns = now_ns()
+        conn.auth_got += n
+        if conn.auth_got >= FRAME_HEADER.size and conn.auth[:4] == FRAME_MAGIC:
             # A keyless edge's first frame: tell it why, then close.
             seq = FRAME_HEADER.unpack_from(conn.auth)[4]
             self._send(conn, Status.UNAUTHENTICATED, seq, 0, 0, 0, self._zeros)
@@ -478,9 +452,9 @@ class InferenceServer:
             )
             self._drop(conn, "no key exchange")
             return False
-        if conn.got < len(conn.auth):
+        if conn.auth_got < len(conn.auth):
             return True
-        conn.got = 0
+        conn.auth_got = 0
         if not conn.edge_nonce:
             try:
                 conn.edge_nonce = parse_hello(conn.auth)
@@ -498,54 +472,20 @@ class InferenceServer:
             self._drop(conn, "wrong link key")
             return False
         conn.auth = None
-        conn.last_byte_ns = now_ns()
+        conn.reader.last_byte_ns = now_ns()
         log.info("edge connected: %s (link key proven)", conn.peer)
         return True
 
-    def _on_header(self, conn: Connection) -> None:
-        conn.got = 0
-        try:
-            frame = parse_frame_header(memoryview(conn.header), self.max_payload)
-        except ProtocolError as err:
-            self._bad(conn, err)
-            if err.fatal:
-                self._drop(conn, f"unframeable stream ({err.reason})")
-                return
-            self.counters.bad_frames += 1
-            length = err.payload_len
-            conn.frame = FrameHeader(err.seq, 0, PixelFormat.RGB888, 0, 0, length)  # its seq and length only
-            conn.discard = True
-            if len(conn.payload) != length or conn.pixels is not None:
-                conn.payload, conn.pixels, conn.geometry = memoryview(bytearray(length)), None, (0, 0, 0)
-            if length == 0:
-                conn.first_byte_ns, conn.begun_ns = conn.begun_ns, 0
-                self._on_payload(conn)
-            return
-        conn.frame = frame
-        geometry = (int(frame.pixel_format), frame.width, frame.height)
-        if conn.pixels is None or conn.geometry != geometry:
-            # once per geometry and connection, bounded by max_payload; pinned memory for a GPU engine
-            conn.pixels = self.estimator.frame_buffer(frame.pixel_format, frame.width, frame.height)
-            conn.payload, conn.geometry = conn.pixels.reshape(-1).data, geometry
-
-    def _on_payload(self, conn: Connection) -> None:
-        frame = conn.frame
-        assert frame is not None
-        conn.got = 0
-        conn.frame = None
-        if conn.discard:
-            conn.discard = False
-            self._send(conn, Status.BAD_FRAME, frame.seq, conn.recv_ns, 0, 0, self._zeros)
-            return
+    def _on_frame(self, conn: Connection, frame: FrameHeader) -> None:
         if not self._within_budget(conn.host):
             self.counters.over_budget += 1
             self._rate_limited_warning(
                 f"{conn.host} sends more than [backend] max_fps_per_edge = {self.max_fps_per_edge:g} frames/s: "
                 "the frames over it are answered BUSY"
             )
-            self._send(conn, Status.BUSY, frame.seq, conn.recv_ns, 0, 0, self._zeros)
+            self._send(conn, Status.BUSY, frame.seq, conn.reader.recv_ns, 0, 0, self._zeros)
             return
-        conn.last_frame_ns = conn.recv_ns
+        conn.last_frame_ns = conn.reader.recv_ns
         conn.ready = frame
         self._ready.append(conn)
 
@@ -560,7 +500,7 @@ class InferenceServer:
             for conn in ready:
                 if conn.sock.fileno() < 0:
                     conn.ready = None  # dropped since its frame arrived: nobody to answer
-                elif len(batch) < self.max_batch and conn.geometry == first.geometry:
+                elif len(batch) < self.max_batch and conn.reader.geometry == first.reader.geometry:
                     batch.append(conn)
                 else:
                     ready[keep] = conn
@@ -575,8 +515,8 @@ class InferenceServer:
         frames = self._batch_frames
         frames.clear()
         for conn in batch:
-            assert conn.pixels is not None
-            frames.append(conn.pixels)
+            assert conn.reader.pixels is not None
+            frames.append(conn.reader.pixels)
         return frames
 
     def _launch(self, batch: list[Connection]) -> None:
@@ -676,14 +616,14 @@ class InferenceServer:
             conn.served += 1
             keypoints = self._batch_out[k]
             self._send(
-                conn, status, frame.seq, conn.recv_ns, t0, t1, keypoints
+                conn, status, frame.seq, conn.reader.recv_ns, t0, t1, keypoints
             )  # drops conn alone if it fails
             replied = now_ns()
             row = self.telemetry.next_row()
             row["seq"], row["capture_ns"] = frame.seq, frame.capture_ns
             row["first_byte_ns"], row["received_ns"], row["replied_ns"] = (
-                conn.first_byte_ns,
-                conn.recv_ns,
+                conn.reader.first_byte_ns,
+                conn.reader.recv_ns,
                 replied,
             )
             row["pre_ns"], row["engine_ns"], row["post_ns"] = est.pre_ns, est.engine_ns, est.post_ns

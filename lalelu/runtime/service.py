@@ -10,6 +10,9 @@ with RealtimeService(cpus, sched_fifo, fifo_priority) as service:  # pinned from
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
+
 from lalelu.runtime.realtime import freeze_gc, pin_to_cpus, short_gil_handoff, try_sched_fifo
 from lalelu.runtime.sdnotify import Watchdog, notify
 from lalelu.timing import warm_up_reports
@@ -43,3 +46,16 @@ class RealtimeService:
         if self._ready:
             notify("STOPPING=1")
         self.watchdog.close()
+
+
+def handle_signals(
+    stop: Callable[[], object], reload: Callable[[], object], test_note: Callable[[], object] | None = None
+) -> None:
+    """What a service's signals mean, the same for both apps: SIGTERM (systemd) and SIGINT (Ctrl-C) stop
+    the loop, SIGHUP (`systemctl reload`) reloads the mapping, SIGUSR1 (`fab play-test`) plays a test
+    note where there is a player. The handlers only ask; the loop does the work at its next pass."""
+    signal.signal(signal.SIGTERM, lambda *_: stop())
+    signal.signal(signal.SIGINT, lambda *_: stop())
+    signal.signal(signal.SIGHUP, lambda *_: reload())
+    if test_note is not None:
+        signal.signal(signal.SIGUSR1, lambda *_: test_note())

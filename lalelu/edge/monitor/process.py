@@ -16,10 +16,10 @@ import numpy as np
 from lalelu.config import Config, MonitorConfig
 from lalelu.drawing import page_description
 from lalelu.edge.monitor.feed import MonitorFeed
+from lalelu.edge.telemetry import FrameTelemetry
 from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import PoseConsumer, resolve_mapping
 from lalelu.gestures.mapping import load_mapping
-from lalelu.timing import TelemetryRing
 
 log = logging.getLogger("lalelu.monitor")
 
@@ -27,7 +27,7 @@ log = logging.getLogger("lalelu.monitor")
 class MonitorTap:
     """A pose consumer in front of the player: the pose and its inference time into the feed, then on."""
 
-    def __init__(self, feed: MonitorFeed, inner: PoseConsumer, telemetry: TelemetryRing) -> None:
+    def __init__(self, feed: MonitorFeed, inner: PoseConsumer, telemetry: FrameTelemetry) -> None:
         self.feed, self.inner, self.telemetry = feed, inner, telemetry
 
     @property
@@ -35,8 +35,7 @@ class MonitorTap:
         return getattr(self.inner, "hits", 0)
 
     def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
-        row = self.telemetry.rows[seq % self.telemetry.capacity]
-        self.feed.put_pose(seq, capture_ns, int(row["backend_infer_ns"]), keypoints)
+        self.feed.put_pose(seq, capture_ns, self.telemetry.infer_ns(seq), keypoints)
         self.inner.on_pose(seq, capture_ns, keypoints)
 
     def all_notes_off(self) -> None:
