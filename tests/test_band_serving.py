@@ -307,11 +307,11 @@ def test_a_member_dropped_with_replies_still_queued_is_skipped_when_its_batch_en
             server._sel.register(ours, 1, conn)  # EVENT_READ
             conn.ready = FrameHeader(5, 1, PixelFormat.RGB888, 0, W, H)  # type: ignore[call-arg]
             batch.append(conn)
-            server._batch_out[k, :, 0] = 10 + k
+            server.batches._batch_out[k, :, 0] = 10 + k
         batch[0].outbox += b"unsent reply"
         server._drop(batch[0], "reset by the edge")
         usage = resource.getrusage(resource.RUSAGE_THREAD)
-        server._answer(batch, Status.OK, 0, 1, usage, usage)  # must not raise
+        server.batches._answer(batch, Status.OK, 0, 1, usage, usage)  # must not raise
         assert batch[0].ready is None and not batch[0].outbox
         out = np.zeros((17, 3), np.float32)
         live = pairs[1][1]
@@ -326,9 +326,9 @@ def test_a_member_dropped_with_replies_still_queued_is_skipped_when_its_batch_en
 
 
 def test_a_batch_that_never_ends_stops_the_watchdog_so_systemd_restarts_the_backend(monkeypatch):
-    from lalelu.backend import server as server_module
+    from lalelu.backend import batches as batches_module
 
-    monkeypatch.setattr(server_module, "HUNG_BATCH_S", 0.3)
+    monkeypatch.setattr(batches_module, "HUNG_BATCH_S", 0.3)
     est = AsyncBatchingEstimator(0.0, gated=True)
     server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
     kicks: list[float] = []

@@ -15,7 +15,7 @@ import pytest
 from test_link_key import KEY
 from test_protocol import SlowEstimator
 
-from lalelu.backend import server as server_module
+from lalelu.backend import admission as admission_module
 from lalelu.backend.server import InferenceServer
 from lalelu.frames import PixelFormat
 from lalelu.wire.link import connect_backend
@@ -82,7 +82,7 @@ def test_a_flooding_host_gets_its_share_and_busy_for_the_rest_while_an_edge_play
     busy = statuses.count(Status.BUSY)
     assert busy > inferred > 0, (inferred, busy)  # the flood mostly answered BUSY, not inferred
     # its inferences: at most the budget over the time it flooded, plus one burst
-    assert inferred <= 40.0 * (elapsed + 1.0) + server._burst, (inferred, elapsed)
+    assert inferred <= 40.0 * (elapsed + 1.0) + server.admission.burst, (inferred, elapsed)
     assert server.counters.over_budget == busy
 
 
@@ -90,7 +90,7 @@ def test_a_host_holds_at_most_its_connections_and_a_reconnect_replaces_an_idle_o
     server = InferenceServer(SlowEstimator(0.0), "127.0.0.1", 0, 1 << 20)  # type: ignore[arg-type]
     thread = serving(server)
     try:
-        held = [from_host(server, "127.0.0.3") for _ in range(server_module.MAX_PER_ADDRESS)]
+        held = [from_host(server, "127.0.0.3") for _ in range(admission_module.MAX_PER_ADDRESS)]
         time.sleep(0.2)
         newest = from_host(server, "127.0.0.3")  # the edge again, after its old connection hung
         reply = round_trip(
@@ -118,7 +118,7 @@ def test_a_host_holds_at_most_its_connections_and_a_reconnect_replaces_an_idle_o
 
 
 def test_strangers_in_the_key_exchange_cannot_keep_an_edge_out(monkeypatch):
-    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 16)
+    monkeypatch.setattr(admission_module, "MAX_CONNECTIONS", 16)
     server = InferenceServer(SlowEstimator(0.0), "127.0.0.1", 0, 1 << 20, key=KEY)  # type: ignore[arg-type]
     thread = serving(server)
     strangers = []
@@ -139,9 +139,9 @@ def test_strangers_in_the_key_exchange_cannot_keep_an_edge_out(monkeypatch):
         admitted_after = time.monotonic() - t0
         assert reply.status == Status.OK and reply.seq == 3
         # admitted at once, not after the strangers' 5-s key exchange limit ran out
-        assert admitted_after < server_module.STALL_S, admitted_after
-        pending = sum(c.auth is not None for c in server._connections.values())
-        assert pending <= server_module.MAX_PENDING_KEY
+        assert admitted_after < admission_module.STALL_S, admitted_after
+        pending = sum(c.proving is not None for c in server._connections.values())
+        assert pending <= admission_module.MAX_PENDING_KEY
     finally:
         for s in strangers:
             s.close()
@@ -181,7 +181,7 @@ def test_a_flood_of_connections_from_the_edges_own_address_never_replaces_the_ed
                 time.sleep(0.01)
             flooder.join(10)
         own = [c for c in server._connections.values() if c.host == "127.0.0.5"]
-        assert len(own) <= server_module.MAX_PER_ADDRESS
+        assert len(own) <= admission_module.MAX_PER_ADDRESS
         assert server.counters.dropped_clients > 0  # the flood's connections replaced one another
     finally:
         for s in flood:

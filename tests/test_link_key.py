@@ -14,7 +14,7 @@ import pytest
 from support import Backend, lalelu_cmd
 from test_protocol import SlowEstimator
 
-from lalelu.backend import server as server_module
+from lalelu.backend import admission as admission_module
 from lalelu.backend.server import InferenceServer
 from lalelu.config import config_from_dict, load_link_key
 from lalelu.errors import ConfigError
@@ -146,7 +146,7 @@ def test_a_recorded_or_reflected_exchange_does_not_pass(keyed_server):
 
 
 def test_a_peer_that_never_finishes_the_exchange_is_dropped_and_keeps_no_one_out(keyed_server, monkeypatch):
-    monkeypatch.setattr(server_module, "STALL_S", 0.5)
+    monkeypatch.setattr(admission_module, "STALL_S", 0.5)
     silent = socket.create_connection(keyed_server.address, timeout=5)
     half = socket.create_connection(keyed_server.address, timeout=5)
     half.sendall(encode_hello()[0][: HELLO.size // 2])

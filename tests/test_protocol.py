@@ -273,9 +273,9 @@ def test_an_edge_with_frames_queued_does_not_hold_the_loop(slow_server):
 
 
 def test_a_client_that_stops_mid_frame_is_dropped(slow_server, monkeypatch):
-    import lalelu.backend.server as server_module
+    import lalelu.backend.admission as admission_module
 
-    monkeypatch.setattr(server_module, "STALL_S", 0.3)
+    monkeypatch.setattr(admission_module, "STALL_S", 0.3)
     server, _ticks = slow_server
     with socket.create_connection(server.address, timeout=5) as sock:
         sock.sendall(encode_frame_header(1, 1, PixelFormat.RGB888, 64, 48) + bytes(100))
@@ -284,9 +284,9 @@ def test_a_client_that_stops_mid_frame_is_dropped(slow_server, monkeypatch):
 
 
 def test_connections_beyond_the_limit_are_refused_and_the_rest_served(slow_server, monkeypatch):
-    import lalelu.backend.server as server_module
+    import lalelu.backend.admission as admission_module
 
-    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(admission_module, "MAX_CONNECTIONS", 3)
     server, _ticks = slow_server
     held = [socket.create_connection(server.address, timeout=5) for _ in range(3)]
     try:
@@ -358,11 +358,11 @@ def test_latency_budget_still_notices_a_hung_backend(slow_server):
 
 
 def test_idle_clients_give_their_place_to_an_edge_and_time_out(slow_server, monkeypatch):
-    import lalelu.backend.server as server_module
+    import lalelu.backend.admission as admission_module
 
-    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 4)
-    monkeypatch.setattr(server_module, "ROOM_AFTER_S", 0.2)
-    monkeypatch.setattr(server_module, "IDLE_S", 2.0)
+    monkeypatch.setattr(admission_module, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(admission_module, "ROOM_AFTER_S", 0.2)
+    monkeypatch.setattr(admission_module, "IDLE_S", 2.0)
     server, _ticks = slow_server
     idle = [socket.create_connection(server.address, timeout=5) for _ in range(4)]  # the backend is full
     time.sleep(0.4)

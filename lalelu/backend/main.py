@@ -12,7 +12,8 @@ from typing import IO
 
 import numpy as np
 
-from lalelu.backend.server import InferenceServer, batch_histogram
+from lalelu.backend.batches import batch_histogram
+from lalelu.backend.server import InferenceServer
 from lalelu.config import Config, load_link_key
 from lalelu.engine import GPU_ENGINES, engine_from_config
 from lalelu.engine.estimator import PoseEstimator

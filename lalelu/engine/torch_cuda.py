@@ -64,6 +64,10 @@ def _torch():
 
 
 class TorchCudaEngine(WarmUpByInfer):
+    """One class though long (~280 lines): the graphs, slots, streams and pinned buffers live in one CUDA
+    context, are captured against each other's memory and must be freed together (a ninth geometry clears
+    them all after one synchronize); pieces of it on their own would each have to know all of that."""
+
     name = "torch-cuda"
 
     def __init__(

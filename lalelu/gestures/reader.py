@@ -131,6 +131,11 @@ class GestureReader:
       learns that depth and the error of its own time-to-plane prediction, and predicts the next impact
       from the distance left and the speed of the last two intervals.
     `timing = "turn"` is the reader before impact timing: it fires when the turn is seen, at once.
+
+    One class though long (~410 lines): every strike and control reads the same per-pose timing (the
+    capture-to-pose delay, the frame interval) and the learned impact planes, updated in one order per
+    pose; the three impact estimates above are alternatives of one decision, kept side by side so that
+    their order of preference is read in one place.
     """
 
     def __init__(

@@ -1,7 +1,8 @@
-"""The backend's end of the wire, one connection's incoming frames: read as they arrive, without copies,
-into preallocated buffers (the header's, then the frame buffer the engine reads, made again only when the
-geometry changes), each header validated before a payload byte is read. What to do with a frame (admit,
-batch, infer, answer) is the server's; this only says what arrived.
+"""The backend's end of the wire, one connection at a time: its key exchange (KeyExchange: the edge's
+hello, the challenge, the edge's proof) and its incoming frames (FrameReader: read as they arrive, without
+copies, into preallocated buffers, the header's, then the frame buffer the engine reads, made again only
+when the geometry changes; each header validated before a payload byte is read). What to do about what
+arrived (admit, batch, infer, answer, drop) is the server's; these only say what arrived.
 """
 
 from __future__ import annotations
@@ -14,9 +15,33 @@ import numpy as np
 
 from lalelu.clock import now_ns
 from lalelu.frames import PixelFormat
-from lalelu.wire.protocol import FRAME_HEADER, FrameHeader, ProtocolError, parse_frame_header
+from lalelu.wire.protocol import (
+    FRAME_HEADER,
+    FRAME_MAGIC,
+    HELLO,
+    PROOF,
+    FrameHeader,
+    ProtocolError,
+    encode_challenge,
+    parse_frame_header,
+    parse_hello,
+    proof_is_valid,
+)
 
 FrameBuffer = Callable[[PixelFormat, int, int], np.ndarray]  # the engine's buffer for a geometry
+DRAINED = -1
+
+
+def receive(sock: socket.socket, into: memoryview, closed: str) -> tuple[int, str]:
+    """(bytes read, ""); (DRAINED, "") when the socket has nothing now; (0, why) when the peer closed
+    (`closed`) or the socket failed."""
+    try:
+        n = sock.recv_into(into)
+    except BlockingIOError:
+        return DRAINED, ""
+    except OSError as exc:
+        return 0, str(exc)
+    return n, "" if n else closed
 
 
 class Read(enum.Enum):
@@ -56,19 +81,10 @@ class FrameReader:
             if self.discard and self.got == len(self.payload):
                 return self._complete()  # a rejected frame without a payload
             reading_header = self.frame is None and not self.discard
-            try:
-                if reading_header:
-                    n = sock.recv_into(memoryview(self.header)[self.got :])
-                else:
-                    n = sock.recv_into(self.payload[self.got :])
-            except BlockingIOError:
-                return Read.MORE
-            except OSError as exc:
-                self.why = str(exc)
-                return Read.CLOSED
-            if n == 0:
-                self.why = "closed by the edge"
-                return Read.CLOSED
+            into = memoryview(self.header)[self.got :] if reading_header else self.payload[self.got :]
+            n, self.why = receive(sock, into, "closed by the edge")
+            if n <= 0:
+                return Read.MORE if n == DRAINED else Read.CLOSED
             self.last_byte_ns = now_ns()
             if not self.begun_ns:
                 self.begun_ns = self.last_byte_ns
@@ -119,3 +135,54 @@ class FrameReader:
             return Read.SKIPPED
         self.last, self.frame = self.frame, None
         return Read.FRAME
+
+
+class Proof(enum.Enum):
+    MORE = enum.auto()  # the socket is drained, the exchange not finished
+    CHALLENGE = enum.auto()  # the hello is in: send `challenge`, then read on
+    PROVEN = enum.auto()  # the edge proved the key: its frames follow
+    KEYLESS = enum.auto()  # a frame came instead of a hello (an edge without the key): `keyless_seq`
+    BAD_HELLO = enum.auto()  # not a hello: `error`
+    WRONG_KEY = enum.auto()  # a proof that does not check out
+    CLOSED = enum.auto()  # the peer closed, or the socket failed: `why`
+
+
+class KeyExchange:
+    """The backend's side of the link key exchange on one connection (protocol.py says why it is safe)."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self._message = bytearray(HELLO.size)  # the next message's bytes: the hello, then the proof
+        self._got = 0
+        self.edge_nonce = b""
+        self.backend_nonce = b""
+        self.challenge = b""
+        self.keyless_seq = 0
+        self.error: ProtocolError | None = None
+        self.why = ""
+
+    def read(self, sock: socket.socket) -> Proof:
+        while True:
+            into = memoryview(self._message)[self._got :]
+            n, self.why = receive(sock, into, "closed by the edge during the key exchange")
+            if n <= 0:
+                return Proof.MORE if n == DRAINED else Proof.CLOSED
+            self._got += n
+            if self._got >= FRAME_HEADER.size and self._message[:4] == FRAME_MAGIC:
+                self.keyless_seq = FRAME_HEADER.unpack_from(self._message)[4]
+                return Proof.KEYLESS
+            if self._got < len(self._message):
+                continue
+            self._got = 0
+            if not self.edge_nonce:
+                try:
+                    self.edge_nonce = parse_hello(self._message)
+                except ProtocolError as err:
+                    self.error = err.with_traceback(None)
+                    return Proof.BAD_HELLO
+                self.challenge, self.backend_nonce = encode_challenge(self.key, self.edge_nonce)
+                self._message = bytearray(PROOF.size)
+                return Proof.CHALLENGE
+            if not proof_is_valid(self.key, self.edge_nonce, self.backend_nonce, self._message):
+                return Proof.WRONG_KEY
+            return Proof.PROVEN
