@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -151,72 +150,6 @@ def backend_summary(rows: np.ndarray) -> dict[str, dict[str, float]]:
     }
 
 
-def round_trip_legs(edge: np.ndarray, backend: np.ndarray) -> dict[str, dict[str, float]] | None:
-    """Capture -> pose of each frame cut into its legs, from both apps' rows joined by sequence number:
-    edge (capture -> sent), to the backend (sent -> its first byte read), receive (first -> last byte),
-    served (last byte -> reply sent) and back to the edge (reply sent -> pose): the legs add up to the
-    total. Only where both ran on one machine (CLOCK_MONOTONIC is per machine): None when the joined
-    timestamps are not in that order, as with two machines' clocks."""
-    common, ei, bi = np.intersect1d(edge["seq"], backend["seq"], return_indices=True)
-    if not common.size:
-        return None
-    e, b = edge[ei], backend[bi]
-    stamps = [
-        e["capture_ns"],
-        e["sent_ns"],
-        b["first_byte_ns"],
-        b["received_ns"],
-        b["replied_ns"],
-        e["pose_ns"],
-    ]
-    legs = [later - earlier for earlier, later in itertools.pairwise(stamps)]
-    if np.mean(np.all(np.array(legs) >= 0, axis=0)) < 0.99:
-        return None
-    names = ("edge", "to_backend", "receive", "served", "to_edge")
-    out = {name: summarize_ns(leg) for name, leg in zip(names, legs, strict=True)}
-    out["total"] = summarize_ns(e["pose_ns"] - e["capture_ns"])
-    return out
-
-
-def slow_frames(rows: np.ndarray, factor: float = 2.0) -> dict[str, dict[str, float]]:
-    """What the backend's slow frames (served > factor x median) had that the others did not: the mean
-    context switches, page faults and GPU clock of each group, and how far apart slow frames come."""
-    served = rows["replied_ns"] - rows["received_ns"]
-    slow = served > factor * np.median(served) if served.size else np.zeros(0, bool)
-    out: dict[str, dict[str, float]] = {}
-    for name, pick in (("slow", slow), ("others", ~slow)):
-        group = rows[pick]
-        out[name] = {"frames": int(group.size)}
-        if group.size:
-            out[name].update(
-                {
-                    k: float(group[k].mean())
-                    for k in (
-                        "involuntary_switches",
-                        "voluntary_switches",
-                        "minor_faults",
-                        "major_faults",
-                        "sm_mhz",
-                    )
-                }
-            )
-            out[name]["served_p50_ms"] = float(np.median(served[pick])) / NS_PER_MS
-            out[name]["engine_p50_ms"] = float(np.median(group["engine_ns"])) / NS_PER_MS
-            if (group["device_ns"] >= 0).any():
-                out[name]["device_p50_ms"] = (
-                    float(np.median(group["device_ns"][group["device_ns"] >= 0])) / NS_PER_MS
-                )
-    starts = rows["received_ns"][slow]
-    if starts.size > 1:
-        gaps = np.diff(starts) / 1e9
-        runs = gaps[gaps > 0.1]  # slow frames closer than 0.1 s belong to one cluster
-        out["clusters"] = {
-            "count": int(runs.size + 1),
-            "median_gap_s": float(np.median(runs)) if runs.size else 0.0,
-        }
-    return out
-
-
 def warm_up_reports() -> None:
     """Run the report path once at start-up. Its first run costs tens of milliseconds (np.percentile
     imports numpy.ma on first use), and a helper thread doing that holds the interpreter lock long enough
@@ -225,6 +158,5 @@ def warm_up_reports() -> None:
     edge["pose_ns"] = backend["replied_ns"] = np.arange(8)
     stage_summary(edge)
     backend_summary(backend)
-    slow_frames(backend)
     for rows in (edge, backend):
         write_jsonl(rows, io.StringIO())

@@ -444,7 +444,7 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
             str(pi),
             "/opt/lalelu/venv/bin/python",
             "-c",
-            "from pathlib import Path; from lalelu.output.render import *; "
+            "from pathlib import Path; from lalelu.output.render import *; from lalelu.cli.wav import *; "
             "from lalelu.output.synth import find_soundfont; "
             "render_hits([TimedHit(0.2, 10, 38, 100)], Path('/tmp/hit.wav'), find_soundfont(''), 50); "
             "print(len(detect_onsets(*read_wav(Path('/tmp/hit.wav')))))",

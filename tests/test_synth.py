@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from support import lalelu_cmd, wait_until
 
+from lalelu.cli.wav import detect_onsets, read_wav
 from lalelu.config import load_config
 from lalelu.errors import ConfigError
 from lalelu.gestures.consumer import GestureConsumer
@@ -19,7 +20,7 @@ from lalelu.gestures.mapping import load_mapping
 from lalelu.gestures.reader import Hit
 from lalelu.output import OutputError
 from lalelu.output import synth as synth_module
-from lalelu.output.render import TimedHit, detect_onsets, read_wav, render_hits
+from lalelu.output.render import TimedHit, render_hits
 from lalelu.output.synth import SynthOutput, find_soundfont
 
 RATE = 48000

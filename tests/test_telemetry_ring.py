@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lalelu.timing import BACKEND_TELEMETRY_DTYPE, TELEMETRY_DTYPE, TelemetryRing, round_trip_legs
+from lalelu.cli.plots import round_trip_legs
+from lalelu.timing import BACKEND_TELEMETRY_DTYPE, TELEMETRY_DTYPE, TelemetryRing
 
 
 def test_answered_between_leaves_out_unanswered_frames_and_stale_slots():

@@ -4,6 +4,7 @@ synth. Used by `lalelu demo`, `lalelu replay` and tools/bench_strokes.py."""
 
 from __future__ import annotations
 
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,13 @@ from lalelu.config import Config
 from lalelu.gestures.mapping import Mapping
 from lalelu.gestures.reader import Hit
 from lalelu.gestures.recording import sound_ns
-from lalelu.output.render import TimedHit, detect_onsets, read_wav, render_hits
+from lalelu.output import OutputError
+from lalelu.output.render import TimedHit, render_hits
 from lalelu.output.synth import find_soundfont
 
 WARM_UP_STROKES = 2  # the reader learns the player's impact plane from the first strokes
+AHEAD_MS = 5.0  # an attack reaches its peak within this
+LSB10 = 10 / 32768  # digital silence with dither-sized noise stays below this
 
 
 def clock_zero_ns(rec: dict[str, np.ndarray]) -> int:
@@ -105,3 +109,57 @@ def session_wav(
         timing["vs_impact"] = versus_impacts(onsets, impacts_s)
     report["timing"] = timing
     return report
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """(mono float samples in -1..1, sample rate) of a 16-bit PCM WAV."""
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise OutputError(f"{path}: only 16-bit PCM WAVs are read here")
+        rate, channels = wav.getframerate(), wav.getnchannels()
+        data = np.frombuffer(wav.readframes(wav.getnframes()), "<i2")
+    return data.reshape(-1, channels).astype(np.float32).mean(axis=1) / 32768.0, rate
+
+
+def detect_onsets(
+    samples: np.ndarray,
+    sample_rate: int,
+    floor: float = 0.003,
+    rise: float = 4.0,
+    before_ms: float = 20.0,
+    refractory_ms: float = 30.0,
+) -> np.ndarray:
+    """Onset times (s) of percussive sounds in mono `samples` (-1..1).
+
+    On 0.5-ms blocks: an onset is the first block of an attack whose next 5 ms peak above `floor`
+    (-50 dBFS) and `rise` times the loudest of the `before_ms` that end 1 ms before it (a new hit over
+    the previous one's tail); then, from 1 ms before that block, the first sample above that background
+    (or 10 LSB) is the onset's sample.
+    """
+    hop = max(1, sample_rate // 2000)
+    n = len(samples) // hop
+    if n == 0:
+        return np.zeros(0)
+    env = np.abs(samples[: n * hop]).reshape(n, hop).max(axis=1)
+    w = max(1, round(before_ms / 1000 * sample_rate / hop))
+    # The background ends a millisecond before the block: an attack's first blocks are not its own floor.
+    gap = 2
+    padded = np.concatenate([np.zeros(w + gap, env.dtype), env])
+    background = np.lib.stride_tricks.sliding_window_view(padded[: -1 - gap], w).max(axis=1)
+    a = max(1, round(AHEAD_MS / 1000 * sample_rate / hop))
+    ahead = np.lib.stride_tricks.sliding_window_view(
+        np.concatenate([env, np.zeros(a - 1, env.dtype)]), a
+    ).max(axis=1)
+    candidates = np.flatnonzero(
+        (ahead > floor) & (ahead > rise * background) & (env > np.maximum(1.5 * background, LSB10))
+    )
+    refractory = refractory_ms / 1000 * sample_rate
+    onsets: list[int] = []
+    for block in candidates:
+        lo = max(0, (int(block) - gap) * hop)
+        if onsets and lo - onsets[-1] < refractory:
+            continue
+        segment = np.abs(samples[lo : (int(block) + 1) * hop])
+        above = np.flatnonzero(segment > max(1.5 * background[block], LSB10))
+        onsets.append(lo + int(above[0]))
+    return np.asarray(onsets, np.float64) / sample_rate
