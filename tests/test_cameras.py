@@ -278,3 +278,50 @@ def test_v4l2_uses_the_drivers_timestamps_asks_for_mjpg_and_counts_drops(monkeyp
         cv2.CAP_PROP_FRAME_WIDTH
     )
     assert src._cap.sets[0][1] == cv2.VideoWriter.fourcc(*"MJPG")
+
+
+def test_sources_engines_and_outputs_close_at_the_end_of_a_with_block():
+    """One resource shape (lalelu.closing.Closing): `with` closes a camera, an engine, an output, even when
+    the block fails; every plug-in of the three families has it."""
+    import importlib
+    import inspect
+
+    from lalelu.closing import Closing
+
+    modules = [
+        "lalelu.camera.still",
+        "lalelu.camera.replay",
+        "lalelu.camera.v4l2",
+        "lalelu.camera.picam",
+        "lalelu.engine.litert",
+        "lalelu.engine.tensorrt",
+        "lalelu.engine.tf_savedmodel",
+        "lalelu.engine.torch_cuda",
+        "lalelu.output.log",
+        "lalelu.output.midi",
+        "lalelu.output.osc",
+        "lalelu.output.synth",
+        "lalelu.output.jack_midi",
+    ]
+    plugins = []
+    for name in modules:
+        module = importlib.import_module(name)
+        plugins += [
+            c
+            for c in vars(module).values()
+            if inspect.isclass(c)
+            and c.__module__ == name
+            and c.__name__.endswith(("Source", "Engine", "Output"))
+        ]
+    assert len(plugins) == len(modules), plugins
+    assert all(issubclass(c, Closing) for c in plugins), [c for c in plugins if not issubclass(c, Closing)]
+
+    from lalelu.camera import open_source
+    from lalelu.config import CameraConfig
+
+    closed = []
+    with pytest.raises(RuntimeError, match="mid-block"), open_source(CameraConfig()) as source:
+        source.close = lambda: closed.append(True)  # type: ignore[method-assign]
+        assert source.read() is not None
+        raise RuntimeError("mid-block")
+    assert closed == [True]

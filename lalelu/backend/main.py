@@ -73,8 +73,7 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
         # is still starting, with what it is doing, until it serves
         heartbeat = ready_file.with_name(ready_file.name + ".starting") if ready_file is not None else None
         with StartingUp(f"loading the engine ({cfg.engine.kind})", heartbeat) as starting:
-            engine = engine_from_config(cfg.engine)
-            stack.callback(engine.close)
+            engine = stack.enter_context(engine_from_config(cfg.engine))
             period_s = cfg.backend.gpu_clock_period_ms / 1000
             gpu_clock = SmClockSampler(period_s=period_s) if engine.name in GPU_ENGINES and period_s else None
             if gpu_clock is not None:

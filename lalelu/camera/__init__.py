@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 
@@ -24,6 +24,10 @@ class FrameSource(Protocol):
     def read(self) -> tuple[np.ndarray, int, int] | None: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def open_source(cfg: CameraConfig) -> FrameSource:

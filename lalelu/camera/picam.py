@@ -14,6 +14,7 @@ import logging
 
 import numpy as np
 
+from lalelu.closing import Closing
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError, CameraFailed
 from lalelu.frames import FrameFormat, PixelFormat
@@ -52,7 +53,7 @@ def choose_sensor_mode(modes: list[dict], fps: float) -> dict:
 FORMATS = {"yuv420": ("YUV420", PixelFormat.YUV420), "rgb888": ("BGR888", PixelFormat.RGB888)}
 
 
-class Picamera2Source:
+class Picamera2Source(Closing):
     def __init__(self, cfg: CameraConfig) -> None:
         try:
             from picamera2 import Picamera2

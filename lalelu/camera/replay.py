@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from lalelu.camera.pacing import Pacer
+from lalelu.closing import Closing
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
 from lalelu.frames import PixelFormat
@@ -15,7 +16,7 @@ from lalelu.frames import PixelFormat
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
-class ReplaySource:
+class ReplaySource(Closing):
     def __init__(self, cfg: CameraConfig) -> None:
         path = Path(cfg.path)
         if not path.exists():

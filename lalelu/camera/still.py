@@ -16,6 +16,7 @@ import numpy as np
 
 from lalelu.camera.motion import SineMotion, motion_from_config
 from lalelu.camera.pacing import Pacer
+from lalelu.closing import Closing
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraError
 from lalelu.frames import FrameFormat, PixelFormat
@@ -33,7 +34,7 @@ def load_photo(path: str = "") -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-class StillSource:
+class StillSource(Closing):
     def __init__(self, cfg: CameraConfig, photo: np.ndarray | None = None) -> None:
         self.width, self.height, self.fps = cfg.width, cfg.height, cfg.fps
         self.pixel_format = PixelFormat.named(cfg.pixel_format)

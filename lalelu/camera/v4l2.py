@@ -11,12 +11,13 @@ import cv2
 import numpy as np
 
 from lalelu.clock import now_ns
+from lalelu.closing import Closing
 from lalelu.config import CameraConfig
 from lalelu.errors import CameraFailed
 from lalelu.frames import PixelFormat
 
 
-class V4L2Source:
+class V4L2Source(Closing):
     def __init__(self, cfg: CameraConfig) -> None:
         self._cap = cv2.VideoCapture(cfg.device, cv2.CAP_V4L2)
         if not self._cap.isOpened():

@@ -279,10 +279,10 @@ def check_output(cfg: Config) -> Check:
     from lalelu.output import open_output
 
     try:
-        out = open_output(cfg.output)
+        with open_output(cfg.output):
+            pass
     except Exception as exc:  # the output's own message names the port and the fix
         return Check("sound output", NO_GO, str(exc))
-    out.close()
     return Check("sound output", GO, cfg.output.kind)
 
 
@@ -371,12 +371,12 @@ def check_local_model(cfg: Config, frames: int, p99_limit_ms: float) -> list[Che
         return [Check("model", NO_GO, str(exc))]
     out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
     times = np.zeros(frames, np.int64)
-    for i in range(frames):
-        t0 = time.perf_counter_ns()
-        engine.infer(out)
-        times[i] = time.perf_counter_ns() - t0
-    where = engine_device(engine)
-    engine.close()
+    with engine:
+        for i in range(frames):
+            t0 = time.perf_counter_ns()
+            engine.infer(out)
+            times[i] = time.perf_counter_ns() - t0
+        where = engine_device(engine)
     s = summarize_ns(times)
     gpu = unused_gpu_check(engine.name)
     return [

@@ -346,8 +346,8 @@ def _pose(args: argparse.Namespace) -> int:
 
     cfg = _config(args, "edge")
     rgb = read_rgb(args.image)
-    engine = engine_from_config(cfg.engine, warm=False)  # one image: nothing to warm up for
-    kp = estimate_pose(engine, rgb)
+    with engine_from_config(cfg.engine, warm=False) as engine:  # one image: nothing to warm up for
+        kp = estimate_pose(engine, rgb)
     result = keypoints_json(kp)
     if args.json is not None:
         _write_json(args.json, result)

@@ -146,9 +146,8 @@ class EdgeLoop:
                 if now >= end:
                     break
         finally:
-            self.poses.close(wait_s=2.0)
             try:
-                src.close()
+                self.poses.close(wait_s=2.0)
             finally:
                 self.consumer.close()  # all notes off, whatever else failed
         summary = self.reports.summary(first_seq or 0, end_seq, time.monotonic() - start)
@@ -176,13 +175,12 @@ def consumer_chain(
 def run_edge(cfg: Config, summary_json: Path | None = None, record: Path | None = None) -> dict:
     # SIGUSR1 (`fab play-test`) would end the process by default until its handler is set below
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    source = open_source(cfg.camera)
     telemetry = FrameTelemetry(1 << 16)
-    with contextlib.ExitStack() as services:
-        with contextlib.ExitStack() as until_loop:
-            until_loop.callback(source.close)  # a camera held by a process that failed blocks the next
-            head, player, feed = services.enter_context(consumer_chain(cfg, source, telemetry, record))
-            until_loop.pop_all()  # from here on the loop closes the camera
+    # the camera is closed last, however the run ends: one a failed process still held would block the next
+    with (
+        open_source(cfg.camera) as source,
+        consumer_chain(cfg, source, telemetry, record) as (head, player, feed),
+    ):
         loop = EdgeLoop(cfg, source, head, telemetry, feed)
         handle_signals(loop.stop, lambda: request_reload(player), lambda: request_test_note(player))
         summary = loop.run()

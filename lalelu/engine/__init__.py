@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 
+from lalelu.closing import Closing
 from lalelu.config import ENGINE_KINDS, EngineConfig
 from lalelu.errors import ModelError
 from lalelu.keypoints import NUM_KEYPOINTS
@@ -32,6 +33,10 @@ class PoseEngine(Protocol):
     def infer(self, out: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def check_model_path(path: Path, what: str) -> Path:
@@ -137,7 +142,7 @@ def engine_from_config(cfg: EngineConfig, warm: bool = True) -> PoseEngine:
     return engine
 
 
-class WarmUpByInfer:
+class WarmUpByInfer(Closing):
     """Engines warm up by running `n` inferences on whatever their input buffer holds."""
 
     def warm_up(self, n: int = 10) -> None:

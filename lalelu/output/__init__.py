@@ -9,7 +9,7 @@ with it; ALSA MIDI (rtmidi has no timed send), the log and the synth send at onc
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Self
 
 from lalelu.config import OutputConfig
 from lalelu.errors import LaleluError
@@ -29,6 +29,10 @@ class SoundOutput(Protocol):
     def all_notes_off(self) -> None: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def open_output(cfg: OutputConfig) -> SoundOutput:

@@ -14,12 +14,13 @@ import collections
 import time
 
 from lalelu.clock import now_ns
+from lalelu.closing import Closing
 from lalelu.output import OutputError
 
 MAX_PENDING = 512  # messages waiting for their frame; more means the loop schedules faster than it plays
 
 
-class JackMidiOutput:
+class JackMidiOutput(Closing):
     def __init__(self, port: str = "", virtual: bool = False, client_name: str = "lalelu") -> None:
         try:
             import jack

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from lalelu.closing import Closing
+
 log = logging.getLogger("lalelu.sound")
 
 
-class LogOutput:
+class LogOutput(Closing):
     def note_on(self, channel: int, note: int, velocity: int, name: str, at_ns: int = 0) -> None:
         log.info("hit %s: note %d velocity %d", name, note, velocity)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
+from lalelu.closing import Closing
 from lalelu.output import OutputError
 
 
-class MidiOutput:
+class MidiOutput(Closing):
     """python-rtmidi output: a port whose name contains `port`, or a virtual port named `port`."""
 
     def __init__(

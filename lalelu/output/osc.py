@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 
 from lalelu.clock import now_ns
+from lalelu.closing import Closing
 
 
-class OscOutput:
+class OscOutput(Closing):
     """OSC over UDP, e.g. to Pure Data: `<prefix>/hit name note velocity`, `<prefix>/control name value`."""
 
     def __init__(self, host: str, port: int, prefix: str = "/lalelu") -> None:

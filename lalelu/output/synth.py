@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lalelu.clock import now_ns
+from lalelu.closing import Closing
 from lalelu.config import OutputConfig
 from lalelu.output import OutputError
 
@@ -245,7 +246,7 @@ def _frame_of(event: tuple[int, int, int, int, int]) -> int:
     return event[0]
 
 
-class SynthOutput:
+class SynthOutput(Closing):
     """Hits as notes of FluidSynth's drum kit, heard through the host's sound system."""
 
     def __init__(
