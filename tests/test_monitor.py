@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import socket
 import time
@@ -20,7 +21,7 @@ from support import free_port, wait_until
 
 from lalelu.camera.still import StillSource
 from lalelu.cli.demo import DEMO_CONFIG, backend_and_edge
-from lalelu.config import load_config
+from lalelu.config import MonitorConfig, load_config
 from lalelu.drawing import FOUND, NOT_FOUND, draw_pose, page_description
 from lalelu.edge.modes import EdgeMode
 from lalelu.edge.monitor.feed import (
@@ -32,6 +33,7 @@ from lalelu.edge.monitor.feed import (
     H_WANT,
     MonitorFeed,
 )
+from lalelu.edge.monitor.settings import MonitorSettings
 from lalelu.engine import engine_from_config
 from lalelu.engine.estimator import PoseEstimator
 from lalelu.errors import ConfigError
@@ -71,7 +73,7 @@ def test_page_states_camera_lost_and_backend_reconnecting():
 
     feed = MonitorFeed.create(32, 24, PixelFormat.RGB888)
     try:
-        settings = {"page": {}, "max_clients": 4, "video_fps": 10, "jpeg_quality": 70}
+        settings = MonitorSettings(MonitorConfig(max_clients=4, video_fps=10, jpeg_quality=70))
         server = MonitorServer(MonitorFeed.attach(feed.path), settings)
         frame = np.zeros((24, 32, 3), np.uint8)
         feed.offer_frame(frame, 0, EdgeMode.REMOTE)  # the loop took a frame just now
@@ -122,7 +124,8 @@ def test_an_address_that_asks_too_often_is_refused_before_any_work_and_others_st
 
     async def main() -> tuple[list[int], int, str, int]:
         server = MonitorServer(
-            MonitorFeed.attach(feed.path), {"page": {}, "max_clients": 4, "max_requests_per_s": 10.0}
+            MonitorFeed.attach(feed.path),
+            MonitorSettings(MonitorConfig(max_clients=4, max_requests_per_s=10.0)),
         )
         runner = web.AppRunner(server.app())
         await runner.setup()
@@ -318,3 +321,16 @@ def test_page_in_a_browser_follows_the_instrument(tmp_path):
     assert "refused a malformed request" in log, log
     shot = cv2.imread(str(tmp_path / "monitor.png"))
     assert shot is not None and shot.shape[1] == 390
+
+
+def test_the_monitor_s_settings_cross_the_process_boundary_typed():
+    settings = MonitorSettings(
+        MonitorConfig(listen_host="0.0.0.0", port=8711, allow=["192.0.2.7"], token="t0k", max_clients=3),
+        (2, 3),
+        {"keypoints": ["nose"], "zones": []},
+    )
+    assert MonitorSettings.from_json(settings.to_json()) == settings
+    newer = json.loads(settings.to_json())
+    newer["monitor"]["not_a_setting"] = 1  # an edge of another version: refused, not silently dropped
+    with pytest.raises(TypeError, match="not_a_setting"):
+        MonitorSettings.from_json(json.dumps(newer))

@@ -5,7 +5,6 @@ log (the server's own message names the cause), never a reason for the instrumen
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import subprocess
 import sys
@@ -13,9 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from lalelu.config import Config, MonitorConfig
+from lalelu.config import Config
 from lalelu.drawing import page_description
 from lalelu.edge.monitor.feed import MonitorFeed
+from lalelu.edge.monitor.settings import MonitorSettings
 from lalelu.edge.telemetry import FrameTelemetry
 from lalelu.frames import PixelFormat
 from lalelu.gestures.consumer import PoseConsumer, resolve_mapping
@@ -46,19 +46,7 @@ class MonitorTap:
 
 
 class MonitorProcess:
-    def __init__(self, cfg: MonitorConfig, feed: MonitorFeed, page: dict, avoid_cpus: list[int]) -> None:
-        settings = {
-            "listen_host": cfg.listen_host,
-            "port": cfg.port,
-            "allow": cfg.allow,
-            "token": cfg.token,
-            "video_fps": cfg.video_fps,
-            "jpeg_quality": cfg.jpeg_quality,
-            "max_clients": cfg.max_clients,
-            "max_requests_per_s": cfg.max_requests_per_s,
-            "avoid_cpus": avoid_cpus,
-            "page": page,
-        }
+    def __init__(self, settings: MonitorSettings, feed: MonitorFeed) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lalelu.edge.monitor", str(feed.path)],
             stdin=subprocess.PIPE,
@@ -68,7 +56,7 @@ class MonitorProcess:
         # The token through a pipe, never in argv (ps) or the environment; a monitor that died at once
         # says why itself.
         with contextlib.suppress(BrokenPipeError), self.proc.stdin:
-            self.proc.stdin.write(json.dumps(settings).encode())
+            self.proc.stdin.write(settings.to_json().encode())
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -93,7 +81,7 @@ def edge_monitor(cfg: Config, width: int, height: int, fmt: PixelFormat) -> Iter
     feed = MonitorFeed.create(width, height, fmt)
     try:
         page = page_description(load_mapping(resolve_mapping(cfg.output.mapping)), width, height)
-        process = MonitorProcess(cfg.monitor, feed, page, cfg.edge.cpus)
+        process = MonitorProcess(MonitorSettings(cfg.monitor, tuple(cfg.edge.cpus), page), feed)
         try:
             yield feed
         finally:

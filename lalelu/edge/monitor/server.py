@@ -28,7 +28,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from lalelu.clock import now_ns
-from lalelu.config import MonitorConfig, monitor_url
+from lalelu.config import monitor_url
 from lalelu.edge.modes import EdgeMode
 from lalelu.edge.monitor.feed import (
     H_FORMAT,
@@ -47,6 +47,7 @@ from lalelu.edge.monitor.feed import (
     POSE_SLOTS,
     MonitorFeed,
 )
+from lalelu.edge.monitor.settings import MonitorSettings
 from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.timing import summarize_ns
 
@@ -119,9 +120,9 @@ class Page:
 
 
 class MonitorServer:
-    def __init__(self, feed: MonitorFeed, settings: dict[str, Any]) -> None:
-        self.feed, self.settings = feed, settings
-        self.description = settings["page"]
+    def __init__(self, feed: MonitorFeed, settings: MonitorSettings) -> None:
+        self.feed, self.settings = feed, settings.monitor
+        self.description = settings.page
         self.pages: set[Page] = set()
         h = feed.header
         self.fmt = PixelFormat(int(h[H_FORMAT]))
@@ -129,13 +130,11 @@ class MonitorServer:
         self._poses_seen = int(h[H_POSES])
         self._hits_seen = int(h[H_HITS])
         self._frame_seq_sent = -1
-        self._allow = {ipaddress.ip_address(a) for a in settings.get("allow", [])}
-        self._token = settings.get("token", "")
+        self._allow = {ipaddress.ip_address(a) for a in self.settings.allow}
+        self._token = self.settings.token
         self._session = session_value(self._token) if self._token else ""
         self._closing: set[asyncio.Future] = set()  # closes of stalled pages, kept until done
-        self._budget = RequestBudget(
-            float(settings.get("max_requests_per_s", MonitorConfig.max_requests_per_s))
-        )
+        self._budget = RequestBudget(self.settings.max_requests_per_s)
         self.too_often = 0  # requests refused by the per-address budget
 
     # --- HTTP ------------------------------------------------------------------------------------
@@ -185,7 +184,7 @@ class MonitorServer:
         return reply
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        if len(self.pages) >= self.settings["max_clients"]:
+        if len(self.pages) >= self.settings.max_clients:
             raise web.HTTPServiceUnavailable(text="too many monitor pages open ([monitor] max_clients)\n")
         ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=4096)
         await ws.prepare(request)
@@ -286,7 +285,7 @@ class MonitorServer:
             raw = self.feed.frames[int(h[H_FRAME_SLOT])].reshape(self.shape)
             to_bgr = cv2.COLOR_YUV2BGR_I420 if self.fmt == PixelFormat.YUV420 else cv2.COLOR_RGB2BGR
             bgr = cv2.cvtColor(raw, to_bgr)
-            ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.settings["jpeg_quality"]])
+            ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
             if ok:
                 jpeg = buf.tobytes()
                 self._frame_seq_sent = seq
@@ -295,7 +294,7 @@ class MonitorServer:
 
     async def pump(self) -> None:
         next_stats = next_picture = time.monotonic()
-        picture_period = 1.0 / self.settings["video_fps"]
+        picture_period = 1.0 / self.settings.video_fps
         edge = os.getppid()
         while True:
             await asyncio.sleep(PUMP_S)
@@ -319,11 +318,12 @@ class MonitorServer:
                     self._push(jpeg)
 
 
-async def serve(feed: MonitorFeed, settings: dict[str, Any]) -> None:
+async def serve(feed: MonitorFeed, settings: MonitorSettings) -> None:
     server = MonitorServer(feed, settings)
+    m = settings.monitor
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings["listen_host"], settings["port"], backlog=64)
+    site = web.TCPSite(runner, m.listen_host, m.port, backlog=64)
     try:
         await site.start()
     except OSError as exc:
@@ -331,8 +331,8 @@ async def serve(feed: MonitorFeed, settings: dict[str, Any]) -> None:
         log.error(
             "cannot listen on %s:%s (%s): choose another [monitor] port, or stop what uses it; the "
             "instrument plays on without its monitor page",
-            settings["listen_host"],
-            settings["port"],
+            m.listen_host,
+            m.port,
             exc.strerror,
         )
         raise SystemExit(1) from None
@@ -341,8 +341,8 @@ async def serve(feed: MonitorFeed, settings: dict[str, Any]) -> None:
     # Never the token itself: this line goes to the journal.
     log.info(
         "monitor: %s%s",
-        monitor_url(settings["listen_host"], port),
-        " (open it with ?token= and [monitor] token)" if settings.get("token") else "",
+        monitor_url(m.listen_host, port),
+        " (open it with ?token= and [monitor] token)" if m.token else "",
     )
     try:
         await server.pump()
@@ -350,9 +350,9 @@ async def serve(feed: MonitorFeed, settings: dict[str, Any]) -> None:
         await runner.cleanup()
 
 
-def run_monitor(feed_path: Path, settings: dict[str, Any]) -> None:
+def run_monitor(feed_path: Path, settings: MonitorSettings) -> None:
     logging.getLogger("aiohttp.server").addFilter(OneLineRequestErrors())
-    avoid = set(settings.get("avoid_cpus", []))
+    avoid = set(settings.avoid_cpus)
     cpus = set(os.sched_getaffinity(0)) - avoid
     if cpus:
         os.sched_setaffinity(0, cpus)
