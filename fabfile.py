@@ -238,8 +238,9 @@ COMMON_HELP = {
 }
 
 
-def _report(results: list[tuple[Host, R | Exit]], show: Callable[[Host, R], None]) -> list[str]:
-    """Print each host's result in order (a failed host: one line); the names of the failed hosts."""
+def _report(results: list[tuple[Host, R | Exit]], show: Callable[[Host, R], None], failure: str) -> None:
+    """Print each host's result in order (a failed host: one line); then exit 1 naming the failed hosts
+    after `failure`, if any."""
     failed = []
     for host, got in results:
         if isinstance(got, Exit):
@@ -247,7 +248,8 @@ def _report(results: list[tuple[Host, R | Exit]], show: Callable[[Host, R], None
             failed.append(host.name)
         else:
             show(host, got)
-    return failed
+    if failed:
+        raise Exit(f"{failure}: {', '.join(failed)}", code=1)
 
 
 @task(
@@ -318,11 +320,9 @@ def bench(
                 print(f"{report['results'][0]['host']:<16} {line}")
         (out_dir / "combined.json").write_text(json.dumps(combined))
     width = max(len(h.name) for h in chosen)
-    print("live, as each service reports it:")
-    failed = _report(results_, lambda host, got: print(f"{host.name:<{width}}  {got[1]}"))
     print(f"results in {out_dir}")
-    if failed:
-        raise Exit("no bench from: " + ", ".join(failed), code=1)
+    print("live, as each service reports it:")
+    _report(results_, lambda host, got: print(f"{host.name:<{width}}  {got[1]}"), "no bench from")
 
 
 @task(
@@ -352,11 +352,11 @@ def convert(c, source, to="tensorrt", fp16=False, inventory="", hosts=""):
             raise Exit(f"{host.name}: lalelu convert failed:\n{r.stderr[-2000:]}")
         return r.stdout
 
-    failed = _report(
-        each(chosen_hosts(c, inventory, "backend", hosts), run), lambda h, out: print(f"== {h.name}\n{out}")
+    _report(
+        each(chosen_hosts(c, inventory, "backend", hosts), run),
+        lambda h, out: print(f"== {h.name}\n{out}"),
+        "no engine built on",
     )
-    if failed:
-        raise Exit("no engine built on: " + ", ".join(failed), code=1)
 
 
 STATUS = {
@@ -380,9 +380,7 @@ def status(c, group="all", hosts="", inventory=""):
     def show(host: Host, lines: list[str]) -> None:
         print(f"== {host.name} ({host.address})", *lines, sep="\n")
 
-    failed = _report(each(chosen_hosts(c, inventory, group, hosts), run), show)
-    if failed:
-        raise Exit("unreachable: " + ", ".join(failed), code=1)
+    _report(each(chosen_hosts(c, inventory, group, hosts), run), show, "unreachable")
 
 
 @task(
@@ -427,26 +425,25 @@ def play_test(c, hosts="", inventory="", wait=10.0):
             )
         return line.split(": ", 1)[-1]
 
-    failed = _report(
-        each(chosen_hosts(c, inventory, "edge", hosts), run), lambda host, said: print(f"{host.name}: {said}")
+    _report(
+        each(chosen_hosts(c, inventory, "edge", hosts), run),
+        lambda host, said: print(f"{host.name}: {said}"),
+        "no test note from",
     )
-    if failed:
-        raise Exit("no test note from: " + ", ".join(failed), code=1)
 
 
 @task(auto_shortflags=False, help={**COMMON_HELP, "lines": "journal lines per host"})
 def logs(c, group="all", hosts="", inventory="", lines=100):
     """The services' journal."""
     argv = ["journalctl", "-u", "lalelu-edge", "-u", "lalelu-backend", "-n", str(int(lines)), "--no-pager"]
-    failed = _report(
+    _report(
         each(
             chosen_hosts(c, inventory, group, hosts),
             lambda host: remote(host, [*as_root(host), *argv]).stdout,
         ),
         lambda host, journal: print(f"== {host.name}\n{journal}"),
+        "unreachable",
     )
-    if failed:
-        raise Exit("unreachable: " + ", ".join(failed), code=1)
 
 
 @task(
