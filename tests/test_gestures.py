@@ -204,7 +204,7 @@ def test_a_test_note_goes_out_on_request_with_its_note_off(tmp_path, caplog):
     import signal
 
     from lalelu.clock import now_ns
-    from lalelu.gestures.consumer import GestureConsumer, request_test_note
+    from lalelu.gestures.consumer import GestureConsumer
     from lalelu.gestures.mapping import load_mapping
 
     class Heard:
@@ -233,7 +233,7 @@ def test_a_test_note_goes_out_on_request_with_its_note_off(tmp_path, caplog):
     out = Heard()
     consumer = GestureConsumer(load_mapping(path), out, 320, 240)  # type: ignore[arg-type]
     kp = np.zeros((17, 3), np.float32)
-    previous = signal.signal(signal.SIGUSR1, lambda *_: request_test_note(consumer))
+    previous = signal.signal(signal.SIGUSR1, lambda *_: consumer.request_test_note())
     try:
         with caplog.at_level(logging.INFO):
             signal.raise_signal(signal.SIGUSR1)
@@ -242,7 +242,7 @@ def test_a_test_note_goes_out_on_request_with_its_note_off(tmp_path, caplog):
             consumer.on_pose(1, now_ns(), kp)  # asked once, played once
             assert len(out.events) == 1
             later = now_ns() + 60_000_000
-            consumer._notes_off_due(later)
+            consumer.notes.end_due(consumer.mapping.channel, later)
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert out.events[-1] == ("off", 10, 42)
@@ -259,10 +259,10 @@ def test_mapping_reloads_on_request_and_keeps_the_old_one_when_broken(tmp_path):
     consumer = GestureConsumer(load_mapping(path), LogOutput(), 320, 240, path)
     kp = np.zeros((17, 3), np.float32)
     path.write_text('[[strike]]\nkeypoint = "right_wrist"\nnote = 42\n')
-    consumer.reload_requested = True  # what SIGHUP does
+    consumer.request_reload()  # what SIGHUP does
     consumer.on_pose(0, 0, kp)
     assert consumer.mapping.strikes[0].note == 42
     path.write_text('[[strike]]\nkeypoint = "right_wirst"\n')
-    consumer.reload_requested = True
+    consumer.request_reload()
     consumer.on_pose(1, 10_000_000, kp)
     assert consumer.mapping.strikes[0].note == 42  # the broken edit was refused, the old mapping plays on

@@ -129,7 +129,7 @@ def test_every_silencing_path_reaches_the_output(tmp_path):
     assert out.calls[-2:] == [("off", 10, 38), ("all off",)]
     consumer._hit(Hit(0, "n", 38, 100, 0))
     path.write_text('[instrument]\nchannel = 11\n[[strike]]\nkeypoint = "nose"\nnote = 40\n')
-    consumer.reload_requested = True
+    consumer.request_reload()
     consumer.on_pose(0, 0, np.zeros((17, 3), np.float32))
     assert consumer.mapping.channel == 11
     assert out.calls[-1] == ("off", 10, 38)  # on the old channel, before the new mapping plays

@@ -19,7 +19,7 @@ from lalelu.engine import GPU_ENGINES, engine_from_config
 from lalelu.engine.estimator import PoseEstimator
 from lalelu.engine.gpu_clock import SmClockSampler
 from lalelu.frames import PixelFormat
-from lalelu.gestures.consumer import pose_consumer, request_reload, sound_leaves_here
+from lalelu.gestures.consumer import LogConsumer, pose_consumer, sound_leaves_here
 from lalelu.runtime.reporter import Reporter
 from lalelu.runtime.sdnotify import StartingUp
 from lalelu.runtime.service import RealtimeService, handle_signals
@@ -123,7 +123,7 @@ def run_backend(cfg: Config, seconds: float = 0.0, ready_file: Path | None = Non
             affinity,
             fifo,
         )
-        handle_signals(server.stop, lambda: request_reload(server.consumer))
+        handle_signals(server.stop, lambda: (server.consumer or LogConsumer()).request_reload())
         if ready_file is not None:
             address = {
                 "host": server.address[0],

@@ -24,7 +24,7 @@ from lalelu.edge.monitor.feed import MonitorFeed
 from lalelu.edge.monitor.process import MonitorTap, edge_monitor
 from lalelu.edge.reports import EdgeReports
 from lalelu.edge.telemetry import EdgeCounters, FrameTelemetry
-from lalelu.gestures.consumer import PoseConsumer, pose_consumer, request_reload, request_test_note
+from lalelu.gestures.consumer import PoseConsumer, pose_consumer
 from lalelu.gestures.recording import PoseRecorder
 from lalelu.runtime.service import RealtimeService, handle_signals
 
@@ -182,7 +182,7 @@ def run_edge(cfg: Config, summary_json: Path | None = None, record: Path | None 
         consumer_chain(cfg, source, telemetry, record) as (head, player, feed),
     ):
         loop = EdgeLoop(cfg, source, head, telemetry, feed)
-        handle_signals(loop.stop, lambda: request_reload(player), lambda: request_test_note(player))
+        handle_signals(loop.stop, player.request_reload, player.request_test_note)
         summary = loop.run()
     line = json.dumps({k: v for k, v in summary.items() if k != "stages_ms"})
     if summary_json is not None:

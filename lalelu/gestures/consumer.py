@@ -1,12 +1,11 @@
 """Pose consumers: what an app does with each pose. The one interface, and the one factory that decides
-where the sound leaves (`pose_consumer`): the consumer that plays (gesture reader + output + note-off
-scheduling + mapping reload) runs on the edge or on the backend, the same code in both.
+where the sound leaves (`pose_consumer`): the consumer that plays (the gesture reader, the output with its
+sounding notes, the mapping file) runs on the edge or on the backend, the same code in both.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -15,14 +14,13 @@ import numpy as np
 
 from lalelu.clock import now_ns
 from lalelu.config import Config, OutputConfig
-from lalelu.errors import ConfigError
-from lalelu.gestures.mapping import Control, Mapping, load_mapping
+from lalelu.gestures.mapping import Control, Mapping, MappingFile, load_mapping
 from lalelu.gestures.reader import GestureReader, Hit
 from lalelu.keypoints import KEYPOINT_NAMES
 from lalelu.output import SoundOutput, open_output
+from lalelu.output.sounding import SoundingNotes
 
 log = logging.getLogger("lalelu.gestures")
-MAX_SOUNDING = 128
 HitListener = Callable[[int, int, str], None]  # (note, velocity, name) of each hit, after it sounded
 
 
@@ -32,6 +30,12 @@ class PoseConsumer(Protocol):
 
     def all_notes_off(self) -> None:
         """End every sounding note now (the pose stream has a hole: a note-off may never come)."""
+
+    def request_reload(self) -> None:
+        """SIGHUP (`systemctl reload`): read the mapping again at the next pose; nothing else stops."""
+
+    def request_test_note(self) -> None:
+        """SIGUSR1 (`fab play-test`): one note through the output at the next pose, and a log line."""
 
     def close(self) -> None: ...
 
@@ -53,6 +57,12 @@ class LogConsumer:
     def all_notes_off(self) -> None:
         pass
 
+    def request_reload(self) -> None:
+        log.info("SIGHUP: nothing to reload (no mapping plays here)")
+
+    def request_test_note(self) -> None:
+        log.warning("SIGUSR1: no test note (the sound leaves from the backend, not here)")
+
     def close(self) -> None:
         pass
 
@@ -73,6 +83,9 @@ def pose_consumer(
 
 
 class GestureConsumer:
+    """The consumer that plays: each pose through the gesture reader, each hit and control to the output,
+    every note ended in time (SoundingNotes), the mapping read again when its file changes (MappingFile)."""
+
     def __init__(
         self,
         mapping: Mapping,
@@ -84,19 +97,21 @@ class GestureConsumer:
         latency_ms: float = 10.0,
     ) -> None:
         self.output = output
+        self.notes = SoundingNotes(output)
         self.latency_ns = int(latency_ms * 1e6)
         self.on_hit = on_hit
         self.width, self.height = width, height
-        self.mapping_path = mapping_path
-        self._mtime = os.stat(mapping_path).st_mtime_ns if mapping_path else 0
-        self._last_check = 0
-        self.reload_requested = False
-        self.test_note_requested = False  # SIGUSR1 (`fab play-test`): one note through the output
-        # Pending note-offs: (due_ns, note), fixed size, scanned once per pose.
-        self._off_due = np.zeros(MAX_SOUNDING, np.int64)
-        self._off_note = np.zeros(MAX_SOUNDING, np.int64)
+        self.mapping_file = MappingFile(mapping_path) if mapping_path else None
+        self._reload_asked = False
+        self._test_note_asked = False
         self._set(mapping)
         self.hits = 0
+
+    def request_reload(self) -> None:
+        self._reload_asked = True
+
+    def request_test_note(self) -> None:
+        self._test_note_asked = True
 
     def _set(self, mapping: Mapping) -> None:
         self.mapping = mapping
@@ -106,30 +121,15 @@ class GestureConsumer:
         self._length_ns = int(mapping.note_length_ms * 1e6)
 
     def _hit(self, hit: Hit) -> None:
-        ch = self.mapping.channel
-        # A note struck again while it sounds is ended first (a drum module's retrigger): two note-ons of
-        # one note without a note-off between leave the receiver to guess which note-off ends which.
-        again = np.flatnonzero((self._off_due != 0) & (self._off_note == hit.note))
-        for i in again:
-            self.output.note_off(ch, hit.note)
-            self._off_due[i] = 0
-        free = np.flatnonzero(self._off_due == 0)
-        if free.size:
-            slot = int(free[0])
-        else:  # every slot sounding: end the oldest note now rather than let one hang
-            slot = int(np.argmin(self._off_due))
-            self.output.note_off(ch, int(self._off_note[slot]))
         due = hit.impact_ns + self.latency_ns if hit.impact_ns else 0
-        self.output.note_on(ch, hit.note, hit.velocity, hit.name, due)
+        self.notes.strike(self.mapping.channel, hit.note, hit.velocity, hit.name, due, self._length_ns)
         if self.on_hit is not None:
             self.on_hit(hit.note, hit.velocity, hit.name)
-        self._off_due[slot] = max(due, now_ns()) + self._length_ns
-        self._off_note[slot] = hit.note
         self.hits += 1
 
     def _test_note(self, capture_ns: int) -> None:
         """The mapping's first note at velocity 100, sounded at once, as a hit is (note-off included)."""
-        self.test_note_requested = False
+        self._test_note_asked = False
         note = self.mapping.strikes[0].note if self.mapping.strikes else 38
         self._hit(Hit(capture_ns, "test note", note, 100))
         log.info(
@@ -142,54 +142,32 @@ class GestureConsumer:
     def _control(self, control: Control, value: int, t_ns: int) -> None:
         self.output.control(self.mapping.channel, control.kind, control.cc, value, control.name)
 
-    def _notes_off_due(self, t: int) -> None:
-        due = np.flatnonzero((self._off_due != 0) & (self._off_due <= t))
-        for i in due:
-            self.output.note_off(self.mapping.channel, int(self._off_note[i]))
-            self._off_due[i] = 0
-
     def on_pose(self, seq: int, capture_ns: int, keypoints: np.ndarray) -> None:
         t = now_ns()
-        if self.test_note_requested:
+        if self._test_note_asked:
             self._test_note(capture_ns)
         self.reader.update(capture_ns, keypoints, t)
-        if self._off_due.any():
-            self._notes_off_due(t)
-        if self.reload_requested or (self.mapping_path and t - self._last_check > 1_000_000_000):
-            self._last_check = t
-            self._maybe_reload()
-
-    def _maybe_reload(self) -> None:
-        assert self.mapping_path is not None
-        requested, self.reload_requested = self.reload_requested, False
-        try:
-            mtime = os.stat(self.mapping_path).st_mtime_ns
-        except OSError:
-            return
-        if not requested and mtime == self._mtime:
-            return
-        self._mtime = mtime
-        try:
-            mapping = load_mapping(self.mapping_path)
-        except ConfigError as exc:
-            log.error("mapping not reloaded, keeping the old one: %s", exc)
-            return
-        # The new mapping may use another channel or notes: what the old one sounds ends now, on its own.
-        self._notes_off_due(np.iinfo(np.int64).max)
-        self._set(mapping)
-        log.info(
-            "mapping %s reloaded: %d strikes, %d controls",
-            self.mapping_path,
-            len(mapping.strikes),
-            len(mapping.controls),
-        )
+        self.notes.end_due(self.mapping.channel, t)
+        if self.mapping_file is not None:
+            asked, self._reload_asked = self._reload_asked, False
+            mapping = self.mapping_file.changed(t, asked)
+            if mapping is not None:
+                # The new mapping may use another channel or notes: what the old one sounds ends now.
+                self.notes.end_due(self.mapping.channel)
+                self._set(mapping)
+                log.info(
+                    "mapping %s reloaded: %d strikes, %d controls",
+                    self.mapping_file.path,
+                    len(mapping.strikes),
+                    len(mapping.controls),
+                )
 
     def all_notes_off(self) -> None:
-        self._notes_off_due(np.iinfo(np.int64).max)
+        self.notes.end_due(self.mapping.channel)
         self.output.all_notes_off()
 
     def close(self) -> None:
-        self._notes_off_due(np.iinfo(np.int64).max)
+        self.notes.end_due(self.mapping.channel)
         self.output.close()
 
 
@@ -210,19 +188,3 @@ def gesture_consumer(
 ) -> GestureConsumer:
     path = resolve_mapping(cfg.mapping)
     return GestureConsumer(load_mapping(path), open_output(cfg), width, height, path, on_hit, cfg.latency_ms)
-
-
-def request_test_note(consumer: object) -> None:
-    """SIGUSR1 (`fab play-test`): one note through the output at the next pose, and a log line saying so."""
-    if isinstance(consumer, GestureConsumer):
-        consumer.test_note_requested = True
-    else:
-        log.warning("SIGUSR1: no test note (the sound leaves from the backend, not here)")
-
-
-def request_reload(consumer: object) -> None:
-    """SIGHUP (`systemctl reload`): the mapping is read again at the next frame; nothing else stops."""
-    if isinstance(consumer, GestureConsumer):
-        consumer.reload_requested = True
-    else:
-        log.info("SIGHUP: nothing to reload (no mapping plays here)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +11,8 @@ from typing import Any
 
 from lalelu.errors import ConfigError
 from lalelu.keypoints import KEYPOINT_INDEX
+
+log = logging.getLogger("lalelu.gestures")
 
 GM_DRUMS = {"kick": 36, "snare": 38, "closed_hihat": 42, "crash": 49}
 
@@ -230,3 +234,32 @@ def load_mapping(path: Path) -> Mapping:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     return mapping_from_dict(data, str(path))
+
+
+class MappingFile:
+    """A mapping file that may be edited while the instrument plays: read again when its modification
+    time changes (looked at once a second at most) or when asked (SIGHUP). A file that no longer loads
+    leaves the old mapping playing, with the reason in the log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime = os.stat(path).st_mtime_ns
+        self._looked_ns = 0
+
+    def changed(self, t_ns: int, asked: bool) -> Mapping | None:
+        """The mapping read again, if it changed (or `asked`); else None."""
+        if not asked and t_ns - self._looked_ns < 1_000_000_000:
+            return None
+        self._looked_ns = t_ns
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError:
+            return None
+        if not asked and mtime == self._mtime:
+            return None
+        self._mtime = mtime
+        try:
+            return load_mapping(self.path)
+        except ConfigError as exc:
+            log.error("mapping not reloaded, keeping the old one: %s", exc)
+            return None

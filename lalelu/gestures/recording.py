@@ -54,6 +54,14 @@ class PoseRecorder:
         if self.inner is not None:
             self.inner.all_notes_off()
 
+    def request_reload(self) -> None:
+        if self.inner is not None:
+            self.inner.request_reload()
+
+    def request_test_note(self) -> None:
+        if self.inner is not None:
+            self.inner.request_test_note()
+
     def close(self) -> None:
         if self.inner is not None:
             self.inner.close()

@@ -41,6 +41,12 @@ class MonitorTap:
     def all_notes_off(self) -> None:
         self.inner.all_notes_off()
 
+    def request_reload(self) -> None:
+        self.inner.request_reload()
+
+    def request_test_note(self) -> None:
+        self.inner.request_test_note()
+
     def close(self) -> None:
         self.inner.close()
 
