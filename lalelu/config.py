@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lalelu import schema
 from lalelu.errors import ConfigError
 from lalelu.wire.protocol import DEFAULT_MAX_PAYLOAD, split_address
 
@@ -337,18 +338,13 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value),
     }[t]
     if not ok:
-        raise ConfigError(f"{where} = {value!r} has the wrong type: expected {_type_name(t)}")
+        raise schema.wrong(where, value, f"has the wrong type: expected {_type_name(t)}")
     rule = f.metadata
-    items = value if isinstance(value, list) else [value]
-    for v in items:
-        if isinstance(v, float) and v != v:
-            raise ConfigError(f"{where} = {value!r} is not a number: give a finite value")
-        if rule.get("choices") and v not in rule["choices"]:
-            allowed = ", ".join(repr(c) for c in rule["choices"])
-            raise ConfigError(f"{where} = {value!r} is not allowed: choose one of {allowed}")
-        lo, hi = rule.get("lo"), rule.get("hi")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ConfigError(f"{where} = {value!r} is out of range: allowed {lo} to {hi}")
+    for v in value if isinstance(value, list) else [value]:
+        if rule.get("choices"):
+            schema.choice(where, v, rule["choices"], shown=value)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            schema.number(where, v, rule.get("lo"), rule.get("hi"), shown=value)
     if t == "list[float]":
         return [float(v) for v in value]
     return float(value) if t == "float" else value

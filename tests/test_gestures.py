@@ -166,7 +166,7 @@ def test_controls_only_on_change_and_rate_limited():
     [
         ({"strike": [{"keypoint": "right_hand"}]}, "is not a keypoint"),
         ({"strike": [{"keypoint": "right_wrist", "note": 200}]}, r"note = 200 is out of range"),
-        ({"strike": [{"keypoint": "right_wrist", "mode": "tap"}]}, "choose one of reversal, line"),
+        ({"strike": [{"keypoint": "right_wrist", "mode": "tap"}]}, "choose one of 'reversal', 'line'"),
         ({"strike": [{"keypoint": "right_wrist", "velocity": [100, 20]}]}, "low < high"),
         ({"strike": [{"keypoint": "right_wrist", "colour": 1}]}, "unknown key"),
         ({"instrument": {"channel": 17}, "strike": [{"keypoint": "nose"}]}, "channel = 17"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lalelu import schema
 from lalelu.errors import ConfigError
 from lalelu.keypoints import KEYPOINT_INDEX
 
@@ -77,22 +78,17 @@ class _Reader:
             raise ConfigError(f"{origin}: {where} must be a table")
         self.origin, self.where, self.table = origin, where, dict(table)
 
+    def _where(self, key: str) -> str:
+        return f"{self.origin}: {self.where} {key}"
+
     def fail(self, key: str, value: Any, why: str) -> ConfigError:
-        return ConfigError(f"{self.origin}: {self.where} {key} = {value!r} {why}")
+        return schema.wrong(self._where(key), value, why)
 
     def num(self, key: str, default: float, lo: float, hi: float, integer: bool = False) -> Any:
-        v = self.table.pop(key, default)
-        if isinstance(v, bool) or not isinstance(v, int | float) or (integer and not isinstance(v, int)):
-            raise self.fail(key, v, f"has the wrong type: expected {'an integer' if integer else 'a number'}")
-        if not lo <= v <= hi:
-            raise self.fail(key, v, f"is out of range: allowed {lo} to {hi}")
-        return v
+        return schema.number(self._where(key), self.table.pop(key, default), lo, hi, integer)
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        v = self.table.pop(key, default)
-        if v not in choices:
-            raise self.fail(key, v, f"is not allowed: choose one of {', '.join(choices)}")
-        return str(v)
+        return str(schema.choice(self._where(key), self.table.pop(key, default), choices))
 
     def text(self, key: str, default: str | None = None) -> str:
         v = self.table.pop(key, default)
