@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -31,14 +30,9 @@ from lalelu.runtime.state import (
     state_path,
 )
 from lalelu.timing import summarize_ns
+from lalelu.wire.link import BackendUnavailable, answered, connect_backend
 from lalelu.wire.protocol import (
-    NEEDS_KEY,
     ProtocolError,
-    Status,
-    authenticate,
-    encode_frame_header,
-    round_trip,
-    split_address,
 )
 
 GO, WARN, NO_GO = "go", "warn", "NO-GO"
@@ -296,12 +290,11 @@ def check_backend(address: str, frames: int, p99_limit_ms: float, key: bytes = b
     rtts = np.zeros(frames, np.int64)
     try:
         # a backend slower than the limit allows is reported as slow below, not as unreachable here
-        host_port = split_address(address)
-        if host_port is None:
-            raise ValueError(f"{address!r} is not HOST:PORT")
-        with socket.create_connection(host_port, timeout=max(5.0, p99_limit_ms / 1000)) as sock:
-            if key:
-                authenticate(sock, key)
+        sock = connect_backend(address, max(5.0, p99_limit_ms / 1000), key)
+    except BackendUnavailable as exc:
+        return [Check("backend", NO_GO, f"{address} unreachable: {exc}")]
+    try:
+        with sock:
             next_ns = time.perf_counter_ns()
             for i in range(frames):
                 # paced like a 200-fps camera: back to back, a fast GPU backend would answer BUSY (more than
@@ -309,24 +302,11 @@ def check_backend(address: str, frames: int, p99_limit_ms: float, key: bytes = b
                 while (t0 := time.perf_counter_ns()) < next_ns:
                     time.sleep((next_ns - t0) / 1e9)
                 next_ns = t0 + CHECK_FRAME_NS
-                reply = round_trip(sock, encode_frame_header(i, 1, PixelFormat.RGB888, w, h), frame, out)
-                if reply.status == Status.UNAUTHENTICATED:
-                    return [Check("backend", NO_GO, f"{address}: {NEEDS_KEY}")]
-                if reply.status == Status.BUSY:
-                    return [
-                        Check(
-                            "backend",
-                            NO_GO,
-                            f"{address} answered BUSY: this host sends more than its [backend] max_fps_per_edge "
-                            "(another edge or check from this address?)",
-                        )
-                    ]
-                if int(reply.status) != 0:
-                    return [Check("backend", NO_GO, f"{address} answered status {int(reply.status)}")]
+                answered(sock, i, PixelFormat.RGB888, w, h, frame, out)
                 rtts[i] = time.perf_counter_ns() - t0
-    except ProtocolError as exc:
-        return [Check("backend", NO_GO, f"{address} is not trusted: {exc}")]
-    except (OSError, ValueError) as exc:
+    except BackendUnavailable as exc:
+        return [Check("backend", NO_GO, f"{address}: {exc}")]
+    except (OSError, ProtocolError) as exc:
         return [Check("backend", NO_GO, f"{address} unreachable ({exc}): is `lalelu backend` running there?")]
     s = summarize_ns(rtts)
     verdict = GO if s["p99"] <= p99_limit_ms else NO_GO

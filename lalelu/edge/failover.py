@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lalelu.clock import now_ns
 from lalelu.config import Config, load_link_key
 from lalelu.edge.modes import EdgeMode
 from lalelu.edge.poses import BackendPoses, Deliver, LocalPoses, PoseSource
@@ -27,14 +26,9 @@ from lalelu.engine.estimator import PoseEstimator
 from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.runtime.realtime import leave_realtime
-from lalelu.wire.link import BackendDistrusted, BackendUnavailable, connect_backend
+from lalelu.wire.link import BackendDistrusted, BackendUnavailable, answered, connect_backend
 from lalelu.wire.protocol import (
-    NEEDS_KEY,
     ProtocolError,
-    Status,
-    encode_frame_header,
-    reply_problem,
-    round_trip,
 )
 
 log = logging.getLogger("lalelu.edge")
@@ -229,17 +223,7 @@ class Reconnector:
         try:
             # A listening socket is not enough (a stopped process still accepts): it must answer a frame.
             sock.settimeout(self._timeout_s)
-            header = encode_frame_header(0, now_ns(), fmt, width, height, len(payload))
-            reply = round_trip(sock, header, payload, np.zeros((NUM_KEYPOINTS, 3), np.float32))
-            if reply.status == Status.UNAUTHENTICATED:
-                raise BackendUnavailable(NEEDS_KEY)
-            if reply.status != Status.OK:
-                raise BackendUnavailable(f"the backend answered the probe frame with {reply.status.name}")
-            problem = reply_problem(reply, 0, width, height)
-            if problem:
-                raise BackendUnavailable(
-                    f"the backend's answer to the probe frame is not believed: {problem}"
-                )
+            answered(sock, 0, fmt, width, height, payload, np.zeros((NUM_KEYPOINTS, 3), np.float32))
         except BaseException:
             sock.close()
             raise

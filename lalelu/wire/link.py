@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lalelu.clock import now_ns
 from lalelu.errors import RunFailed
 from lalelu.frames import PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
@@ -25,6 +26,7 @@ from lalelu.wire.protocol import (
     encode_frame_header,
     parse_reply_into,
     reply_problem,
+    round_trip,
     split_address,
 )
 
@@ -72,6 +74,29 @@ def connect_backend(address: str, timeout_s: float, key: bytes = b"", source: st
             sock.close()
             raise BackendUnavailable(f"the backend at {address} is not trusted: {exc}") from exc
     return sock
+
+
+def answered(
+    sock: socket.socket, seq: int, fmt: PixelFormat, width: int, height: int, payload: bytes, out: np.ndarray
+) -> Reply:
+    """One frame's round trip to a backend that must answer it with a pose to believe (the reconnector's
+    probe, `lalelu check`): BackendUnavailable, naming why, when it needs the key, refuses the frame
+    (BUSY: this host sends more than its share), or answers what cannot be a pose of it."""
+    header = encode_frame_header(seq, now_ns(), fmt, width, height, len(payload))
+    reply = round_trip(sock, header, payload, out)
+    if reply.status == Status.UNAUTHENTICATED:
+        raise BackendUnavailable(NEEDS_KEY)
+    if reply.status == Status.BUSY:
+        raise BackendUnavailable(
+            "it answered BUSY: this host sends more than its [backend] max_fps_per_edge (another edge or "
+            "check from this address?)"
+        )
+    if reply.status != Status.OK:
+        raise BackendUnavailable(f"the backend answered the frame with {reply.status.name}")
+    problem = reply_problem(reply, seq, width, height)
+    if problem:
+        raise BackendUnavailable(f"the backend's answer is not believed: {problem}")
+    return reply
 
 
 class BackendLink:
