@@ -10,6 +10,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,16 +143,21 @@ def band_plays(
     return results
 
 
+def served_band(server: InferenceServer, *band: Any) -> dict:
+    """band_plays(server, *band) while the server serves in a thread of its own; stopped after."""
+    thread = serving(server)
+    try:
+        return band_plays(server, *band)
+    finally:
+        server.stop()
+        thread.join(5)
+
+
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_a_band_is_inferred_in_batches_and_each_edge_gets_its_own_poses_in_order(estimator):
     est = estimator(0.02)  # 20 ms a call: four edges at 40 fps would need 80 ms of every 100 serially
     server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=8)  # type: ignore[arg-type]
-    thread = serving(server)
-    try:
-        results = band_plays(server, 4, 10, 40, 40.0)
-    finally:
-        server.stop()
-        thread.join(5)
+    results = served_band(server, 4, 10, 40, 40.0)
     for k, got in results.items():
         assert [seq for _, seq, _ in got] == list(range(40)), k  # every frame answered, in its order
         assert {status for status, _, _ in got} == {Status.OK}, k
@@ -169,12 +175,7 @@ def test_a_band_is_inferred_in_batches_and_each_edge_gets_its_own_poses_in_order
 def test_max_batch_one_serves_one_frame_per_call():
     est = BatchingEstimator(0.01)
     server = InferenceServer(est, "127.0.0.1", 0, 1 << 20, max_batch=1)  # type: ignore[arg-type]
-    thread = serving(server)
-    try:
-        results = band_plays(server, 3, 20, 10, 50.0)
-    finally:
-        server.stop()
-        thread.join(5)
+    results = served_band(server, 3, 20, 10, 50.0)
     assert set(est.calls) == {1} and len(est.calls) == 30
     for k, got in results.items():
         assert [(s, q, x) for s, q, x in got] == [(Status.OK, q, 20 + k) for q in range(10)]
