@@ -304,6 +304,10 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
     )
     inv = _inventory(tmp_path, pi, pc, model_file, pi_vars=synth_config, pc_vars=GPU_PC_VARS)
     _fake_host_torch(pc)
+    # a module of an older checkout that setuptools' build tree still holds: no wheel may carry it again
+    stale = ROOT / "build/lib/lalelu/moved_away.py"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("raise ImportError('a module of an older checkout')\n")
     t0 = time.monotonic()
     first = _playbook(inv)
     t_first = time.monotonic() - t0
@@ -452,6 +456,9 @@ def test_site_yml_provisions_a_pi_and_a_pc_and_is_idempotent(base_rootfs, model_
     )
     assert r.returncode == 0 and r.stdout.strip() == "1", r.stdout + r.stderr
     assert f"IRQBALANCE_BANNED_CPULIST={ISO}" in (pi / "etc/default/irqbalance").read_text()
+    assert not stale.exists() and not list(
+        pi.glob("opt/lalelu/venv/lib/python3*/site-packages/lalelu/moved_away.py")
+    )
 
     t0 = time.monotonic()
     second = _playbook(inv)
