@@ -121,3 +121,28 @@ def test_the_sampler_follows_the_clock_and_stops_when_the_driver_goes(monkeypatc
     assert fake.queries == 21  # no query after the failure
     assert "NVML stopped answering (GPU is lost)" in caplog.text
     sampler.close()
+
+
+def test_rate_limited_warnings_are_formatted_only_when_written(caplog):
+    """A flood's held-back warnings cost a clock read each; the next one written counts them."""
+    import logging
+
+    from lalelu.logs import RateLimited
+
+    class Counted:
+        formatted = 0
+
+        def __str__(self) -> str:
+            Counted.formatted += 1
+            return "peer"
+
+    warnings, logger = RateLimited(every_s=3600), logging.getLogger("lalelu.test")
+    with caplog.at_level(logging.WARNING, logger="lalelu.test"):
+        warnings.warn(logger, "bad packet from %s", Counted())
+        written = Counted.formatted  # however often logging's handlers format the one record
+        for _ in range(999):
+            warnings.warn(logger, "bad packet from %s", Counted())
+        assert Counted.formatted == written  # none of the held-back ones was formatted
+        warnings.last_ns -= warnings.every_ns + 1  # an hour later
+        warnings.warn(logger, "bad packet from %s", Counted())
+    assert caplog.messages == ["bad packet from peer", "bad packet from peer (+999 more since the last)"]

@@ -224,14 +224,14 @@ class InferenceServer:
         except (BlockingIOError, ConnectionAbortedError):
             return
         except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: out of descriptors or memory, not fatal
-            self._rate_limited_warning(f"cannot accept a connection: {exc.strerror or exc}")
+            self._rate_limited_warning("cannot accept a connection: %s", exc.strerror or exc)
             if not self.admission.make_room(exc.strerror or str(exc)):
                 time.sleep(0.01)  # the listener stays readable: do not spin on it
             return
         peer = f"{addr[0]}:{addr[1]}"
         refused = self.admission.refusal(addr[0], peer)
         if refused is not None:
-            self._rate_limited_warning(refused)
+            self._rate_limited_warning("%s", refused)
             sock.close()
             return
         sock.setblocking(False)
@@ -245,8 +245,8 @@ class InferenceServer:
         self._connections[sock] = conn
         self._sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _rate_limited_warning(self, message: str) -> None:
-        self._warnings.warn(log, message)
+    def _rate_limited_warning(self, message: str, *args: object) -> None:
+        self._warnings.warn(log, message, *args)
 
     def _drop(self, conn: Connection, why: str) -> None:
         if conn.sock.fileno() < 0:
@@ -262,7 +262,7 @@ class InferenceServer:
 
     def _bad(self, conn: Connection, err: ProtocolError) -> None:
         self.counters.bad_packets += 1
-        conn.bad_packets.warn(log, f"bad packet from {conn.peer}: {err.reason}")
+        conn.bad_packets.warn(log, "bad packet from %s: %s", conn.peer, err.reason)
 
     def _on_readable(self, conn: Connection) -> None:
         if conn.ready is not None:
@@ -308,7 +308,7 @@ class InferenceServer:
                 self._send(conn, Status.UNAUTHENTICATED, proving.keyless_seq, 0, 0, 0, self._zeros)
                 self._flush(conn)
                 self._rate_limited_warning(
-                    f"refused {conn.peer}: it sent frames without the link key (set [edge] key_file)"
+                    "refused %s: it sent frames without the link key (set [edge] key_file)", conn.peer
                 )
                 self._drop(conn, "no key exchange")
             elif got is Proof.BAD_HELLO:
@@ -317,7 +317,7 @@ class InferenceServer:
                 self._drop(conn, f"no key exchange ({proving.error.reason})")
             elif got is Proof.WRONG_KEY:
                 self.counters.bad_packets += 1
-                self._rate_limited_warning(f"refused {conn.peer}: it does not prove the link key")
+                self._rate_limited_warning("refused %s: it does not prove the link key", conn.peer)
                 self._drop(conn, "wrong link key")
             return False
 
@@ -325,8 +325,9 @@ class InferenceServer:
         if not self.admission.within_budget(conn.host):
             self.counters.over_budget += 1
             self._rate_limited_warning(
-                f"{conn.host} sends more than [backend] max_fps_per_edge = {self.admission.max_fps_per_edge:g} frames/s: "
-                "the frames over it are answered BUSY"
+                "%s sends more than [backend] max_fps_per_edge = %g frames/s: the frames over it are answered BUSY",
+                conn.host,
+                self.admission.max_fps_per_edge,
             )
             self._send(conn, Status.BUSY, frame.seq, conn.reader.recv_ns, 0, 0, self._zeros)
             return
