@@ -54,6 +54,11 @@ def _write_json(target: Path, data: object) -> None:
         target.write_text(json.dumps(data, indent=1))
 
 
+def _json_file(p: argparse.ArgumentParser, help_text: str) -> None:
+    """--json FILE, the same option in every subcommand (a file to write, never a flag)."""
+    p.add_argument("--json", type=Path, metavar="FILE", help=help_text)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML configuration of this host (see configs/)"
@@ -103,9 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument(
         "--telemetry", metavar="FILE", help="write per-frame telemetry as JSON lines to this file"
     )
-    edge.add_argument(
-        "--json", type=Path, metavar="FILE", help="write the final summary (with all stages) here"
-    )
+    _json_file(edge, "write the final summary (with all stages) here")
     edge.add_argument(
         "--state-file", metavar="FILE", help="override [edge] state_file (JSON state at every summary)"
     )
@@ -143,24 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument(
         "--telemetry", metavar="FILE", help="write per-frame stage telemetry as JSON lines to this file"
     )
-    backend.add_argument(
-        "--json",
-        type=Path,
-        metavar="FILE",
-        help="write the final summary (counters, stages) here when stopped",
-    )
+    _json_file(backend, "write the final summary (counters, stages) here when stopped")
 
     pose = sub.add_parser(
         "pose", formatter_class=HelpWithDefaults, help="run the model on one image and print the keypoints"
     )
     _common(pose)
     pose.add_argument("image", type=Path, help="a photo (PNG or JPEG) with one person in it")
-    pose.add_argument(
-        "--json",
-        type=Path,
-        metavar="FILE",
-        help="write the keypoints as JSON here ('-': standard output, instead of the table)",
-    )
+    _json_file(pose, "write the keypoints as JSON here ('-': standard output, instead of the table)")
     pose.add_argument(
         "--out", type=Path, help="write the image with the skeleton, the mapping's zones and lines drawn"
     )
@@ -203,9 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--warmup", type=int, default=50, help="untimed inferences first")
     bench.add_argument("--n", type=int, default=500, help="timed inferences per configuration")
-    bench.add_argument(
-        "--json", type=Path, metavar="FILE", help="write results with machine facts and all samples here"
-    )
+    _json_file(bench, "write results with machine facts and all samples here")
     bench.add_argument("--quiet", action="store_true", help="no progress, only the table")
     bench.add_argument(
         "--plot", type=Path, metavar="DIR", help="write histogram + timeline PNGs into this folder"
@@ -238,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the edge plays")
     demo.add_argument("--config", type=Path, help="demo configuration (default: the bundled demo.toml)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar or logs, only the JSON line")
-    demo.add_argument("--json", type=Path, metavar="FILE", help="also write the result (the JSON line) here")
+    _json_file(demo, "also write the result (the JSON line) here")
     demo.add_argument("--fps", type=float, help="camera rate (default: the demo configuration's, 100)")
     demo.add_argument(
         "--telemetry",
@@ -266,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--fps", type=float, help="camera rate (default: the configuration's)")
     soak.add_argument("--interval-s", type=float, default=60.0, help="width of one row of the report")
     soak.add_argument("--sample-s", type=float, default=5.0, help="how often resident memory is read")
-    soak.add_argument(
-        "--json", type=Path, metavar="FILE", help="write the report (with every memory sample) here"
-    )
+    _json_file(soak, "write the report (with every memory sample) here")
     soak.add_argument("--quiet", action="store_true", help="no progress, only the report")
 
     check = sub.add_parser(
@@ -286,9 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--backend", help="override [edge] backend (HOST:PORT; '' = local inference)")
     check.add_argument("--frames", type=int, default=50, help="frames of the live latency measurement")
     check.add_argument("--max-p99-ms", type=float, default=50.0, help="the live latency's p99 limit")
-    check.add_argument(
-        "--json", type=Path, metavar="FILE", help="also write the checks as JSON here ('-': standard output)"
-    )
+    _json_file(check, "also write the checks as JSON here ('-': standard output)")
     check.add_argument(
         "--min-fps-ratio",
         type=float,

@@ -27,9 +27,7 @@ from lalelu.frames import FrameFormat, PixelFormat
 from lalelu.keypoints import NUM_KEYPOINTS
 from lalelu.runtime.realtime import leave_realtime
 from lalelu.wire.link import BackendDistrusted, BackendUnavailable, answered, connect_backend
-from lalelu.wire.protocol import (
-    ProtocolError,
-)
+from lalelu.wire.protocol import ProtocolError
 
 log = logging.getLogger("lalelu.edge")
 LIE_HOLD_S = 30.0  # after a backend's first reply not believed, it is asked again this much later
