@@ -103,6 +103,12 @@ def missing_tools() -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
 
 
+def missing_image_tools() -> list[str]:
+    """What the SD-card image's build and its stand-in base need besides the VMs' tools."""
+    tools = ["mcopy", "mtype", "mkfs.vfat", "xz", "losetup", "resize2fs"]
+    return [t for t in tools if shutil.which(t) is None]
+
+
 def enable_binfmt() -> None:
     """Let this x86-64 host run arm64 programs (debootstrap's second stage, chroot set-up) through
     qemu-user-static, registered with the fix-binary flag so the chroot needs no copy of it."""
@@ -206,6 +212,15 @@ def _install_pi_kernel(root: Path) -> None:
     _chroot(root, f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {KERNEL}")
 
 
+def _pi_root() -> Path:
+    """The Pi's Debian root (debootstrapped under qemu-user once, kept), set up as the Imager leaves it."""
+    enable_binfmt()
+    root = CACHE / "pi-root.tmp"
+    _debootstrap(root, "arm64", PI_PACKAGES, _install_pi_kernel, f"MODULES=list {INITRAMFS_MODULES} {KERNEL}")
+    _configure_root(root, "lalelu-pi", USER, "/dev/vda / ext4 defaults,noatime 0 1\n")
+    return root
+
+
 def pi_image() -> Path:
     """The cached "freshly imaged Pi" disk: arm64, one ext4 file system, the kernel and its line in
     /boot/firmware. Built (debootstrap under qemu-user, ~15 min) when missing or outdated."""
@@ -215,10 +230,7 @@ def pi_image() -> Path:
     )
     if image.exists():
         return image
-    enable_binfmt()
-    root = CACHE / "pi-root.tmp"
-    _debootstrap(root, "arm64", PI_PACKAGES, _install_pi_kernel, f"MODULES=list {INITRAMFS_MODULES} {KERNEL}")
-    _configure_root(root, "lalelu-pi", USER, "/dev/vda / ext4 defaults,noatime 0 1\n")
+    root = _pi_root()
     fw = root / "boot/firmware"
     fw.mkdir(parents=True, exist_ok=True)
     (fw / "cmdline.txt").write_text(PI_CMDLINE + "\n")
@@ -246,25 +258,7 @@ def pc_image() -> Path:
     with open(tmp, "wb") as fh:
         fh.truncate(size)
     run(["sfdisk", "-q", str(tmp)], input=f"label: dos\nstart={PARTITION_OFFSET >> 9}, type=83, bootable\n")
-    fs_blocks = (size - PARTITION_OFFSET) // 4096
-    run(
-        [
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-L",
-            "rootfs",
-            "-b",
-            "4096",
-            "-E",
-            f"offset={PARTITION_OFFSET}",
-            "-d",
-            str(root),
-            str(tmp),
-            str(fs_blocks),
-        ],
-        timeout=1200,
-    )
+    mkfs_ext4_at(tmp, PARTITION_OFFSET, (size - PARTITION_OFFSET) // 4096, root)
     # First boot straight into the kernel, to let the machine install its own boot loader
     versions = sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))
     installer = VM(
@@ -287,6 +281,156 @@ def pc_image() -> Path:
     shutil.rmtree(CACHE / "pc-installer", ignore_errors=True)
     tmp.rename(image)
     return _keep_only(image, "pc-amd64-*.img")
+
+
+# --- the stand-in for a Raspberry Pi OS Lite image (issue #28) ------------------------------------------
+# Raspberry Pi OS's layout: an MBR disk, a FAT32 boot partition at 4 MiB holding the kernel, its initramfs,
+# cmdline.txt and config.txt, the ext4 root found by PARTUUID, a first user `pi` without a key, SSH off
+# and no SSH host keys (Raspberry Pi OS makes them at first boot). The content is the Pi VM's Debian root.
+STANDIN_DISK_ID = "4c616c65"  # the MBR's disk identifier: PARTUUIDs 4c616c65-01 and -02
+STANDIN_BOOT_MB = 256
+STANDIN_SIZE_MB = 2304
+STANDIN_FIRMWARE_HOOK = """#!/bin/sh
+# What Raspberry Pi OS's firmware hooks do: the newest kernel and initramfs on the boot partition
+set -e
+v=$(ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | tail -n 1)
+[ -n "$v" ] && [ -d /boot/firmware ] || exit 0
+cp /boot/vmlinuz-$v /boot/firmware/kernel8.img
+[ ! -e /boot/initrd.img-$v ] || cp /boot/initrd.img-$v /boot/firmware/initramfs8
+"""
+
+
+def _standin_root(root: Path) -> None:
+    """The Pi VM's root made into Raspberry Pi OS's state as it leaves the factory."""
+    for path in [
+        "home/pi/.ssh",
+        "etc/systemd/system/multi-user.target.wants/ssh.service",
+        "etc/systemd/system/sshd.service",
+    ]:
+        target = root / path
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/hostname").write_text("raspberrypi\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 raspberrypi\n")
+    (root / "etc/machine-id").write_text("")
+    part = f"PARTUUID={STANDIN_DISK_ID}"
+    (root / "etc/fstab").write_text(
+        f"proc /proc proc defaults 0 0\n{part}-01 /boot/firmware vfat defaults 0 2\n"
+        f"{part}-02 / ext4 defaults,noatime 0 1\n"
+    )
+    fw = root / "boot/firmware"
+    shutil.rmtree(fw)
+    fw.mkdir()
+    for hook_dir in ("etc/kernel/postinst.d", "etc/initramfs/post-update.d"):
+        hook = root / hook_dir / "z50-lalelu-standin-firmware"
+        hook.parent.mkdir(parents=True, exist_ok=True)
+        hook.write_text(STANDIN_FIRMWARE_HOOK)
+        hook.chmod(0o755)
+
+
+def raspios_standin() -> Path:
+    """The cached stand-in base image, xz-compressed as Raspberry Pi OS is published."""
+    key = _image_key(
+        PI_PACKAGES,
+        KERNEL,
+        INITRAMFS_MODULES,
+        PI_CONFIG,
+        STANDIN_DISK_ID,
+        STANDIN_SIZE_MB,
+        STANDIN_BOOT_MB,
+        STANDIN_FIRMWARE_HOOK,
+        __import__("inspect").getsource(_standin_root),
+    )
+    image = CACHE / f"raspios-standin-arm64-{SUITE}-{key}.img.xz"
+    if image.exists():
+        return image
+    root = _pi_root()
+    stage = CACHE / "standin-root.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    run(["cp", "-a", str(root), str(stage)], timeout=1200)
+    try:
+        _standin_root(stage)
+        kernel, initrd = (sorted((stage / "boot").glob(f"{n}-*"))[-1] for n in ("vmlinuz", "initrd.img"))
+        cmdline = (
+            f"console=ttyAMA0,115200 console=tty1 root=PARTUUID={STANDIN_DISK_ID}-02 rootfstype=ext4 "
+            "fsck.repair=yes rootwait"
+        )
+        disk = image.with_suffix(".tmp")
+        disk.unlink(missing_ok=True)
+        with open(disk, "wb") as fh:
+            fh.truncate(STANDIN_SIZE_MB << 20)
+        boot_start = 4 << 20
+        root_start = boot_start + (STANDIN_BOOT_MB << 20)
+        run(
+            ["sfdisk", "-q", str(disk)],
+            input=f"label: dos\nlabel-id: 0x{STANDIN_DISK_ID}\n"
+            f"start={boot_start >> 9}, size={STANDIN_BOOT_MB << 11}, type=c\n"
+            f"start={root_start >> 9}, type=83\n",
+        )
+        run(
+            [
+                "mkfs.vfat",
+                "-F",
+                "32",
+                "-s",
+                "1",  # one sector a cluster: FAT32 needs 65525 clusters, 256 MiB of 4 KiB ones are fewer
+                "-n",
+                "bootfs",
+                "--offset",
+                str(boot_start >> 9),
+                str(disk),
+                str(STANDIN_BOOT_MB << 10),
+            ]
+        )
+        files = stage / "firmware.tmp"
+        files.mkdir()
+        (files / "cmdline.txt").write_text(cmdline + "\n")
+        (files / "config.txt").write_text(PI_CONFIG + "auto_initramfs=1\n")
+        shutil.copy(kernel, files / "kernel8.img")
+        shutil.copy(initrd, files / "initramfs8")
+        run(["mcopy", "-i", f"{disk}@@{boot_start}", *map(str, sorted(files.iterdir())), "::"])
+        shutil.rmtree(files)
+        mkfs_ext4_at(disk, root_start, ((STANDIN_SIZE_MB << 20) - root_start) // 4096, stage)
+        with open(image.with_suffix(".xz.tmp"), "wb") as out:
+            subprocess.run(["xz", "-1", "-T0", "-c", str(disk)], stdout=out, check=True, timeout=1200)
+        disk.unlink()
+        image.with_suffix(".xz.tmp").rename(image)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return _keep_only(image, "raspios-standin-arm64-*.img.xz")
+
+
+def partitions(disk: Path) -> list[tuple[int, int]]:
+    """(start, size) in bytes of each partition of an MBR disk; [] for a bare file system."""
+    import json
+
+    r = subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        return []
+    table = json.loads(r.stdout)["partitiontable"]
+    return [(p["start"] * 512, p["size"] * 512) for p in table.get("partitions", [])]
+
+
+def fat_read(disk: Path, offset: int, name: str) -> bytes:
+    r = subprocess.run(["mtype", "-i", f"{disk}@@{offset}", f"::{name}"], capture_output=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(
+            f"cannot read {name} from the boot partition of {disk}: {r.stderr.decode()[-500:]}"
+        )
+    return r.stdout
+
+
+def mkfs_ext4_at(disk: Path, offset: int, blocks: int, root: Path) -> None:
+    """An ext4 file system labelled rootfs holding `root`'s tree, `blocks` of 4 KiB at `offset` in `disk`."""
+    run(
+        ["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-b", "4096", "-E", f"offset={offset}", "-d", str(root),
+         str(disk), str(blocks)],
+        timeout=1200,
+    )  # fmt: skip
 
 
 def debugfs_read(disk: Path, path: str) -> bytes:
@@ -348,6 +492,12 @@ class VM:
     def _boot_args(self) -> tuple[list[str], str]:
         if self.direct_boot is not None:
             kernel, initrd, cmdline = self.direct_boot
+        elif self.kind == "pi" and (parts := partitions(self.disk)):
+            # a Raspberry Pi OS layout: the firmware reads everything off the FAT boot partition
+            kernel, initrd = self.workdir / "kernel", self.workdir / "initrd"
+            kernel.write_bytes(fat_read(self.disk, parts[0][0], "kernel8.img"))
+            initrd.write_bytes(fat_read(self.disk, parts[0][0], "initramfs8"))
+            cmdline = fat_read(self.disk, parts[0][0], "cmdline.txt").decode().strip()
         elif self.kind == "pi":
             kernel_path, initrd_path = _newest_kernel(self.disk)
             kernel, initrd = self.workdir / "kernel", self.workdir / "initrd"
