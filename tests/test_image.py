@@ -105,12 +105,15 @@ def build(tmp: Path, name: str, **host_vars: object) -> tuple[Path, subprocess.C
 
 
 def card(images: Path, workdir: Path) -> vmlib.VM:
-    """The image written to a fresh card 1 GiB larger than the image (the OS grows into it by itself)."""
+    """The image written to a fresh card 1 GiB larger than the image (the OS grows into it by itself);
+    a card written before and never booted is taken as it is."""
     workdir.mkdir(parents=True, exist_ok=True)
     disk = workdir / "card.img"
-    with open(disk, "wb") as fh:
-        subprocess.run(["xz", "-dc", str(images / f"{HOST}.img.xz")], stdout=fh, check=True, timeout=600)
-    os.truncate(disk, disk.stat().st_size + (1 << 30))
+    if not disk.exists():
+        with open(disk.with_suffix(".tmp"), "wb") as fh:
+            subprocess.run(["xz", "-dc", str(images / f"{HOST}.img.xz")], stdout=fh, check=True, timeout=600)
+        os.truncate(fh.name, Path(fh.name).stat().st_size + (1 << 30))
+        disk.with_suffix(".tmp").rename(disk)
     return vmlib.VM("card", disk, workdir)
 
 
@@ -125,6 +128,20 @@ def root_partition_sha256(disk: Path) -> str:
             h.update(block)
             left -= len(block)
     return h.hexdigest()
+
+
+def posing(pi: vmlib.VM, timeout: float = 400) -> float:
+    """Seconds until the edge service runs (READY=1) and its poses reach the gesture reader (its state
+    file), from now: playing, before the slow nod's next stroke makes it heard."""
+    t0 = time.monotonic()
+    pid = wait_until(f"{UNIT} active", lambda: main_pid(pi, UNIT), timeout, every_s=2)
+    wait_until(
+        f"poses from {UNIT} (pid {pid})",
+        lambda: (state := edge_state(pi)).get("pid") == pid and state.get("poses", 0) > 0,
+        timeout,
+        every_s=2,
+    )
+    return time.monotonic() - t0
 
 
 def playing(pi: vmlib.VM, timeout: float = 600) -> float:
@@ -174,9 +191,7 @@ def test_the_image_says_what_it_is_and_holds_the_edge(default_image):
     assert manifest["debian_packages"]["python3:arm64"]
     assert manifest["files"]["count"] > 10000 and len(manifest["files"]["sha256"]) == 64
 
-    disk = tmp / "default" / "inspect.img"
-    with open(disk, "wb") as fh:
-        subprocess.run(["xz", "-dc", str(image)], stdout=fh, check=True, timeout=600)
+    disk = card(images, tmp / "default" / "vm").disk  # written, not booted: the next test boots it
     boot = vmlib.partitions(disk)[0][0]
     # the kernel line exactly as site.yml makes it on a live Pi: every token of the base's kept, once, and
     # the isolation of group_vars/edge.yml's core 3 of the Pi's 4 (not the controller's CPUs)
@@ -199,7 +214,6 @@ def test_the_image_says_what_it_is_and_holds_the_edge(default_image):
     assert not re.search(r"^usr/sbin/policy-rc\.d\t", files, re.M)
     assert re.search(r"^home/pi/\.ssh/authorized_keys\t", files, re.M)
     assert re.search(r"^etc/systemd/system/multi-user\.target\.wants/lalelu-edge\.service\t", files, re.M)
-    disk.unlink()
 
 
 def test_the_image_boots_and_plays_with_nothing_typed(default_image):
@@ -253,9 +267,7 @@ def test_the_image_boots_and_plays_with_nothing_typed(default_image):
         pi.power_cut()
         t0 = time.monotonic()
         pi.start()
-        wait_until(f"{UNIT} active after the power cut", lambda: main_pid(pi, UNIT), 400, every_s=2)
-        FIGURES["image_power_on_to_ready_s"] = round(time.monotonic() - t0, 1)
-        FIGURES["image_power_on_to_hit_s"] = round(time.monotonic() - t0 + playing(pi), 1)
+        FIGURES["image_power_on_to_poses_s"] = round(time.monotonic() - t0 + posing(pi), 1)
     finally:
         pi.stop()
     (tmp / "default" / "vm" / "card.img").unlink()
@@ -297,13 +309,13 @@ def test_the_readonly_image_boots_into_the_overlay_and_a_power_cut_changes_nothi
         pi.start()
         assert pi.ssh("findmnt -no FSTYPE /").stdout.strip() == "overlay"
         assert len(pi.boots) == 1
-        playing(pi)
-        pi.ssh("sudo touch /var/lib/written-while-playing")  # into the RAM overlay only
+        posing(pi)
+        pi.ssh("sudo touch /var/lib/written-while-playing && sync")  # into the RAM overlay only
         pi.power_cut()
         assert root_partition_sha256(pi.disk) == before
         pi.start()
         assert pi.ssh("test -e /var/lib/written-while-playing", check=False).returncode == 1
-        wait_until(f"{UNIT} active after the power cut", lambda: main_pid(pi, UNIT), 400, every_s=2)
+        posing(pi)
     finally:
         pi.stop()
     (tmp / "readonly" / "vm" / "card.img").unlink()
