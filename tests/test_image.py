@@ -203,6 +203,8 @@ def test_the_image_says_what_it_is_and_holds_the_edge(default_image):
         assert tokens.count(token) == 1, (token, line)
     for param in (f"isolcpus={ISO}", f"nohz_full={ISO}", f"rcu_nocbs={ISO}", "irqaffinity=0,1,2"):
         assert tokens.count(param) == 1, (param, line)
+    for name, text in vmlib.STANDIN_FIRMWARE_EXTRA.items():  # a folder, a hidden file, a space: all back
+        assert vmlib.fat_read(disk, boot, name).decode() == text, name
     config = vmlib.fat_read(disk, boot, "config.txt").decode()
     assert (
         "camera_auto_detect=1" in config and "dtoverlay=disable-bt" in config and "dtparam=audio=on" in config
@@ -213,6 +215,9 @@ def test_the_image_says_what_it_is_and_holds_the_edge(default_image):
     assert not re.search(r"^boot/firmware/.*~\t", files, re.M)  # no editor's backups of the base's files
     assert not re.search(r"^usr/sbin/policy-rc\.d\t", files, re.M)
     assert re.search(r"^home/pi/\.ssh/authorized_keys\t", files, re.M)
+    # the link key is in the image but neither in the manifest nor as a hash in the list
+    assert re.search(r"^etc/lalelu/link\.key\t.*\(not world-readable", files, re.M)
+    assert hashlib.sha256(b"image-test-link-key-5b1e77c2\n").hexdigest() not in files
     assert re.search(r"^etc/systemd/system/multi-user\.target\.wants/lalelu-edge\.service\t", files, re.M)
 
 

@@ -290,6 +290,14 @@ def pc_image() -> Path:
 STANDIN_DISK_ID = "4c616c65"  # the MBR's disk identifier: PARTUUIDs 4c616c65-01 and -02
 STANDIN_BOOT_MB = 256
 STANDIN_SIZE_MB = 2304
+# Raspberry Pi OS's boot partition also has a folder (overlays/), and names a FAT keeps: a hidden file and
+# one with a space; the image's build must write them all back
+STANDIN_FIRMWARE_EXTRA = {
+    "overlays/README": "device tree overlays (stand-in)\n",
+    "overlays/disable-bt.dtbo": "stand-in\n",
+    ".hidden-by-firmware": "stand-in\n",
+    "issue name.txt": "Raspberry Pi reference (stand-in)\n",
+}
 STANDIN_FIRMWARE_HOOK = """#!/bin/sh
 # What Raspberry Pi OS's firmware hooks do: the newest kernel and initramfs on the boot partition
 set -e
@@ -343,6 +351,7 @@ def raspios_standin() -> Path:
         STANDIN_SIZE_MB,
         STANDIN_BOOT_MB,
         STANDIN_FIRMWARE_HOOK,
+        STANDIN_FIRMWARE_EXTRA,
         __import__("inspect").getsource(_standin_root),
     )
     image = CACHE / f"raspios-standin-arm64-{SUITE}-{key}.img.xz"
@@ -392,7 +401,10 @@ def raspios_standin() -> Path:
         (files / "config.txt").write_text(PI_CONFIG + "auto_initramfs=1\n")
         shutil.copy(kernel, files / "kernel8.img")
         shutil.copy(initrd, files / "initramfs8")
-        run(["mcopy", "-i", f"{disk}@@{boot_start}", *map(str, sorted(files.iterdir())), "::"])
+        for name, text in STANDIN_FIRMWARE_EXTRA.items():
+            (files / name).parent.mkdir(exist_ok=True)
+            (files / name).write_text(text)
+        run(["mcopy", "-s", "-i", f"{disk}@@{boot_start}", *map(str, sorted(files.iterdir())), "::"])
         shutil.rmtree(files)
         mkfs_ext4_at(disk, root_start, ((STANDIN_SIZE_MB << 20) - root_start) // 4096, stage)
         with open(image.with_suffix(".xz.tmp"), "wb") as out:

@@ -99,6 +99,8 @@ def digest(root: Path, listing: Path) -> tuple[str, int]:
         line += f"\0{int(st.st_mtime)}"
         if stat.S_ISLNK(st.st_mode):
             line += "\0" + os.readlink(path)
+        elif stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IROTH:
+            line += f"\0{st.st_size}\0(not world-readable: a secret's hash would let it be guessed)"
         elif stat.S_ISREG(st.st_mode):
             fh = hashlib.sha256()
             with open(path, "rb") as f:
@@ -131,6 +133,18 @@ def python_packages(root: Path, venv: str) -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
 
 
+SECRET = re.compile(r"(_key$|^key$|token|password|psk|passphrase)")
+
+
+def redacted(value: object) -> object:
+    """Values of keys that name a secret, at any depth (a token inside lalelu_app_config, say), replaced."""
+    if isinstance(value, dict):
+        return {k: "(secret, not shown)" if SECRET.search(str(k)) else redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("root", type=Path)
@@ -141,11 +155,13 @@ def main() -> None:
     p.add_argument("--files", type=Path, required=True, help="the tree's lines, one a file")
     p.add_argument("--facts", required=True, help="JSON: what the manifest says besides the packages")
     args = p.parse_args()
+    facts = redacted(json.loads(args.facts))
+    assert isinstance(facts, dict)
     removed = remove_transient(args.root, args.since)
     dated = date_changes(args.root, args.since, args.epoch)
     tree, files = digest(args.root, args.files)
     manifest = {
-        **json.loads(args.facts),
+        **facts,
         "epoch": args.epoch,
         "files": {
             "count": files,
