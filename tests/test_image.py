@@ -26,10 +26,9 @@ from pathlib import Path
 import pytest
 import vm as vmlib
 from support import wait_until
-from vm import FIGURES, VM_EDGE_CONFIG, VM_MAPPING_TEXT, edge_state, journal, main_pid
+from vm import FIGURES, VM_EDGE_CONFIG, VM_MAPPING_TEXT, edge_state, hits, journal, restarted_and_playing
 
 ROOT = Path(__file__).resolve().parent.parent
-ANSIBLE = ROOT / "ansible"
 BIN = Path(sys.executable).parent
 UNIT = "lalelu-edge"
 HOST = "pi-card"
@@ -71,35 +70,20 @@ def build(tmp: Path, name: str, **host_vars: object) -> tuple[Path, subprocess.C
     inventory.write_text(
         json.dumps({"all": {"children": {"edge": {"hosts": {HOST: edge}}, "backend": {"hosts": {}}}}})
     )
-    base = vmlib.raspios_standin()
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", PATH=f"{BIN}:{os.environ['PATH']}")
-    t0 = time.monotonic()
-    r = subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            str(inventory),
-            "image.yml",
-            "-e",
-            f"base={base}",
-            "-e",
-            f"host={HOST}",
-            "-e",
-            f"sd_image_dir={out / 'images'}",
-            "-e",
-            "sd_image_xz_level=0",  # speed over size here
-            "-e",
-            f"sd_image_base_dir={tmp / 'bases'}",  # both builds' one unpacked base
-        ],
-        cwd=ANSIBLE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        stdin=subprocess.DEVNULL,
+    r, took = vmlib.playbook(
+        inventory,
+        "-e",
+        f"base={vmlib.raspios_standin()}",
+        "-e",
+        f"host={HOST}",
+        "-e",
+        f"sd_image_dir={out / 'images'}",
+        "-e",
+        "sd_image_xz_level=0",  # speed over size here
+        "-e",
+        f"sd_image_base_dir={tmp / 'bases'}",  # both builds' one unpacked base
+        book="image.yml",
     )
-    took = time.monotonic() - t0
-    (out / "image.log").write_text(r.stdout + r.stderr)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     return out / "images", r, took
 
@@ -130,26 +114,12 @@ def root_partition_sha256(disk: Path) -> str:
     return h.hexdigest()
 
 
-def posing(pi: vmlib.VM, timeout: float = 400) -> float:
-    """Seconds until the edge service runs (READY=1) and its poses reach the gesture reader (its state
-    file), from now: playing, before the slow nod's next stroke makes it heard."""
-    t0 = time.monotonic()
-    pid = wait_until(f"{UNIT} active", lambda: main_pid(pi, UNIT), timeout, every_s=2)
-    wait_until(
-        f"poses from {UNIT} (pid {pid})",
-        lambda: (state := edge_state(pi)).get("pid") == pid and state.get("poses", 0) > 0,
-        timeout,
-        every_s=2,
-    )
-    return time.monotonic() - t0
-
-
 def playing(pi: vmlib.VM, timeout: float = 600) -> float:
     """Seconds until the running edge has had poses and played a hit (its journal), from now."""
     t0 = time.monotonic()
     wait_until(
         "a hit in the edge's journal",
-        lambda: journal(pi, f"-u {UNIT}").count("hit nod") > 0,
+        lambda: hits(pi) > 0,
         timeout,
         every_s=5,
         context=lambda: f"state {edge_state(pi)}\n{journal(pi, f'-u {UNIT} -n 40')}",
@@ -272,7 +242,7 @@ def test_the_image_boots_and_plays_with_nothing_typed(default_image):
         pi.power_cut()
         t0 = time.monotonic()
         pi.start()
-        FIGURES["image_power_on_to_poses_s"] = round(time.monotonic() - t0 + posing(pi), 1)
+        FIGURES["image_power_on_to_poses_s"] = round(restarted_and_playing(pi, 0, t0, timeout=400)[1], 1)
     finally:
         pi.stop()
     (tmp / "default" / "vm" / "card.img").unlink()
@@ -314,13 +284,13 @@ def test_the_readonly_image_boots_into_the_overlay_and_a_power_cut_changes_nothi
         pi.start()
         assert pi.ssh("findmnt -no FSTYPE /").stdout.strip() == "overlay"
         assert len(pi.boots) == 1
-        posing(pi)
+        restarted_and_playing(pi, 0, time.monotonic(), timeout=400)
         pi.ssh("sudo touch /var/lib/written-while-playing && sync")  # into the RAM overlay only
         pi.power_cut()
         assert root_partition_sha256(pi.disk) == before
         pi.start()
         assert pi.ssh("test -e /var/lib/written-while-playing", check=False).returncode == 1
-        posing(pi)
+        restarted_and_playing(pi, 0, time.monotonic(), timeout=400)
     finally:
         pi.stop()
     (tmp / "readonly" / "vm" / "card.img").unlink()

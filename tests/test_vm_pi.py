@@ -15,7 +15,7 @@ import time
 import pytest
 import vm as vmlib
 from support import wait_until
-from vm import FIGURES, edge_state, exposure, journal, main_pid
+from vm import FIGURES, edge_state, exposure, hits, journal, main_pid, restarted_and_playing
 
 UNIT = "lalelu-edge"
 
@@ -28,10 +28,6 @@ pytestmark = [
 ]
 
 
-def hits(pi: vmlib.VM, match: str = f"-u {UNIT}") -> int:
-    return journal(pi, match).count("hit nod")
-
-
 def edge_story(rig) -> str:
     """What the edge and the backend logged and the edge's state: a failed wait's evidence."""
     return (
@@ -39,23 +35,6 @@ def edge_story(rig) -> str:
         f"edge journal (tail):\n{journal(rig.pi, f'-u {UNIT} -n 60')}\n"
         f"backend journal (tail):\n{journal(rig.pc, '-u lalelu-backend -n 30')}"
     )
-
-
-def restarted_and_playing(pi: vmlib.VM, old_pid: int, t0: float, timeout: float = 300) -> tuple[float, float]:
-    """Seconds from t0 until the unit runs again with a new pid (READY=1), and until that process
-    reports poses reaching its gesture reader (its state file; hits need a nod the emulated rig may be
-    too slow to show within the wait)."""
-    pid = wait_until(
-        f"{UNIT} active again", lambda: (p := main_pid(pi, UNIT)) != old_pid and p, timeout, every_s=1
-    )
-    ready = time.monotonic() - t0
-
-    def poses() -> bool:
-        state = edge_state(pi)
-        return state.get("pid") == pid and state.get("poses", 0) > 0
-
-    wait_until(f"poses from the new {UNIT} (pid {pid})", poses, timeout, every_s=1)
-    return ready, time.monotonic() - t0
 
 
 def test_first_run_rebooted_once_into_the_new_kernel_line(rig):

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support import free_port
+from support import free_port, wait_until
 
 CACHE = Path(os.environ.get("LALELU_VM_CACHE", "/var/cache/lalelu-test/vm"))
 MIRROR = "http://deb.debian.org/debian"
@@ -845,18 +845,20 @@ VM_EDGE_CONFIG = {
 }
 VM_LINK_KEY = "vm-rig-link-key-9d2f41c0a7e3b5"
 VM_MONITOR_TOKEN = "vm-rig-monitor-token-52ae"
+EDGE_UNIT = "lalelu-edge"
 FIGURES: dict[str, object] = {}  # printed at the end of the session (pytest -s)
 
 
-def playbook(inv: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
-    """Exactly the README's command (`cd ansible && ansible-playbook site.yml`), with the VMs' inventory."""
+def playbook(inv: Path, *args: str, book: str = "site.yml") -> tuple[subprocess.CompletedProcess, float]:
+    """Exactly the README's command (`cd ansible && ansible-playbook site.yml`, or image.yml), with the
+    test's inventory; its output kept beside the inventory (site-0.log, image-0.log, ...)."""
     import sys
 
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", PATH=f"{bin_dir}:{os.environ['PATH']}")
     t0 = time.monotonic()
     r = subprocess.run(
-        [str(bin_dir / "ansible-playbook"), "-i", str(inv), "site.yml", *args],
+        [str(bin_dir / "ansible-playbook"), "-i", str(inv), book, *args],
         cwd=ANSIBLE,
         env=env,
         capture_output=True,
@@ -864,7 +866,8 @@ def playbook(inv: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]
         timeout=3600,
         stdin=subprocess.DEVNULL,  # Ansible refuses a non-blocking stdin
     )
-    (inv.parent / f"site-{len(list(inv.parent.glob('site-*.log')))}.log").write_text(r.stdout + r.stderr)
+    stem = Path(book).stem
+    (inv.parent / f"{stem}-{len(list(inv.parent.glob(f'{stem}-*.log')))}.log").write_text(r.stdout + r.stderr)
     return r, time.monotonic() - t0
 
 
@@ -897,6 +900,30 @@ def exposure(vm: VM, unit: str) -> float:
     found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
     assert found, out[-2000:]
     return float(found[1])
+
+
+def hits(pi: VM, match: str = f"-u {EDGE_UNIT}") -> int:
+    return journal(pi, match).count("hit nod")
+
+
+def restarted_and_playing(pi: VM, old_pid: int, t0: float, timeout: float = 300) -> tuple[float, float]:
+    """Seconds from t0 until the unit runs again with a new pid (READY=1), and until that process
+    reports poses reaching its gesture reader (its state file; hits need a nod the emulated rig may be
+    too slow to show within the wait)."""
+    pid = wait_until(
+        f"{EDGE_UNIT} active again",
+        lambda: (p := main_pid(pi, EDGE_UNIT)) != old_pid and p,
+        timeout,
+        every_s=1,
+    )
+    ready = time.monotonic() - t0
+
+    def poses() -> bool:
+        state = edge_state(pi)
+        return state.get("pid") == pid and state.get("poses", 0) > 0
+
+    wait_until(f"poses from the new {EDGE_UNIT} (pid {pid})", poses, timeout, every_s=1)
+    return ready, time.monotonic() - t0
 
 
 def edge_state(pi: VM) -> dict:
